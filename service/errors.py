@@ -1,0 +1,210 @@
+"""Every error the service can answer with, and the one place mapping them to HTTP responses.
+
+Each error is JSON ``{"error": {"code": ..., "message": ...}}``; FastAPI's own 404/405/422 and
+Starlette's 400s are rewritten into the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("service.errors")
+
+
+class ServiceError(Exception):
+    """Base of every error answered to a client. ``reason`` feeds the rejections metric."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    reason: ClassVar[str | None] = None  # queue_full | deadline | invalid | too_large | oom | None
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class InvalidImage(ServiceError):
+    status, code, reason = 400, "invalid_image", "invalid"
+
+
+class BadRequest(ServiceError):
+    status, code, reason = 400, "bad_request", "invalid"
+
+
+class Unauthorized(ServiceError):
+    status, code, reason = 401, "unauthorized", None
+
+
+class NotFound(ServiceError):
+    status, code, reason = 404, "not_found", None
+
+
+class MethodNotAllowed(ServiceError):
+    status, code, reason = 405, "method_not_allowed", None
+
+
+class BodyTooLarge(ServiceError):
+    status, code, reason = 413, "body_too_large", "too_large"
+
+
+class ImageTooLarge(ServiceError):
+    status, code, reason = 413, "image_too_large", "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, reason = 415, "unsupported_media_type", "invalid"
+
+
+class InvalidParameter(ServiceError):
+    status, code, reason = 422, "invalid_parameter", "invalid"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class QueueFull(ServiceError):
+    status, code, reason = 429, "queue_full", "queue_full"
+
+
+class NotReady(ServiceError):
+    status, code, reason = 503, "not_ready", None
+
+
+class Draining(ServiceError):
+    status, code, reason = 503, "draining", None
+
+
+class OutOfMemory(ServiceError):
+    """Transient: the request fits on its own normally, memory was short at that moment."""
+
+    status, code, reason = 503, "out_of_memory", "oom"
+
+
+class DeadlineExceeded(ServiceError):
+    status, code, reason = 504, "deadline_exceeded", "deadline"
+
+
+class InsufficientMemory(ServiceError):
+    """The request does not fit in device memory even alone."""
+
+    status, code, reason = 507, "insufficient_memory", "oom"
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before compute; nobody reads this answer (499 as in nginx)."""
+
+    status, code, reason = 499, "client_disconnected", None
+
+
+class Internal(ServiceError):
+    status, code, reason = 500, "internal", None
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(error: ServiceError, request_id: str | None = None) -> JSONResponse:
+    headers = error.headers()
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return JSONResponse(error_body(error.code, error.message), status_code=error.status, headers=headers)
+
+
+def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
+    # ("body", "alpha") -> "alpha"; ("header", "x-deadline-ms") -> "x-deadline-ms"; lists keep their index.
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "form", "file")]
+    return ".".join(parts) or "body"
+
+
+def from_validation_error(exc: RequestValidationError) -> ServiceError:
+    """The first validation problem, phrased with the field it concerns."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidParameter("body", "invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return BadRequest(f"request body is not valid JSON: {first.get('msg', '')}".strip())
+    field = _field_name(first.get("loc", ()))
+    message = str(first.get("msg", "invalid value"))
+    if "input" in first and first.get("type") != "missing" and isinstance(first["input"], str | int | float):
+        message += f" (got {str(first['input'])[:80]!r})"
+    more = len(errors) - 1
+    if more:
+        message += f"; and {more} more problem(s)"
+    return InvalidParameter(field, message)
+
+
+def from_http_exception(exc: StarletteHTTPException) -> ServiceError:
+    detail = str(exc.detail) if exc.detail else ""
+    by_status: dict[int, type[ServiceError]] = {
+        400: BadRequest,
+        401: Unauthorized,
+        404: NotFound,
+        405: MethodNotAllowed,
+        413: BodyTooLarge,
+        415: UnsupportedMediaType,
+    }
+    cls = by_status.get(exc.status_code)
+    if cls is None:
+        error = ServiceError(detail or "error")
+        error.status = exc.status_code  # type: ignore[misc]
+        return error
+    messages = {
+        NotFound: "no such endpoint; see GET /docs for the API",
+        MethodNotAllowed: "method not allowed on this endpoint; see GET /docs for the API",
+    }
+    message = messages.get(cls, detail or cls.code)
+    return cls(message)
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type through :func:`error_response` (the single mapping to HTTP)."""
+
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        request.state.error = exc
+        return error_response(exc, _request_id(request))
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        error = from_validation_error(exc)
+        request.state.error = error
+        return error_response(error, _request_id(request))
+
+    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        error = from_http_exception(exc)
+        request.state.error = error
+        response = error_response(error, _request_id(request))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": _request_id(request)})
+        error = Internal("internal server error; the request id identifies it in the server log")
+        request.state.error = error
+        return error_response(error, _request_id(request))
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(Exception, on_unexpected)
