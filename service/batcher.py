@@ -69,6 +69,11 @@ class ModelThread:
     def stop(self) -> None:
         self._jobs.put(None)
 
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the thread to finish its current call after stop(); True when it has ended."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
     def _loop(self) -> None:
         while True:
             job = self._jobs.get()

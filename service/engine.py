@@ -1,0 +1,374 @@
+"""The model engine: owns the StyA2K network, the device, precision, warm-up and the style-feature cache.
+
+Every method that touches the network runs in the model thread (see ``batcher.ModelThread``), one call
+at a time; only the style cache is shared with the request threads, so it carries a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service import imaging
+from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+MODES = ("stylize", "interpolate", "multistyle")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StyleInput:
+    """One style of a request: either already-encoded features (cache hit) or a prepared image tensor."""
+
+    key: str  # sha256 of the uploaded bytes + style size
+    image: torch.Tensor | None  # (3, S, S) float in [0, 1], when not cached
+    features: Any | None  # model.StyleFeatures of batch size 1, when cached
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    """A decoded, validated request ready for the model."""
+
+    mode: str  # stylize | interpolate | multistyle
+    content: torch.Tensor  # (3, h, w) float in [0, 1] at output size
+    styles: tuple[StyleInput, ...]
+    weights: torch.Tensor | None  # None (stylize) | (N,) interpolation | (N, h, w) soft region weights
+    alpha: float
+    preserve_color: bool
+
+    @property
+    def height(self) -> int:
+        return int(self.content.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.content.shape[2])
+
+
+BatchKey = tuple[str, int, int, int]  # (mode, padded height, padded width, number of styles)
+
+
+class StyleCache:
+    """LRU of encoded style features bounded by bytes; thread-safe."""
+
+    def __init__(self, max_bytes: int, metrics: ServiceMetrics) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._metrics = metrics
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            features = self._items.get(key)
+            if features is None:
+                self.misses += 1
+                self._metrics.style_cache_misses.inc()
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            self._metrics.style_cache_hits.inc()
+            return features
+
+    def peek(self, key: str) -> Any | None:
+        """Lookup without counting (used inside a batch after the request was already counted)."""
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: str, features: Any) -> None:
+        size = int(features.nbytes)
+        with self._lock:
+            if size > self.max_bytes or key in self._items:
+                return
+            self._items[key] = features
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= int(evicted.nbytes)
+            self._metrics.style_cache_bytes.set(self._bytes)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = StyleCache(settings.cache_bytes, metrics)
+        self.net: Any = None
+        self.device = torch.device("cpu")
+        self.autocast_dtype: torch.dtype | None = None
+        self.weights_label = ""
+        self.weights_sha256: str | None = None
+        self._transfer: Any = None
+        self._largest_ok_pixels = 0  # padded pixels of the largest item computed: OOM below it is transient
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> None:
+        """Select the device, load the weights, set precision; runs once, in the model thread."""
+        import model  # deferred: the package is heavy and settings/imaging tests must not need it
+
+        self.device = self._select_device()
+        if self.device.type == "cpu" and self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        started = time.monotonic()
+        if self.settings.uses_random_weights:
+            log.warning("STYA2K_WEIGHTS=random: serving an UNTRAINED model (tests only); outputs are noise")
+            net = model.StyA2K(model.ModelConfig())
+            self.weights_label, self.weights_sha256 = "random", None
+        else:
+            path = Path(self.settings.weights) if self.settings.weights else model.DEFAULT_WEIGHTS
+            net = model.load_model(path, device="cpu")
+            from model.checkpoint import sha256_file
+
+            self.weights_label, self.weights_sha256 = str(path), sha256_file(Path(path))
+        net.eval().requires_grad_(False)
+        net = net.to(self.device)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.autocast_dtype = self._select_dtype()
+        self._transfer = net.stylize_from_features
+        if self.settings.compile:
+            self._transfer = torch.compile(net.stylize_from_features, dynamic=False)
+        log.info(
+            "model loaded",
+            extra={
+                "weights": self.weights_label,
+                "device": str(self.device),
+                "dtype": self.dtype_name,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
+
+    def _select_device(self) -> torch.device:
+        wanted = self.settings.device
+        if wanted == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"STYA2K_DEVICE={wanted} but CUDA is not available on this machine")
+        return torch.device(wanted)
+
+    def _select_dtype(self) -> torch.dtype | None:
+        """Autocast dtype, None for plain float32. auto: float16 on GPU, float32 on CPU."""
+        wanted = self.settings.dtype
+        if wanted == "auto":
+            return torch.float16 if self.device.type == "cuda" else None
+        if wanted == "float32":
+            return None
+        if wanted == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RuntimeError("STYA2K_DTYPE=bfloat16 but this GPU does not support bfloat16")
+        return _DTYPES[wanted]
+
+    @property
+    def dtype_name(self) -> str:
+        return "float32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
+
+    @property
+    def loaded(self) -> bool:
+        return self.net is not None
+
+    def info(self) -> dict[str, Any]:
+        net = self.net
+        meta = dict(getattr(net, "meta", {}) or {}) if net is not None else {}
+        return {
+            "version": str(meta.get("version", "untrained" if self.settings.uses_random_weights else "")),
+            "arch": net.config.arch if net is not None else None,
+            "weights": self.weights_label,
+            "sha256": self.weights_sha256,
+            "parameters": sum(p.numel() for p in net.parameters()) if net is not None else 0,
+        }
+
+    # ------------------------------------------------------------------ precision / context
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        with torch.inference_mode():
+            if self.autocast_dtype is None:
+                yield
+            else:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    yield
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return tensor
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        pinned.copy_(tensor)
+        return pinned.to(self.device, non_blocking=True)
+
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return tensor
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        pinned.copy_(tensor, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return pinned
+
+    # ------------------------------------------------------------------ warm-up
+    def warm_shapes(self) -> list[tuple[int, int]]:
+        """The padded content shapes most requests land in: the default side at 1:1, 4:3 and 3:4."""
+        side = self.settings.default_side
+        short = max(imaging.MIN_SIDE, round(side * 3 / 4))
+        step = self.settings.bucket_px
+        sizes = ((side, side), (short, side), (side, short))
+        return sorted({imaging.bucket_shape(h, w, step) for h, w in sizes})
+
+    def warm_up(self) -> None:
+        """Run each common shape once (allocator, cuDNN autotune, compile) before reporting ready."""
+        started = time.monotonic()
+        size = self.settings.style_size
+        generator = torch.Generator().manual_seed(0)
+        style = torch.rand(1, 3, size, size, generator=generator)
+        try:
+            self._warm(style, generator)
+        except Exception as exc:
+            if self._transfer is self.net.stylize_from_features:
+                raise
+            log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
+            self._transfer = self.net.stylize_from_features
+            self._warm(style, generator)
+        log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 2)})
+
+    def _warm(self, style: torch.Tensor, generator: torch.Generator) -> None:
+        with self._inference():
+            features = self.net.encode_style(self._to_device(style))
+            for height, width in self.warm_shapes():
+                content = self._to_device(torch.rand(1, 3, height, width, generator=generator))
+                if self.device.type == "cuda":
+                    content = content.contiguous(memory_format=torch.channels_last)
+                self._transfer(content, [features], None, 1.0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ batching
+    def batch_key(self, job: TransferJob) -> BatchKey:
+        height, width = imaging.bucket_shape(job.height, job.width, self.settings.bucket_px)
+        return (job.mode, height, width, len(job.styles))
+
+    def lookup_style(self, key: str) -> Any | None:
+        return self.cache.get(key)
+
+    def run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]:
+        """One forward pass for jobs sharing a batch key -> uint8 (3, h, w) CPU images, in order.
+
+        Raises on failures of the whole pass (the batcher splits and retries); after an out-of-memory
+        error the CUDA cache is emptied first so the retry gets the freed memory.
+        """
+        try:
+            return self._run_batch(jobs)
+        except Exception as exc:
+            if _is_oom(exc) and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+
+    def _run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]:
+        mode, height, width, count = self.batch_key(jobs[0])
+        with self._inference():
+            encoded = self._encode_missing_styles(jobs)
+            content = torch.stack([imaging.pad_to(job.content[None], height, width)[0] for job in jobs])
+            content = self._to_device(content)  # (B, 3, Hb, Wb)
+            if self.device.type == "cuda":
+                content = content.contiguous(memory_format=torch.channels_last)
+            styles = [self._style_batch(jobs, n, encoded) for n in range(count)]
+            weights = self._weights_batch(jobs, mode, height, width)
+            alpha = torch.tensor([job.alpha for job in jobs], device=self.device)  # (B,)
+            stylized = self._transfer(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
+            results: list[torch.Tensor | BaseException] = []
+            for index, job in enumerate(jobs):
+                crop = (slice(index, index + 1), slice(None), slice(0, job.height), slice(0, job.width))
+                image = stylized[crop].float()  # (1, 3, h, w)
+                if job.preserve_color:
+                    image = imaging.preserve_color(image, content[crop].float())
+                results.append(self._to_host(imaging.quantize(image[0])))  # (3, h, w) uint8
+        self._largest_ok_pixels = max(self._largest_ok_pixels, height * width)
+        return results
+
+    def _encode_missing_styles(self, jobs: Sequence[TransferJob]) -> dict[str, Any]:
+        """Encode each uncached style of the batch once (deduplicated by key); cache and return them.
+
+        The returned dict keeps them usable for this batch even when the cache is too small to hold them.
+        """
+        missing: dict[str, torch.Tensor] = {}
+        for job in jobs:
+            for style in job.styles:
+                if style.features is None and style.key not in missing:
+                    if style.image is None:
+                        raise RuntimeError(f"style {style.key[:12]} has neither features nor an image")
+                    missing[style.key] = style.image
+        encoded: dict[str, Any] = {}
+        keys = list(missing)
+        chunk = self.settings.max_batch_size
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, S, S)
+            features = self.net.encode_style(images)
+            for index, key in enumerate(part):
+                single = features[index]
+                # clone: a cached entry must not pin the whole batched tensor
+                single = type(single)({tap: t.clone() for tap, t in single.feats.items()})
+                encoded[key] = single
+                self.cache.put(key, single)
+        return encoded
+
+    def _style_batch(self, jobs: Sequence[TransferJob], n: int, encoded: dict[str, Any]) -> Any:
+        import model
+
+        items = []
+        for job in jobs:
+            style = job.styles[n]
+            features = style.features if style.features is not None else encoded[style.key]
+            items.append(features.to(self.device))
+        return model.StyleFeatures.cat(items)
+
+    def _weights_batch(self, jobs: Sequence[TransferJob], mode: str, height: int, width: int) -> Any:
+        weights = [job.weights for job in jobs]
+        if mode == "stylize":
+            return None
+        if any(w is None for w in weights):
+            raise RuntimeError(f"{mode} job without weights")
+        if mode == "interpolate":
+            return self._to_device(torch.stack(weights))  # (B, N)
+        maps = [imaging.pad_to(w[None], height, width)[0] for w in weights]  # each (N, Hb, Wb)
+        return self._to_device(torch.stack(maps))  # (B, N, Hb, Wb)
+
+    # ------------------------------------------------------------------ failures
+    def failure(self, job: TransferJob, exc: BaseException) -> ServiceError:
+        """The error a request gets when it fails on its own (the batcher already split the batch)."""
+        if isinstance(exc, ServiceError):
+            return exc
+        if _is_oom(exc):
+            height, width = imaging.bucket_shape(job.height, job.width, self.settings.bucket_px)
+            if height * width <= self._largest_ok_pixels:
+                return OutOfMemory(
+                    "device memory was short for this request at the moment; retry shortly", retry_after_s=1
+                )
+            return InsufficientMemory(
+                f"a {job.width}x{job.height} output does not fit in device memory even alone; "
+                "use a smaller max_side"
+            )
+        log.error("request failed in the model", exc_info=exc)
+        return Internal(f"internal error while computing this request ({type(exc).__name__})")
