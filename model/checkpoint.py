@@ -1,0 +1,170 @@
+"""Checkpoints that carry their own config, and the sha256 manifest of shipped weights (`weights/MANIFEST`).
+
+File format (a `torch.save` dict loadable with `weights_only=True`)::
+
+    {"format_version": 1, "config": ModelConfig.to_dict(), "state_dict": {name: tensor} (trainable parts only),
+     "state_sha256": digest of the tensors (see `state_digest`), "meta": {...}}
+
+`meta` holds plain Python types only: version, iterations, data summary, ...
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from model.stya2k import StyA2K
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+MANIFEST_NAME = "MANIFEST"
+# Preference order of the shipped defaults: the GPU-trained release first, the CPU-trained stand-in after it.
+DEFAULT_CANDIDATES = ("stya2k-v1.pt", "stya2k-v0-cpu.pt")
+
+
+class CheckpointError(RuntimeError):
+    """A weights file is missing, corrupt, altered or not a StyA2K checkpoint."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict[str, str]:
+    """`sha256sum`-format manifest -> {file name: sha256}; {} when there is none."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    entries = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise CheckpointError(f"{path}:{line_no}: expected '<sha256>  <file name>', got {line!r}")
+        entries[parts[1].lstrip("*")] = parts[0].lower()
+    return entries
+
+
+def write_manifest_entry(path: Path, digest: str) -> None:
+    """Add or replace `path`'s line in the MANIFEST beside it."""
+    entries = read_manifest(path.parent)
+    entries[path.name] = digest
+    lines = [f"{sha}  {name}" for name, sha in sorted(entries.items())]
+    (path.parent / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+
+
+def verify_against_manifest(path: Path) -> str:
+    """sha256 of `path`; raises if the MANIFEST beside it lists the file with another digest."""
+    digest = sha256_file(path)
+    expected = read_manifest(path.parent).get(path.name)
+    if expected is None:
+        log.info("%s is not listed in a MANIFEST; sha256 %s", path, digest)
+    elif expected != digest:
+        raise CheckpointError(
+            f"{path} has sha256 {digest} but {path.parent / MANIFEST_NAME} expects {expected}: "
+            "the file is corrupt or was replaced; restore it (git checkout / re-download) or update the manifest"
+        )
+    return digest
+
+
+def default_weights_path(directory: Path = WEIGHTS_DIR) -> Path:
+    """The shipped default weights: the first of DEFAULT_CANDIDATES that is listed in the manifest and present."""
+    listed = read_manifest(directory)
+    for name in DEFAULT_CANDIDATES:
+        if name in listed and (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"no shipped weights found in {directory} (looked for {', '.join(DEFAULT_CANDIDATES)})")
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes of a state dict: detects corruption inside the file,
+    which `torch.load` does not (it does not check the zip CRCs)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size()))
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """Meta must load under weights_only=True: keep plain Python types, stringify the rest (e.g. TorchVersion)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    return str(value)
+
+
+def save_checkpoint(model: StyA2K, path: str | Path, *, half: bool = True, meta: dict[str, Any] | None = None) -> str:
+    """Write the trainable weights with config and meta; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.trainable_state_dict().items()}
+    payload = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": state,
+               "state_sha256": state_digest(state), "meta": _plain(dict(meta or {}))}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    return sha256_file(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", verify_manifest: bool = True) -> StyA2K:
+    from model.stya2k import StyA2K
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    digest = verify_against_manifest(path) if verify_manifest else sha256_file(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path} is not a StyA2K checkpoint (expected keys 'config' and 'state_dict')")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+    if payload.get("state_sha256") != state_digest(payload["state_dict"]):
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the digest stored at save time")
+    try:
+        model = StyA2K(ModelConfig.from_dict(payload["config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has an invalid config: {exc}") from exc
+    expected = model.trainable_state_dict()
+    state = payload["state_dict"]
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path} has tensors of the wrong shape: {bad[:5]}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    model.meta = {**payload.get("meta", {}), "sha256": digest, "path": str(path)}
+    return model.to(map_location).eval()
+
+
+def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> StyA2K:
+    """Load `weights` (default: the shipped weights) onto `device`, in eval mode."""
+    path = Path(weights) if weights is not None else default_weights_path()
+    return load_checkpoint(path, map_location=device)

@@ -1,0 +1,194 @@
+"""Pure tensor math of StyA2K (paper sections 3.2-3.3, Algorithms 1-2). No parameters live here.
+
+Notation used in shape comments:
+    B batch, C channels, h heads, d = C / h channels per head,
+    n number of blocks (p x p spatial patches), r = p * p positions per block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MVN_EPS = 1e-5
+
+
+def calc_mean_std(feat: Tensor, eps: float = MVN_EPS) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std over space (unbiased variance + eps), each (B, C, 1, 1)."""
+    b, c = feat.shape[:2]
+    flat = feat.reshape(b, c, -1)
+    # Unbiased variance is undefined for a single position; fall back to 0 (std = sqrt(eps)).
+    var = flat.var(dim=2, unbiased=flat.shape[2] > 1) + eps
+    return flat.mean(dim=2).view(b, c, 1, 1), var.sqrt().view(b, c, 1, 1)
+
+
+def mean_variance_norm(feat: Tensor) -> Tensor:
+    """Instance normalisation without affine parameters: (x - mean) / std per channel."""
+    mean, std = calc_mean_std(feat)
+    return (feat - mean) / std
+
+
+def adain(content: Tensor, style: Tensor) -> Tensor:
+    """Adaptive instance normalisation (Huang & Belongie 2017): content statistics replaced by the style's."""
+    s_mean, s_std = calc_mean_std(style)
+    return mean_variance_norm(content) * s_std + s_mean
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad the bottom/right of (B, C, H, W) so H and W are multiples of `multiple`.
+
+    Reflection keeps padded regions statistically like their surroundings, so no block sees artificial zeros;
+    when a side is too small to reflect (pad >= size) we replicate instead. Returns the padded tensor and the
+    original (H, W) so callers can crop back.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (h, w)
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
+
+
+def block(x: Tensor, p: int) -> Tensor:
+    """Algorithm 2 `block`: (B, C, H, W) -> (B, C, n, r), n = (H/p)(W/p) row-major blocks, r = p*p positions.
+
+    Same element order as `F.unfold(x, p, stride=p)` viewed as (B, C, r, n) and transposed.
+    """
+    b, c, hh, ww = x.shape
+    x = x.reshape(b, c, hh // p, p, ww // p, p)  # (B, C, H/p, p, W/p, p)
+    return x.permute(0, 1, 2, 4, 3, 5).reshape(b, c, (hh // p) * (ww // p), p * p)
+
+
+def unblock(x: Tensor, p: int, size: tuple[int, int]) -> Tensor:
+    """Inverse of `block`: (B, C, n, r) -> (B, C, H, W) for the given (H, W)."""
+    b, c = x.shape[:2]
+    hh, ww = size
+    x = x.reshape(b, c, hh // p, ww // p, p, p)  # (B, C, H/p, W/p, p, p)
+    return x.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hh, ww)
+
+
+def to_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, C, n, r) -> (B, h, n, r, d): contiguous channel groups become heads, tokens last for SDPA."""
+    b, c, n, r = x.shape
+    return x.reshape(b, heads, c // heads, n, r).permute(0, 1, 3, 4, 2)
+
+
+def from_heads(x: Tensor) -> Tensor:
+    """(B, h, n, r, d) -> (B, C, n, r)."""
+    b, h, n, r, d = x.shape
+    return x.permute(0, 1, 4, 2, 3).reshape(b, h * d, n, r)
+
+
+def aggregate_blocks(k: Tensor, v: Tensor, sim_alpha: Tensor | float,
+                     sim_beta: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Distributed attention step 1 (eq. 7-8): one representative key and value per style block.
+
+    k: (B, h, n, r, d), v: (B, h, n, r, dv) -> (B, h, n, d), (B, h, n, dv).
+    Each position is weighted by sigmoid(beta + alpha * <centre, k_i>); the centre itself joins with weight 1 and
+    the sum is divided by r + 1 (as the authors' reference code does).
+    """
+    r = k.shape[3]
+    k_centre = k.mean(dim=3)  # (B, h, n, d)
+    v_centre = v.mean(dim=3)  # (B, h, n, dv)
+    dist = torch.einsum("bhnd,bhnrd->bhnr", k_centre, k)
+    sim = torch.sigmoid(sim_beta + sim_alpha * dist)  # (B, h, n, r)
+    k_agg = (torch.einsum("bhnr,bhnrd->bhnd", sim, k) + k_centre) / (r + 1)
+    v_agg = (torch.einsum("bhnr,bhnrd->bhnd", sim, v) + v_centre) / (r + 1)
+    return k_agg, v_agg
+
+
+def distributed_attention(q: Tensor, k: Tensor, v: Tensor, sim_alpha: Tensor | float,
+                          sim_beta: Tensor | float) -> Tensor:
+    """Distributed attention (eq. 6-9, 13): every content position attends over all aggregated style keys.
+
+    q: (B, h, n_c, r, d), k: (B, h, n_s, r, d), v: (B, h, n_s, r, dv) -> (B, h, n_c, r, dv).
+    """
+    b, h, n_c, r, d = q.shape
+    k_agg, v_agg = aggregate_blocks(k, v, sim_alpha, sim_beta)
+    # The paper uses raw dot products (no 1/sqrt(d)), so the scale is passed explicitly.
+    out = F.scaled_dot_product_attention(q.reshape(b, h, n_c * r, d), k_agg, v_agg, scale=1.0)
+    return out.reshape(b, h, n_c, r, v.shape[-1])
+
+
+def match_blocks(q: Tensor, k: Tensor, chunk_elems: int = 1 << 24) -> Tensor:
+    """Progressive attention step 1 (eq. 10): index of the best style block for every content block, per head.
+
+    Block similarity is the position-aligned dot product sum_{y,c} q[x, y, c] * k[z, y, c].
+    q: (B, h, n_c, r, d), k: (B, h, n_s, r, d) -> (B, h, n_c) int64.
+    Content blocks are processed in chunks so the (n_c, n_s) score matrix never exceeds ~chunk_elems per batch*head.
+    """
+    b, h, n_c, r, d = q.shape
+    n_s = k.shape[2]
+    q_flat = q.reshape(b, h, n_c, r * d)
+    k_flat = k.reshape(b, h, n_s, r * d).transpose(-1, -2)  # (B, h, r*d, n_s)
+    step = max(1, chunk_elems // max(1, b * h * n_s))
+    parts = [torch.matmul(q_flat[:, :, i:i + step], k_flat).argmax(dim=-1) for i in range(0, n_c, step)]
+    return torch.cat(parts, dim=2)
+
+
+def gather_blocks(x: Tensor, index: Tensor) -> Tensor:
+    """Reshuffle style blocks (eq. 11): x (B, h, n_s, r, d), index (B, h, n_c) -> (B, h, n_c, r, d)."""
+    b, h, _, r, d = x.shape
+    idx = index.reshape(b, h, -1, 1, 1).expand(b, h, index.shape[2], r, d)
+    return torch.gather(x, 2, idx)
+
+
+def progressive_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Progressive attention (eq. 10-13): coarse block matching (argmax), then fine softmax inside the block.
+
+    q: (B, h, n_c, r, d), k: (B, h, n_s, r, d), v: (B, h, n_s, r, dv) -> (B, h, n_c, r, dv).
+    """
+    b, h, n_c, r, d = q.shape
+    index = match_blocks(q, k)
+    k_sel = gather_blocks(k, index)  # (B, h, n_c, r, d)
+    v_sel = gather_blocks(v, index)  # (B, h, n_c, r, dv)
+    dv = v.shape[-1]
+    out = F.scaled_dot_product_attention(
+        q.reshape(b, h * n_c, r, d), k_sel.reshape(b, h * n_c, r, d), v_sel.reshape(b, h * n_c, r, dv), scale=1.0
+    )
+    return out.reshape(b, h, n_c, r, dv)
+
+
+def _blocked_branch(attention, q: Tensor, k: Tensor, v: Tensor, block_size: int, heads: int) -> Tensor:
+    """Pad maps to the block grid, block them into heads, run `attention`, unblock and crop back.
+
+    q: (B, Cq, H, W), k: (B, Cq, Hs, Ws), v: (B, Cv, Hs, Ws) -> (B, Cv, H, W). Any sizes: reflect-padding to the
+    block grid means no region is left unattended; the padded rows/columns are cropped from the output.
+    """
+    q, (h, w) = pad_to_multiple(q, block_size)
+    k, _ = pad_to_multiple(k, block_size)
+    v, _ = pad_to_multiple(v, block_size)
+    out = attention(
+        to_heads(block(q, block_size), heads),  # (B, h, n_c, r, d)
+        to_heads(block(k, block_size), heads),  # (B, h, n_s, r, d)
+        to_heads(block(v, block_size), heads),  # (B, h, n_s, r, dv)
+    )
+    return unblock(from_heads(out), block_size, q.shape[-2:])[..., :h, :w]
+
+
+def distributed_branch(q: Tensor, k: Tensor, v: Tensor, block_size: int, heads: int,
+                       sim_alpha: Tensor | float = 1.0, sim_beta: Tensor | float = 0.0) -> Tensor:
+    """Distributed attention on projected feature maps (see `_blocked_branch` for shapes)."""
+    return _blocked_branch(lambda qb, kb, vb: distributed_attention(qb, kb, vb, sim_alpha, sim_beta),
+                           q, k, v, block_size, heads)
+
+
+def progressive_branch(q: Tensor, k: Tensor, v: Tensor, block_size: int, heads: int) -> Tensor:
+    """Progressive attention on projected feature maps (see `_blocked_branch` for shapes)."""
+    return _blocked_branch(progressive_attention, q, k, v, block_size, heads)
+
+
+def all_to_all(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """Full softmax attention of every content position over every style position (AdaAttN/SANet style).
+
+    q: (B, Cq, H, W), k: (B, Cq, Hs, Ws), v: (B, Cv, Hs, Ws) -> (B, Cv, H, W). Same raw dot product as A2K.
+    """
+    b, _, hh, ww = q.shape
+    cv = v.shape[1]
+
+    def tokens(x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, h, H*W, C/h)
+        return x.reshape(b, heads, x.shape[1] // heads, -1).transpose(-1, -2)
+
+    out = F.scaled_dot_product_attention(tokens(q), tokens(k), tokens(v), scale=1.0)  # (B, h, H*W, dv)
+    return out.transpose(-1, -2).reshape(b, cv, hh, ww)

@@ -1,0 +1,199 @@
+"""The StyA2K network (Figure 3): VGG encoder -> A2K at relu3_1, relu4_1, relu5_1 -> decoder.
+
+Transfer and decoding are split at the feature level so that one code path serves single-style transfer,
+style interpolation (a convex combination of transferred features, section 4.4) and spatial multi-style
+(a soft mask per style): both are per-style weight maps applied to the transferred features of each layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model import functional as fn
+from model.a2k import A2K, AllToAll
+from model.config import ModelConfig
+from model.decoder import ConvLayer, Decoder, upsample2
+from model.encoder import TAP_BY_NAME, VGGEncoder
+
+# Content is padded to this multiple so every encoder tap halves exactly and decoder upsampling lands back on
+# the same grid; 32 px is the smallest input whose deepest conv input (1/16) can still be reflection-padded.
+SIZE_MULTIPLE = 16
+MIN_SIDE = 32
+ATTENTION_TAPS = ("relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclass
+class StyleFeatures:
+    """Encoded style features {tap: (B, C, h, w)}; cacheable and batchable (equal style sizes only)."""
+
+    feats: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.feats.values())).shape[0]
+
+    def __getitem__(self, i: int) -> StyleFeatures:
+        return StyleFeatures({k: v[i:i + 1] for k, v in self.feats.items()})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.feats.values())
+
+    def to(self, *args: Any, **kwargs: Any) -> StyleFeatures:
+        return StyleFeatures({k: v.to(*args, **kwargs) for k, v in self.feats.items()})
+
+    @staticmethod
+    def cat(items: Sequence[StyleFeatures]) -> StyleFeatures:
+        if not items:
+            raise ValueError("StyleFeatures.cat needs at least one item")
+        shapes = {tuple(it.feats[k].shape[1:]) for it in items for k in it.feats}
+        try:
+            return StyleFeatures({k: torch.cat([it.feats[k] for it in items]) for k in items[0].feats})
+        except RuntimeError as exc:
+            raise ValueError(f"style features of different sizes cannot be batched: {sorted(shapes)}") from exc
+
+
+def pad_image(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """Pad (B, 3, H, W) to a multiple of SIZE_MULTIPLE and at least MIN_SIDE; returns original (H, W)."""
+    h, w = x.shape[-2:]
+    if min(h, w) < MIN_SIDE:
+        x = F.pad(x, (0, max(0, MIN_SIDE - w), 0, max(0, MIN_SIDE - h)), mode="replicate")
+    padded, _ = fn.pad_to_multiple(x, SIZE_MULTIPLE)
+    return padded, (h, w)
+
+
+class StyA2K(nn.Module):
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.meta: dict[str, Any] = {}
+        self.encoder = VGGEncoder()
+        arch = self.config.arch
+        if arch == "adain":
+            self.taps: tuple[str, ...] = ("relu4_1",)
+            self.decoder = Decoder(skip_channels=0)
+            return
+        self.taps = ATTENTION_TAPS
+        heads, blocks = self.config.attention.heads, self.config.attention.block_sizes
+
+        def attention(tap: str) -> nn.Module:
+            channels = TAP_BY_NAME[tap].channels
+            return A2K(channels, blocks[tap], heads) if arch == "a2k" else AllToAll(channels, heads)
+
+        self.attn3, self.attn4, self.attn5 = (attention(t) for t in ATTENTION_TAPS)
+        self.merge = ConvLayer(512, 512, relu=False)
+        self.decoder = Decoder(skip_channels=256)
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+    # --------------------------------------------------------------------------------------------- the pipeline
+    def encode_style(self, style: Tensor) -> StyleFeatures:
+        """style: (B, 3, Hs, Ws) in [0, 1] -> the features the transfer needs (any size >= 1 px)."""
+        padded, _ = pad_image(style)
+        return StyleFeatures(self.encoder(padded, self.taps))
+
+    def transfer(self, content_feats: dict[str, Tensor], style_feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-layer transferred features F_cs for one style: {tap: (B, C, h, w)} at the content's resolution."""
+        if self.config.arch == "adain":
+            return {"relu4_1": fn.adain(content_feats["relu4_1"], style_feats["relu4_1"])}
+        modules = (self.attn3, self.attn4, self.attn5)
+        return {tap: m(content_feats[tap], style_feats[tap]) for tap, m in zip(ATTENTION_TAPS, modules, strict=True)}
+
+    def decode(self, transferred: dict[str, Tensor]) -> Tensor:
+        """{tap: features} -> (B, 3, H, W) unclamped image."""
+        if self.config.arch == "adain":
+            return self.decoder(transferred["relu4_1"])
+        merged = self.merge(transferred["relu4_1"] + upsample2(transferred["relu5_1"]))  # (B, 512, H/8, W/8)
+        return self.decoder(merged, transferred["relu3_1"])
+
+    # ---------------------------------------------------------------------------------------------- training
+    def forward_with_features(self, content: Tensor,
+                              style: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Training pass. content (B, 3, H, W) with H, W multiples of 16 (>= 32); style any size >= 32.
+
+        Returns the unclamped output and every tap of content and style (computed without grad, for the losses).
+        """
+        h, w = content.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"training content must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIDE} px, got {h}x{w}")
+        with torch.no_grad():
+            c_feats = self.encoder(content)
+            s_feats = self.encoder(pad_image(style)[0])
+        return self.decode(self.transfer(c_feats, s_feats)), c_feats, s_feats
+
+    def forward(self, content: Tensor, style: Tensor) -> Tensor:
+        return self.forward_with_features(content, style)[0]
+
+    # --------------------------------------------------------------------------------------------- inference
+    def stylize(self, content: Tensor, style: Tensor, alpha: float | Tensor = 1.0) -> Tensor:
+        """content (B, 3, H, W), style (B, 3, Hs, Ws), both RGB in [0, 1], any sizes -> (B, 3, H, W) in [0, 1]."""
+        return self.stylize_from_features(content, [self.encode_style(style)], alpha=alpha)
+
+    def stylize_from_features(self, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None = None,
+                              alpha: float | Tensor = 1.0) -> Tensor:
+        """Stylize with pre-encoded styles, mixed by `weights`.
+
+        content: (B, 3, H, W). styles: N entries of batch size B. weights: None (N == 1), (B, N) interpolation
+        weights, or (B, N, H, W) per-pixel masks; each is normalised to sum to 1 over N. alpha: float or (B,)
+        style strength, blended at the feature level. Returns (B, 3, H, W) clamped to [0, 1].
+        """
+        n = len(styles)
+        b = content.shape[0]
+        if n == 0:
+            raise ValueError("at least one style is required")
+        if weights is None:
+            if n != 1:
+                raise ValueError(f"{n} styles need weights (B, N) or masks (B, N, H, W)")
+            weights = content.new_ones(b, 1)
+        if weights.shape[:2] != (b, n):
+            raise ValueError(f"weights must start with (B={b}, N={n}), got {tuple(weights.shape)}")
+        padded, (h, w) = pad_image(content)
+        if weights.dim() == 4 and tuple(weights.shape[-2:]) != (h, w):
+            weights = F.interpolate(weights, size=(h, w), mode="bilinear", align_corners=False)
+        c_feats = self.encoder(padded, self.taps)
+        per_style = [self.transfer(c_feats, s.feats) for s in styles]
+        mixed = {}
+        for tap, c in c_feats.items():
+            # (B, N, h, w) for masks, (B, N, 1, 1) for interpolation weights
+            wmap = self._weights_at(weights, padded.shape[-2:], c.shape[-2:]).to(c.dtype)
+            mix = sum(wmap[:, i:i + 1] * t[tap] for i, t in enumerate(per_style))
+            a = torch.as_tensor(alpha, dtype=c.dtype, device=c.device).reshape(-1, 1, 1, 1)
+            mixed[tap] = a * mix + (1 - a) * c
+        return self.decode(mixed)[..., :h, :w].clamp(0, 1)
+
+    @staticmethod
+    def _weights_at(weights: Tensor, padded_size: torch.Size, size: torch.Size) -> Tensor:
+        """Resize (B, N) or (B, N, H, W) weights to a feature map of `size`, normalised over N."""
+        if weights.dim() == 2:
+            wmap = weights[:, :, None, None]
+        else:
+            ph, pw = padded_size
+            h, w = weights.shape[-2:]
+            wmap = F.pad(weights, (0, pw - w, 0, ph - h), mode="replicate")
+            wmap = F.adaptive_avg_pool2d(wmap, tuple(size))
+        return wmap / wmap.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: str | Path, *, half: bool = True, meta: dict[str, Any] | None = None) -> str:
+        from model.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, half=half, meta=meta)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu",
+                        verify_manifest: bool = True) -> StyA2K:
+        from model.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, map_location=map_location, verify_manifest=verify_manifest)

@@ -1,0 +1,148 @@
+"""The fast attention path (SDPA, chunked matching, any size) against a plain einsum transcription of the paper."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import functional as fn
+
+# Fast path and reference differ only by float32 summation order.
+ATOL = 1e-4
+RTOL = 1e-4
+
+
+def ref_block(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Algorithm 2 via F.unfold: (B, C, H, W) -> (B, C, n, r)."""
+    b, c = x.shape[:2]
+    y = F.unfold(x, kernel_size=p, stride=p)  # (B, C*r, n)
+    return y.permute(0, 2, 1).reshape(b, -1, c, p * p).permute(0, 2, 1, 3)
+
+
+def ref_unblock(x: torch.Tensor, p: int, size: tuple[int, int]) -> torch.Tensor:
+    b, c, n, r = x.shape
+    return F.fold(x.permute(0, 2, 1, 3).reshape(b, n, c * r).permute(0, 2, 1), size, kernel_size=p, stride=p)
+
+
+def ref_distributed(q, k, v, p, heads, alpha, beta):
+    """Eq. 6-9 and 13 with einsum, as in Algorithm 1 (generalised to n_content != n_style)."""
+    b, c, h, w = q.shape
+    qb = ref_block(q, p).reshape(b, heads, c // heads, -1, p * p)  # (B, h, d, n_c, r)
+    kb = ref_block(k, p).reshape(b, heads, c // heads, -1, p * p)  # (B, h, d, n_s, r)
+    vb = ref_block(v, p).reshape(b, heads, v.shape[1] // heads, -1, p * p)
+    r = p * p
+    k_m, v_m = kb.mean(-1), vb.mean(-1)  # (B, h, d, n_s)
+    sim = torch.sigmoid(beta + alpha * torch.einsum("bhcx,bhcxy->bhxy", k_m, kb))
+    k_a = (torch.einsum("bhxy,bhcxy->bhcx", sim, kb) + k_m) / (r + 1)
+    v_a = (torch.einsum("bhxy,bhcxy->bhcx", sim, vb) + v_m) / (r + 1)
+    scores = torch.softmax(torch.einsum("bhcxy,bhcz->bhyxz", qb, k_a), dim=-1)
+    out = torch.einsum("bhyxz,bhcz->bhcxy", scores, v_a)
+    return ref_unblock(out.reshape(b, v.shape[1], -1, r), p, (h, w))
+
+
+def ref_progressive(q, k, v, p, heads):
+    """Eq. 10-13 with einsum, as in Algorithm 1."""
+    b, c, h, w = q.shape
+    qb = ref_block(q, p).reshape(b, heads, c // heads, -1, p * p)
+    kb = ref_block(k, p).reshape(b, heads, c // heads, -1, p * p)
+    vb = ref_block(v, p).reshape(b, heads, v.shape[1] // heads, -1, p * p)
+    n_c = qb.shape[3]
+    idx = torch.einsum("bhcxy,bhczy->bhxz", qb, kb).argmax(-1)  # (B, h, n_c)
+    k_sel = torch.gather(kb, 3, idx.view(b, heads, 1, n_c, 1).expand(-1, -1, kb.shape[2], -1, kb.shape[4]))
+    v_sel = torch.gather(vb, 3, idx.view(b, heads, 1, n_c, 1).expand(-1, -1, vb.shape[2], -1, vb.shape[4]))
+    scores = torch.softmax(torch.einsum("bhcxy,bhcxz->bhxyz", qb, k_sel), dim=-1)
+    out = torch.einsum("bhxyz,bhcxz->bhcxy", scores, v_sel)
+    return ref_unblock(out.reshape(b, v.shape[1], -1, p * p), p, (h, w))
+
+
+def random_maps(b=2, c=32, hw=(16, 24), hw_s=(24, 16), cv=None):
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))  # fresh inputs each run
+    q = torch.randn(b, c, *hw, generator=g)
+    k = torch.randn(b, c, *hw_s, generator=g)
+    v = torch.randn(b, cv or c, *hw_s, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("p", [4, 8])
+def test_block_matches_unfold_and_round_trips(p):
+    x = torch.randn(2, 6, 2 * p, 3 * p)
+    blocked = fn.block(x, p)
+    assert blocked.shape == (2, 6, 6, p * p)
+    torch.testing.assert_close(blocked, ref_block(x, p))
+    torch.testing.assert_close(fn.unblock(blocked, p, x.shape[-2:]), x)
+    heads = fn.to_heads(blocked, 2)
+    assert heads.shape == (2, 2, 6, p * p, 3)
+    torch.testing.assert_close(fn.from_heads(heads), blocked)
+
+
+@pytest.mark.parametrize("p", [4, 8])
+def test_distributed_fast_path_matches_einsum_reference(p):
+    q, k, v = random_maps(hw=(2 * p, 3 * p), hw_s=(3 * p, p))
+    alpha, beta = 0.7, 0.2
+    fast = fn.distributed_branch(q, k, v, p, heads=4, sim_alpha=alpha, sim_beta=beta)
+    torch.testing.assert_close(fast, ref_distributed(q, k, v, p, 4, alpha, beta), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("p", [4, 8])
+def test_progressive_fast_path_matches_einsum_reference(p):
+    # Small-magnitude inputs keep block scores apart so argmax has no near-ties between the two paths.
+    q, k, v = random_maps(hw=(2 * p, 2 * p), hw_s=(3 * p, 2 * p))
+    fast = fn.progressive_branch(q, k, v, p, heads=4)
+    torch.testing.assert_close(fast, ref_progressive(q, k, v, p, 4), atol=ATOL, rtol=RTOL)
+
+
+def test_chunked_block_matching_equals_unchunked():
+    q, k, _ = random_maps(b=1, c=16, hw=(32, 32), hw_s=(32, 32))
+    qb = fn.to_heads(fn.block(q, 4), 4)
+    kb = fn.to_heads(fn.block(k, 4), 4)
+    full = fn.match_blocks(qb, kb)
+    tiny = fn.match_blocks(qb, kb, chunk_elems=64)  # forces one content block per chunk
+    assert torch.equal(full, tiny)
+
+
+def test_value_channels_may_differ_from_key_channels():
+    q, k, v = random_maps(c=16, cv=8, hw=(8, 8), hw_s=(8, 16))
+    assert fn.distributed_branch(q, k, v, 4, 4).shape == (2, 8, 8, 8)
+    torch.testing.assert_close(fn.progressive_branch(q, k, v, 4, 4), ref_progressive(q, k, v, 4, 4),
+                               atol=ATOL, rtol=RTOL)
+
+
+def test_any_size_pads_to_block_grid_and_crops_back():
+    q, k, v = random_maps(hw=(13, 22), hw_s=(9, 30))
+    out = fn.progressive_branch(q, k, v, 8, 4)
+    assert out.shape == (2, 32, 13, 22)
+    # Equivalent to the reference on the reflect-padded maps, cropped.
+    qp, _ = fn.pad_to_multiple(q, 8)
+    kp, _ = fn.pad_to_multiple(k, 8)
+    vp, _ = fn.pad_to_multiple(v, 8)
+    torch.testing.assert_close(out, ref_progressive(qp, kp, vp, 8, 4)[..., :13, :22], atol=ATOL, rtol=RTOL)
+    da = fn.distributed_branch(q, k, v, 8, 4)
+    torch.testing.assert_close(da, ref_distributed(qp, kp, vp, 8, 4, 1.0, 0.0)[..., :13, :22], atol=ATOL, rtol=RTOL)
+
+
+def test_pad_to_multiple_replicates_when_too_small_to_reflect():
+    x = torch.randn(1, 2, 3, 5)
+    padded, size = fn.pad_to_multiple(x, 8)
+    assert padded.shape == (1, 2, 8, 8) and size == (3, 5)
+    torch.testing.assert_close(padded[..., :3, :5], x)
+
+
+def test_all_to_all_matches_softmax_reference():
+    q, k, v = random_maps(c=16, hw=(6, 5), hw_s=(4, 7))
+    out = fn.all_to_all(q, k, v, heads=4)
+    b, heads = 2, 4
+    qt = q.reshape(b, heads, 4, -1)
+    kt = k.reshape(b, heads, 4, -1)
+    vt = v.reshape(b, heads, 4, -1)
+    ref = torch.einsum("bhqk,bhck->bhcq", torch.softmax(torch.einsum("bhcq,bhck->bhqk", qt, kt), -1), vt)
+    torch.testing.assert_close(out, ref.reshape(2, 16, 6, 5), atol=ATOL, rtol=RTOL)
+
+
+def test_mean_variance_norm_and_adain_statistics():
+    x = torch.randn(2, 3, 8, 8) * 5 + 2
+    s = torch.randn(2, 3, 6, 6) * 0.5 - 1
+    m, sd = fn.calc_mean_std(fn.adain(x, s))
+    sm, ssd = fn.calc_mean_std(s)
+    torch.testing.assert_close(m, sm, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sd, ssd, atol=1e-3, rtol=1e-3)
+    # A single position has no variance: must stay finite.
+    assert torch.isfinite(fn.mean_variance_norm(torch.randn(1, 2, 1, 1))).all()
