@@ -42,7 +42,7 @@ def test_tensor_pil_round_trip_is_exact() -> None:
     img = _gradient_image(37, 23, seed=1)
     tensor = pil_to_tensor(img)
     assert tensor.shape == (3, 23, 37)
-    assert 0.0 <= tensor.min() and tensor.max() <= 1.0
+    assert tensor.min() >= 0.0 and tensor.max() <= 1.0
     assert tensor_to_pil(tensor).tobytes() == img.tobytes()
 
 

@@ -1,0 +1,102 @@
+"""Turn a training checkpoint into release weights: fp16, config + meta, sha256 recorded in a manifest.
+
+    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0-cpu.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def update_manifest(manifest: Path, filename: str, sha256: str) -> None:
+    """Set ``filename``'s line in a sha256sum-format manifest (``<sha256>  <filename>``), keep others."""
+    lines = manifest.read_text().splitlines() if manifest.exists() else []
+    kept = [line for line in lines if line.strip() and line.split(maxsplit=1)[-1].lstrip("*") != filename]
+    kept.append(f"{sha256}  {filename}")
+    manifest.write_text("\n".join(sorted(kept, key=lambda line: line.split(maxsplit=1)[-1])) + "\n")
+
+
+def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """What a release file says about how it was made."""
+    cfg = state["train_config"]
+    return {
+        "version": version or f"{cfg['arch']}-iter{state['iteration']}",
+        "arch": cfg["arch"],
+        "iterations": int(state["iteration"]),
+        "batch_size": cfg["batch_size"],
+        "crop_size": cfg["crop_size"],
+        "load_size": cfg["load_size"],
+        "lr": cfg["lr"],
+        "planned_iterations": cfg["iters"],
+        "loss_weights": {
+            "style": cfg["style_weight"], "a2k": cfg["a2k_weight"], "content": cfg["content_weight"]
+        },
+        "seed": cfg["seed"],
+        "train_wall_s": round(float(state.get("wall_s", 0.0)), 1),
+        "data": state.get("data", {}),
+        "exported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "torch": str(torch.__version__),
+    }
+
+
+def export_release(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    manifest: str | Path | None = None,
+    version: str | None = None,
+    half: bool = True,
+) -> str:
+    """Write release weights from a training checkpoint; returns their sha256 (also put in the manifest)."""
+    from model import ModelConfig, StyA2K
+    from model.train import load_trainable_state
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state.get("format") != "stya2k-train-state":
+        raise ValueError(f"{checkpoint} is not a training checkpoint written by model.train")
+    net = StyA2K(ModelConfig.from_dict(state["model_config"]))
+    load_trainable_state(net, state["model"])
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sha = net.save_checkpoint(out_path, half=half, meta=release_meta(state, version))
+    manifest_path = Path(manifest) if manifest else out_path.parent / "MANIFEST"
+    update_manifest(manifest_path, out_path.name, sha)
+    return sha
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="runs/<run>/checkpoints/*.pt")
+    parser.add_argument("--out", required=True, help="release weights file to write")
+    parser.add_argument("--manifest", default=None, help="sha256sum manifest (default: next to --out)")
+    parser.add_argument("--version-tag", default=None, help="version string stored in the file's meta")
+    parser.add_argument("--fp32", action="store_true", help="keep fp32 instead of fp16")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint)
+    if not path.exists():
+        logger.error("checkpoint %s does not exist", path)
+        return 2
+    sha = export_release(path, args.out, manifest=args.manifest, version=args.version_tag, half=not args.fp32)
+    logger.info("wrote %s sha256 %s", args.out, sha)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m model.export", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
