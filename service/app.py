@@ -141,11 +141,11 @@ class Gateway:
         try:
             rejection = self._precheck(scope, headers, path)
             if rejection is not None:
-                await self._reject(rejection, send_with_id, request_id)
+                await self._reject(scope, rejection, send_with_id, request_id)
                 return
             body_receive = await self._buffer_body(scope, headers, receive)
             if isinstance(body_receive, ServiceError):
-                await self._reject(body_receive, send_with_id, request_id)
+                await self._reject(scope, body_receive, send_with_id, request_id)
                 return
             await self.app(scope, body_receive, send_with_id)
         except Exception:
@@ -159,6 +159,9 @@ class Gateway:
                 if 200 <= status["code"] < 300:
                     metrics.request_latency.labels(endpoint=endpoint).observe(elapsed)
             metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            error = scope["state"].get("error")
+            if isinstance(error, ServiceError):  # set by the error handlers (errors.py) or by _reject
+                metrics.reject(error.reason)
             if path not in ("/health/live", "/health/ready", "/metrics"):
                 access_log.info(
                     "%s %s %d %.1fms",
@@ -221,8 +224,8 @@ class Gateway:
 
         return replay
 
-    async def _reject(self, error: ServiceError, send: Send, request_id: str) -> None:
-        self.state.metrics.reject(error.reason)
+    async def _reject(self, scope: Scope, error: ServiceError, send: Send, request_id: str) -> None:
+        scope["state"]["error"] = error
         headers = {"X-Request-ID": request_id, **error.headers()}
         response = JSONResponse(
             error_body(error.code, error.message), status_code=error.status, headers=headers

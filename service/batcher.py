@@ -204,14 +204,12 @@ class Batcher(Generic[P, R]):
         if self._closed:
             raise Draining("the server is shutting down; retry on another instance", retry_after_s=1)
         if len(self._pending) >= self.queue_size:
-            self._metrics.reject("queue_full")
             raise QueueFull(
                 f"the queue is full ({self.queue_size} requests waiting); retry later",
                 retry_after_s=self._retry_after_s(),
             )
         now = time.monotonic()
         if deadline <= now:
-            self._metrics.reject("deadline")
             raise DeadlineExceeded("the deadline passed before the request was queued; not computed")
         loop = asyncio.get_running_loop()
         job = _Job(key, payload, deadline, now, loop.create_future(), disconnected)
@@ -223,7 +221,6 @@ class Batcher(Generic[P, R]):
         except TimeoutError:
             if job.state == "queued":
                 self.stats.dropped_deadline += 1
-                self._metrics.reject("deadline")
                 self._drop(job, DeadlineExceeded("the deadline passed while queued; not computed"))
             # Already computing: the work is being done, so deliver it rather than waste it.
             return await job.future
@@ -242,6 +239,7 @@ class Batcher(Generic[P, R]):
                 self._pending.remove(job)
             self._metrics.queue_depth.set(len(self._pending))
         job.state = "dropped"
+        self._arrived.set()  # wake the worker: the head it waits on may be this job
         if not job.future.done():
             job.future.set_exception(error)
             job.future.exception()  # mark retrieved: nobody may be awaiting a dropped job
@@ -296,7 +294,6 @@ class Batcher(Generic[P, R]):
                 self._drop(job, ClientDisconnected("abandoned"))
             elif job.deadline <= now:
                 self.stats.dropped_deadline += 1
-                self._metrics.reject("deadline")
                 self._drop(job, DeadlineExceeded("the deadline passed while queued; not computed"))
             elif job.disconnected is not None and job.disconnected():
                 self.stats.dropped_disconnected += 1
@@ -353,7 +350,6 @@ class Batcher(Generic[P, R]):
         if job.future.done():
             return
         if isinstance(outcome, ServiceError):
-            self._metrics.reject(outcome.reason)
             job.future.set_exception(outcome)
         else:
             job.future.set_result(outcome)

@@ -21,7 +21,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from service.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
 
 # MPO is how PIL names the multi-picture JPEGs many phone cameras write.
-READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+Image.init()  # register every plugin now: Image.open(formats=...) only consults registered ones
+READ_FORMATS: tuple[str, ...] = tuple(
+    f for f in ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF") if f in Image.OPEN
+)
 OUTPUT_FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MIN_SIDE = 16  # the encoder downsamples by 16; smaller inputs carry no usable content
 WHITE = (255, 255, 255)
