@@ -1,0 +1,204 @@
+"""A corpus of malformed requests: none may yield a 5xx, every one gets the JSON error shape."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from service_helpers import RunningServer, image_bytes
+
+MAX_BODY = 300_000
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge image (a decompression bomb needs no more to be caught)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00"))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+GOOD = image_bytes((64, 48), "PNG")
+GOOD_JPEG = image_bytes((64, 48), "JPEG")
+GOOD_B64 = base64.b64encode(GOOD).decode()
+TINY = image_bytes((1, 1), "PNG")
+COLOUR_LABELS = image_bytes((64, 48), "PNG", color=(255, 0, 0), pattern=False)
+
+
+def corrupt_middle(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 40]) + data[middle + 40 :]
+
+
+def multipart(**fields: Any) -> dict[str, Any]:
+    """files = content/style/... bytes; data = form values (strings)."""
+    files = []
+    data = {}
+    for name, value in fields.items():
+        if isinstance(value, bytes):
+            files.append((name, (name, value)))
+        elif isinstance(value, list):
+            files.extend((name, (name, v)) for v in value)
+        else:
+            data[name] = value
+    return {"files": files, "data": data}
+
+
+# (case id, method, path, request kwargs, expected status, expected code)
+CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    ("empty content", "POST", "/v1/stylize", multipart(content=b"", style=GOOD), 400, "invalid_image"),
+    ("garbage content", "POST", "/v1/stylize", multipart(content=b"\x00\x01garbage" * 10, style=GOOD), 415,
+     "unsupported_media_type"),
+    ("text content", "POST", "/v1/stylize", multipart(content=b"hello world, not an image", style=GOOD), 415,
+     "unsupported_media_type"),
+    ("truncated png", "POST", "/v1/stylize", multipart(content=GOOD[: len(GOOD) // 2], style=GOOD), 400,
+     "invalid_image"),
+    ("truncated jpeg", "POST", "/v1/stylize", multipart(content=GOOD_JPEG[:200], style=GOOD), 400,
+     "invalid_image"),
+    ("corrupt png data", "POST", "/v1/stylize", multipart(content=corrupt_middle(GOOD), style=GOOD), 400,
+     "invalid_image"),
+    ("1x1 content", "POST", "/v1/stylize", multipart(content=TINY, style=GOOD), 400, "invalid_image"),
+    ("png bomb header", "POST", "/v1/stylize", multipart(content=png_header_only(100_000, 100_000), style=GOOD),
+     413, "image_too_large"),
+    ("too many pixels", "POST", "/v1/stylize", multipart(content=png_header_only(5000, 5000), style=GOOD), 413,
+     "image_too_large"),
+    ("garbage style", "POST", "/v1/stylize", multipart(content=GOOD, style=b"GIF89a-broken"), 415,
+     "unsupported_media_type"),
+    ("missing content", "POST", "/v1/stylize", multipart(style=GOOD), 422, "invalid_parameter"),
+    ("missing style", "POST", "/v1/stylize", multipart(content=GOOD), 422, "invalid_parameter"),
+    ("content as text field", "POST", "/v1/stylize", multipart(content="abc", style=GOOD), 422,
+     "invalid_parameter"),
+    ("alpha too big", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, alpha="2"), 422,
+     "invalid_parameter"),
+    ("alpha negative", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, alpha="-0.1"), 422,
+     "invalid_parameter"),
+    ("alpha nan", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, alpha="nan"), 422,
+     "invalid_parameter"),
+    ("alpha text", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, alpha="strong"), 422,
+     "invalid_parameter"),
+    ("max_side too small", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, max_side="10"), 422,
+     "invalid_parameter"),
+    ("max_side above limit", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, max_side="100000"), 422,
+     "invalid_parameter"),
+    ("format gif", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, format="gif"), 422,
+     "invalid_parameter"),
+    ("preserve_color maybe", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, preserve_color="maybe"),
+     422, "invalid_parameter"),
+    ("feather too wide", "POST", "/v1/multistyle",
+     multipart(content=GOOD, style=[GOOD, GOOD], labels=GOOD, feather="100"), 422, "invalid_parameter"),
+    ("colour label map", "POST", "/v1/multistyle",
+     multipart(content=GOOD, style=[GOOD, GOOD], labels=COLOUR_LABELS), 422, "invalid_parameter"),
+    ("too many styles", "POST", "/v1/interpolate",
+     multipart(content=GOOD, style=[GOOD] * 5, weights="1,1,1,1,1"), 422, "invalid_parameter"),
+    ("json to multipart endpoint", "POST", "/v1/stylize", {"json": {"content": GOOD_B64, "style": GOOD_B64}},
+     415, "unsupported_media_type"),
+    ("multipart to json endpoint", "POST", "/v1/stylize/json", multipart(content=GOOD, style=GOOD), 415,
+     "unsupported_media_type"),
+    ("multipart without boundary", "POST", "/v1/stylize",
+     {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_request"),
+    ("malformed json", "POST", "/v1/stylize/json",
+     {"content": b'{"content": ', "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
+    ("non-utf8 json", "POST", "/v1/stylize/json",
+     {"content": b"\xff\xfe\xfa", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
+    ("json missing content", "POST", "/v1/stylize/json", {"json": {"style": GOOD_B64}}, 422, "invalid_parameter"),
+    ("json bad base64", "POST", "/v1/stylize/json", {"json": {"content": "%%%notbase64", "style": GOOD_B64}},
+     422, "invalid_parameter"),
+    ("json base64 of text", "POST", "/v1/stylize/json",
+     {"json": {"content": base64.b64encode(b"just text").decode(), "style": GOOD_B64}}, 415,
+     "unsupported_media_type"),
+    ("json wrong type", "POST", "/v1/stylize/json", {"json": {"content": 123, "style": GOOD_B64}}, 422,
+     "invalid_parameter"),
+    ("json unknown field", "POST", "/v1/stylize/json",
+     {"json": {"content": GOOD_B64, "style": GOOD_B64, "strength": 3}}, 422, "invalid_parameter"),
+    ("json style list for stylize", "POST", "/v1/stylize/json", {"json": {"content": GOOD_B64, "style": [GOOD_B64]}},
+     422, "invalid_parameter"),
+    ("json weights count", "POST", "/v1/interpolate/json",
+     {"json": {"content": GOOD_B64, "style": [GOOD_B64, GOOD_B64], "weights": [1.0]}}, 422, "invalid_parameter"),
+    ("json masks and labels", "POST", "/v1/multistyle/json",
+     {"json": {"content": GOOD_B64, "style": [GOOD_B64, GOOD_B64], "masks": [GOOD_B64, GOOD_B64],
+               "labels": GOOD_B64}}, 422, "invalid_parameter"),
+    ("json array body", "POST", "/v1/stylize/json", {"json": [1, 2, 3]}, 422, "invalid_parameter"),
+    ("body too large", "POST", "/v1/stylize", multipart(content=b"\x00" * (MAX_BODY + 10), style=GOOD), 413,
+     "body_too_large"),
+    ("negative deadline", "POST", "/v1/stylize",
+     {**multipart(content=GOOD, style=GOOD), "headers": {"X-Deadline-Ms": "-5"}}, 422, "invalid_parameter"),
+    ("get on transfer endpoint", "GET", "/v1/stylize", {}, 405, "method_not_allowed"),
+    ("delete on health", "DELETE", "/health/live", {}, 405, "method_not_allowed"),
+    ("unknown path", "GET", "/v2/stylize", {}, 404, "not_found"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def strict_server(server_factory) -> RunningServer:  # type: ignore[no-untyped-def]
+    return server_factory(max_body_bytes=MAX_BODY, max_input_pixels=1_000_000)
+
+
+def test_corpus_is_big_enough() -> None:
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_bad_input_gets_json_error(
+    strict_server: RunningServer, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    with strict_server.client() as client:
+        response = client.request(method, path, **kwargs)
+    assert response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["message"]
+    assert (response.status_code, body["error"]["code"]) == (status, code), body
+    assert response.headers.get("x-request-id")
+
+
+def test_server_still_healthy_after_corpus(strict_server: RunningServer) -> None:
+    with strict_server.client() as client:
+        assert client.get("/health/ready").status_code == 200
+        ok = client.post("/v1/stylize", files={"content": GOOD, "style": GOOD_JPEG})
+    assert ok.status_code == 200, ok.text
+    assert strict_server.metric("stya2k_http_requests_total", 'endpoint="/v1/stylize",status="500"') == 0
+
+
+def test_odd_but_valid_images_are_accepted(strict_server: RunningServer) -> None:
+    """Modes a camera or editor may produce: each must be converted, not refused."""
+    frames = [Image.new("P", (64, 48), i) for i in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    samples = {
+        "rgba": image_bytes((64, 48), "PNG", mode="RGBA", color=(10, 20, 30, 0)),
+        "la": image_bytes((64, 48), "PNG", mode="LA", color=(100, 255)),
+        "gray": image_bytes((64, 48), "PNG", mode="L", color=90),
+        "bilevel": image_bytes((64, 48), "PNG", mode="1", color=1),
+        "cmyk-jpeg": image_bytes((64, 48), "JPEG", mode="CMYK", color=(0, 255, 255, 0)),
+        "16-bit": image_bytes((64, 48), "PNG", mode="I;16", color=40000),
+        "animated-gif": gif.getvalue(),
+        "webp": image_bytes((64, 48), "WEBP"),
+        "bmp": image_bytes((64, 48), "BMP"),
+        "tiff": image_bytes((64, 48), "TIFF"),
+    }
+    with strict_server.client() as client:
+        for name, data in samples.items():
+            response = client.post("/v1/stylize", files={"content": data, "style": data})
+            assert response.status_code == 200, (name, response.text)
+
+
+def test_unreadable_response_never_leaks_a_traceback(strict_server: RunningServer) -> None:
+    response = httpx.post(strict_server.url + "/v1/stylize", content=b"x" * 10,
+                          headers={"Content-Type": "multipart/form-data; boundary=zzz"})  # fmt: skip
+    assert response.status_code in (400, 422)
+    assert "Traceback" not in response.text
