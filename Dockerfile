@@ -1,0 +1,84 @@
+# syntax=docker/dockerfile:1.7
+# StyA2K Serve container image (docs/DEPLOY.md).
+#
+#   GPU (default):  docker build -t stya2k-serve:cuda .
+#   CPU:            docker build --build-arg VARIANT=cpu -t stya2k-serve:cpu .
+#
+# Layers, from least to most often changed: OS + Python, the locked dependencies (torch from the index
+# that matches the variant, then the rest of pyproject.toml's pins), the weights, the code.
+
+ARG VARIANT=cuda
+ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm
+
+# --- GPU base: NVIDIA's CUDA runtime image; torch's CUDA build from the matching wheel index.
+FROM ${CUDA_BASE_IMAGE} AS base-cuda
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ENV TORCH_INDEX_URL=${TORCH_INDEX_URL}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+# --- CPU base: slim Python; torch's CPU build (no CUDA libraries, a fraction of the size).
+FROM ${CPU_BASE_IMAGE} AS base-cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV TORCH_INDEX_URL=${TORCH_INDEX_URL}
+
+FROM base-${VARIANT} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# --- Dependencies: rebuilt only when pyproject.toml changes. The pins are read from pyproject.toml so
+# the image runs exactly the versions the tests ran; torch comes first from the variant's index and then
+# satisfies the `torch==` pin of the second install.
+FROM base AS deps
+RUN python3 -m venv /opt/venv
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && grep -q '^torch==' /tmp/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
+    && pip install -r /tmp/requirements.txt
+
+# --- Runtime image.
+FROM base AS runtime
+ARG VARIANT
+LABEL org.opencontainers.image.title="stya2k-serve" \
+      org.opencontainers.image.description="StyA2K arbitrary style transfer HTTP service (${VARIANT})"
+RUN useradd --create-home --uid 10001 --user-group stya2k
+COPY --from=deps /opt/venv /opt/venv
+WORKDIR /app
+# Weights are baked in and checked against weights/MANIFEST at build time (a corrupt or replaced file
+# fails the build); at start the entry point checks them again, or checks a volume mounted over
+# /app/weights or the file STYA2K_WEIGHTS names (docs/DEPLOY.md).
+COPY weights/ /app/weights/
+RUN if [ -f /app/weights/MANIFEST ]; then \
+        cd /app/weights && sha256sum --check --strict --ignore-missing MANIFEST; \
+    else \
+        echo "no weights/MANIFEST: this image needs weights mounted at /app/weights or STYA2K_WEIGHTS"; \
+    fi
+COPY --chmod=0755 deploy/docker/entrypoint.sh /app/deploy/docker/entrypoint.sh
+COPY deploy/docker/healthcheck.py /app/deploy/docker/healthcheck.py
+COPY model/ /app/model/
+COPY service/ /app/service/
+
+ENV PYTHONPATH=/app \
+    STYA2K_HOST=0.0.0.0 \
+    STYA2K_PORT=8000 \
+    STYA2K_DRAIN_GRACE_S=5 \
+    STYA2K_DRAIN_TIMEOUT_S=30
+USER stya2k
+EXPOSE 8000
+# The service drains on SIGTERM: readiness 503 at once, serving for STYA2K_DRAIN_GRACE_S, then up to
+# STYA2K_DRAIN_TIMEOUT_S for in-flight requests. The orchestrator's stop timeout must be longer than
+# their sum (docker-compose.yml: stop_grace_period 45s; k8s: terminationGracePeriodSeconds 45).
+STOPSIGNAL SIGTERM
+# Loading weights and warming up the common shapes takes a while on first start: start period 120 s.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python3", "/app/deploy/docker/healthcheck.py"]
+ENTRYPOINT ["/app/deploy/docker/entrypoint.sh"]
+CMD ["python3", "-m", "service"]
