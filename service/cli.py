@@ -1,0 +1,594 @@
+"""The ``stya2k`` command line: serve, stylize, interpolate, multistyle, train, eval.
+
+Transfers run the model in this process (``--weights``, ``--device``) or, with ``--url``, on a running
+server through :mod:`service.client`. Local mode uses the service's own decode / resize / encode path
+(:mod:`service.pipeline`, :mod:`service.imaging`) and engine, so a local result equals the server's.
+
+Exit codes: 0 success, 1 failure (bad image, model or server error), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+log = logging.getLogger("service.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+SUFFIX_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+DELEGATED = {"train": "model.train", "eval": "model.evaluate"}
+LOCAL_MAX_SIDE = 8192  # local mode: the only limit is the machine's memory
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit code 2."""
+
+
+class Failure(Exception):
+    """The work could not be done: exit code 1."""
+
+
+# ---------------------------------------------------------------------------------------------- backends
+@dataclass(frozen=True)
+class Transfer:
+    """One transfer to run, as file bytes plus the API's options."""
+
+    mode: str  # stylize | interpolate | multistyle
+    content: bytes
+    styles: list[bytes]
+    alpha: float
+    preserve_color: bool
+    max_side: int | None
+    format: str
+    weights: list[float] | None = None
+    masks: list[bytes] | None = None
+    labels: bytes | None = None
+    feather: float = 8.0
+
+
+@dataclass(frozen=True)
+class Output:
+    data: bytes
+    milliseconds: float
+
+
+class Backend(Protocol):
+    def run(self, transfer: Transfer) -> Output: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """The model in this process, through the service's engine and pipeline (identical results)."""
+
+    def __init__(self, weights: str | None, device: str, threads: int) -> None:
+        from service.engine import Engine
+        from service.metrics import ServiceMetrics
+        from service.settings import Settings, SettingsError
+
+        try:
+            self.settings = Settings(
+                weights=weights,
+                device=device,
+                threads=threads,
+                warmup=False,
+                max_side=LOCAL_MAX_SIDE,
+                max_input_pixels=400_000_000,
+            )
+        except SettingsError as exc:
+            raise UsageError(str(exc).replace("STYA2K_WEIGHTS", "--checkpoint").replace("STYA2K_", "--")) from None
+        self.engine = Engine(self.settings, ServiceMetrics())
+        try:
+            self.engine.load()
+        except Exception as exc:  # missing / corrupt weights, no CUDA, ...: a clear one-line failure
+            raise Failure(f"cannot load the model: {exc}") from None
+
+    def run(self, transfer: Transfer) -> Output:
+        from service import pipeline
+        from service.errors import ServiceError
+
+        started = time.monotonic()
+        request = pipeline.TransferRequest(**dataclasses.asdict(transfer))
+        try:
+            pipeline.validate(request, self.settings)
+            job = pipeline.prepare(request, self.settings, self.engine.lookup_style)
+        except ServiceError as exc:
+            raise Failure(exc.message) from None
+        except Exception as exc:  # a decoder failure on odd input is still a bad input, not a crash
+            raise Failure(f"the image could not be decoded ({type(exc).__name__}: {exc})") from None
+        try:
+            result = self.engine.run_batch([job])[0]
+        except Exception as exc:
+            result = exc
+        if isinstance(result, BaseException):
+            raise Failure(self.engine.failure(job, result).message)
+        data = pipeline.encode(result, transfer.format)
+        return Output(data, (time.monotonic() - started) * 1000)
+
+    def close(self) -> None:
+        return None
+
+
+class RemoteBackend:
+    """A running server, through the Python client (retries on 429/503)."""
+
+    def __init__(self, url: str, api_key: str | None, timeout_s: float) -> None:
+        from service.client import Client
+
+        self.client = Client(url, api_key=api_key, timeout_s=timeout_s)
+
+    def run(self, transfer: Transfer) -> Output:
+        from service.client import StyA2KError
+
+        options: dict[str, Any] = {
+            "alpha": transfer.alpha,
+            "preserve_color": transfer.preserve_color,
+            "max_side": transfer.max_side,
+            "format": transfer.format,
+        }
+        started = time.monotonic()
+        try:
+            if transfer.mode == "stylize":
+                result = self.client.stylize(transfer.content, transfer.styles[0], **options)
+            elif transfer.mode == "interpolate":
+                result = self.client.interpolate(transfer.content, transfer.styles, transfer.weights or [], **options)
+            else:
+                result = self.client.multistyle(
+                    transfer.content,
+                    transfer.styles,
+                    masks=transfer.masks,
+                    labels=transfer.labels,
+                    feather=transfer.feather,
+                    **options,
+                )
+        except StyA2KError as exc:
+            raise Failure(str(exc)) from None
+        elapsed = result.total_ms if result.total_ms is not None else (time.monotonic() - started) * 1000
+        return Output(result.data, elapsed)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_backend(args: argparse.Namespace) -> Backend:
+    if args.url:
+        return RemoteBackend(args.url, args.api_key, args.timeout)
+    return LocalBackend(args.checkpoint, args.device, args.threads)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class Progress:
+    """A dependency-free progress bar on stderr: redrawn in place on a terminal, one line per item otherwise."""
+
+    def __init__(self, total: int, stream: IO[str], enabled: bool = True, width: int = 28) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled and total > 1
+        self.width = width
+        self.done = 0
+        self.started = time.monotonic()
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        filled = round(self.width * self.done / self.total)
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] {self.done}/{self.total} {elapsed:5.1f}s eta {eta:5.1f}s {label}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def image_files(path: Path, what: str) -> list[Path]:
+    """A file, or every image of a folder (not recursive, sorted); usage error when there is none."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UsageError(f"{what} folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return found
+    raise UsageError(f"{what} {path} does not exist")
+
+
+def read_file(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist or is not a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise Failure(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def output_format(requested: str | None, out: Path, is_folder: bool) -> str:
+    """--format, else the output file's suffix, else png; a conflict between the two is a usage error."""
+    from_suffix = None if is_folder else FORMAT_BY_SUFFIX.get(out.suffix.lower())
+    if not is_folder and out.suffix and from_suffix is None:
+        raise UsageError(f"output {out}: unknown suffix {out.suffix!r}; use .png, .jpg, .jpeg or .webp")
+    if requested and from_suffix and requested != from_suffix:
+        raise UsageError(f"--format {requested} contradicts the output file name {out.name}")
+    return requested or from_suffix or "png"
+
+
+def parse_weights(values: Sequence[str]) -> list[float]:
+    """``--weights 0.7 0.3`` or ``--weights 0.7,0.3``."""
+    parts = [p for value in values for p in value.replace(",", " ").split()]
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--weights: {' '.join(values)!r} is not a list of numbers (e.g. 0.7 0.3)") from None
+
+
+def write_output(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def run_stylize(args: argparse.Namespace) -> int:
+    contents = image_files(Path(args.content), "content")
+    styles = image_files(Path(args.style), "style")
+    out = Path(args.output)
+    many = Path(args.content).is_dir() or Path(args.style).is_dir()
+    if many and out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file; with a folder of inputs -o must name a folder")
+    fmt = output_format(args.format, out, is_folder=many)
+    pairs = [(c, s) for c in contents for s in styles]
+    backend = open_backend(args)
+    progress = Progress(len(pairs), sys.stderr, enabled=not args.quiet)
+    failures: list[str] = []
+    try:
+        for content_path, style_path in pairs:
+            target = out / f"{content_path.stem}__{style_path.stem}{SUFFIX_BY_FORMAT[fmt]}" if many else out
+            transfer = Transfer(
+                "stylize",
+                read_file(content_path, "content"),
+                [read_file(style_path, "style")],
+                args.alpha,
+                args.preserve_color,
+                args.max_side,
+                fmt,
+            )
+            try:
+                result = backend.run(transfer)
+            except Failure as exc:
+                if not many:
+                    raise
+                failures.append(f"{content_path.name} x {style_path.name}: {exc}")
+                progress.step(f"FAILED {content_path.name} x {style_path.name}")
+                continue
+            write_output(target, result.data)
+            progress.step(target.name)
+            if not many and not args.quiet:
+                sys.stderr.write(f"wrote {target} ({result.milliseconds:.0f} ms)\n")
+    finally:
+        backend.close()
+    if many and not args.quiet:
+        sys.stderr.write(f"wrote {len(pairs) - len(failures)} of {len(pairs)} images to {out}\n")
+    for line in failures:
+        sys.stderr.write(f"error: {line}\n")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _single_transfer(args: argparse.Namespace, transfer_for: Callable[[str], Transfer]) -> int:
+    out = Path(args.output)
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder; give the output file name")
+    transfer = transfer_for(output_format(args.format, out, is_folder=False))
+    backend = open_backend(args)
+    try:
+        result = backend.run(transfer)
+    finally:
+        backend.close()
+    write_output(out, result.data)
+    if not args.quiet:
+        sys.stderr.write(f"wrote {out} ({result.milliseconds:.0f} ms)\n")
+    return EXIT_OK
+
+
+def _check_style_count(styles: Sequence[str], command: str) -> None:
+    if len(styles) < 2:
+        raise UsageError(f"{command} needs at least 2 styles, got {len(styles)}")
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    _check_style_count(args.styles, "interpolate")
+    weights = parse_weights(args.weights) if args.weights else [1.0] * len(args.styles)
+    if len(weights) != len(args.styles):
+        raise UsageError(f"--weights: {len(weights)} weights for {len(args.styles)} styles; give one per style")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UsageError("--weights must be >= 0 and not all zero")
+
+    def transfer(fmt: str) -> Transfer:
+        return Transfer(
+            "interpolate",
+            read_file(Path(args.content), "content"),
+            [read_file(Path(s), "style") for s in args.styles],
+            args.alpha,
+            args.preserve_color,
+            args.max_side,
+            fmt,
+            weights=weights,
+        )
+
+    return _single_transfer(args, transfer)
+
+
+def run_multistyle(args: argparse.Namespace) -> int:
+    _check_style_count(args.styles, "multistyle")
+    if args.masks and len(args.masks) != len(args.styles):
+        raise UsageError(f"--masks: {len(args.masks)} masks for {len(args.styles)} styles; give one per style")
+
+    def transfer(fmt: str) -> Transfer:
+        return Transfer(
+            "multistyle",
+            read_file(Path(args.content), "content"),
+            [read_file(Path(s), "style") for s in args.styles],
+            args.alpha,
+            args.preserve_color,
+            args.max_side,
+            fmt,
+            masks=[read_file(Path(m), "mask") for m in args.masks] if args.masks else None,
+            labels=read_file(Path(args.labels), "labels") if args.labels else None,
+            feather=args.feather,
+        )
+
+    return _single_transfer(args, transfer)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+    from service.settings import Settings, SettingsError
+
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS if getattr(args, name) is not None}
+    try:
+        settings = Settings.from_env().replace(**overrides)
+    except SettingsError as exc:
+        raise UsageError(f"configuration: {exc}") from None
+    return serve(settings)
+
+
+def run_delegated(command: str, argv: Sequence[str]) -> int:
+    """``stya2k train|eval ...``: the model package's own parser and entry point, imported only now."""
+    module_name = DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+        add_arguments = module.add_arguments
+        run = module.run
+    except Exception as exc:  # missing module, broken import, missing entry points
+        sys.stderr.write(f"stya2k {command}: unavailable: cannot import {module_name} ({type(exc).__name__}: {exc})\n")
+        return EXIT_FAILURE
+    parser = argparse.ArgumentParser(prog=f"stya2k {command}", description=(module.__doc__ or "").strip() or None)
+    add_arguments(parser)
+    args = parser.parse_args(list(argv))  # exits 2 on usage errors, 0 on --help
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(run(args) or 0)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+# Flags of ``stya2k serve``: one per Settings field; the help says what each does (env var in brackets).
+SERVE_HELP: dict[str, str] = {
+    "weights": "weights file (.pt); default: the shipped weights; 'random' = untrained model (tests only)",
+    "device": "auto | cpu | cuda | cuda:N (auto: the GPU when there is one)",
+    "dtype": "auto | float32 | bfloat16 | float16: autocast precision on GPU (auto: float16 on GPU, float32 on CPU)",
+    "compile": "torch.compile the transfer path (GPU; slower start-up, faster requests)",
+    "warmup": "run the common shapes once before reporting ready",
+    "threads": "torch intra-op threads on CPU; 0 = torch's default",
+    "max_batch_size": "most requests combined into one forward pass",
+    "max_wait_ms": "longest time a request waits for others to fill a batch",
+    "queue_size": "requests waiting for the model before new ones get 429",
+    "deadline_ms": "per-request deadline, arrival to answer; later ones get 504",
+    "bucket_px": "content sizes are padded up to a multiple of this so requests can share a batch",
+    "max_body_bytes": "largest request body; larger ones get 413",
+    "max_input_pixels": "largest decoded input image (width x height); larger ones get 413",
+    "max_side": "largest output side a client may ask for (max_side field)",
+    "default_side": "output side when the client does not ask",
+    "style_size": "styles are resized (short side) and centre-cropped to this square",
+    "max_styles": "most styles in one interpolate / multistyle request",
+    "cache_bytes": "memory for cached style features (repeated styles skip the encoder)",
+    "api_key": "require this X-API-Key header on /v1/* (prefer the env var: flags show in `ps`)",
+    "host": "address to listen on (0.0.0.0 = every interface)",
+    "port": "TCP port",
+    "drain_grace_s": "after SIGTERM: seconds of 503 readiness while still serving, before closing",
+    "drain_timeout_s": "after closing: seconds to finish in-flight requests",
+    "log_level": "debug | info | warning | error | critical",
+}
+SERVE_FLAGS = tuple(SERVE_HELP)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_serve_parser(sub: Any) -> None:
+    from service.settings import Settings
+
+    parser = sub.add_parser(
+        "serve",
+        help="run the HTTP service (docs/API.md)",
+        description="Run the HTTP service. Every flag overrides its STYA2K_* environment variable, which "
+        "overrides the default shown.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = Settings.__dataclass_fields__
+    for name, text in SERVE_HELP.items():
+        field = defaults[name]
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{text} [env STYA2K_{name.upper()}; default {field.default!r}]"
+        kind = str(field.type)
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            convert = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(flag, dest=name, type=convert, default=None, metavar=name.upper(), help=help_text)
+    parser.set_defaults(handler=run_serve)
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; allowed 0..1")
+    return value
+
+
+def _side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"{value} is too small; at least 64")
+    return value
+
+
+def _feather(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 64.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; allowed 0..64")
+    return value
+
+
+def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output image file")
+    parser.add_argument("--alpha", type=_alpha, default=1.0, help="style strength: 0 = content only, 1 = full style")
+    parser.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance transfer)")
+    parser.add_argument(
+        "--max-side", type=_side, default=None, help="longest output side in px (never upscaled); default 512"
+    )
+    parser.add_argument(
+        "--format", choices=("png", "jpeg", "webp"), default=None, help="output encoding; default: from OUT's suffix"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    where = parser.add_argument_group("where the model runs (default: in this process)")
+    where.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="WEIGHTS",
+        help="local: weights file (.pt); default the shipped weights; 'random' = untrained (tests)",
+    )
+    where.add_argument("--device", default="auto", help="local: auto | cpu | cuda | cuda:N")
+    where.add_argument("--threads", type=int, default=0, help="local: torch CPU threads; 0 = torch's default")
+    where.add_argument("--url", default=None, help="use a running server instead, e.g. http://127.0.0.1:8000")
+    where.add_argument(
+        "--api-key", default=os.environ.get("STYA2K_API_KEY"), help="server's API key [env STYA2K_API_KEY]"
+    )
+    where.add_argument("--timeout", type=float, default=120.0, help="server: seconds per request attempt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stya2k",
+        description="StyA2K Serve: arbitrary style transfer with All-to-Key attention (ICCV 2023).",
+        epilog="Run 'stya2k COMMAND --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve_parser(sub)
+
+    stylize = sub.add_parser(
+        "stylize",
+        help="CONTENT in the style of STYLE (files or folders)",
+        description="Stylize CONTENT with STYLE. Either may be a folder: every content x style pair is "
+        "written into the output folder OUT as CONTENT__STYLE.<format>, with a progress bar.",
+        formatter_class=_Formatter,
+    )
+    stylize.add_argument("content", help="content image, or a folder of them")
+    stylize.add_argument("style", help="style image, or a folder of them")
+    _add_transfer_options(stylize)
+    stylize.set_defaults(handler=run_stylize)
+
+    interpolate = sub.add_parser(
+        "interpolate",
+        help="CONTENT in a weighted blend of 2..N styles",
+        description="Blend the transferred features of several styles with convex weights.",
+        formatter_class=_Formatter,
+    )
+    interpolate.add_argument("content", help="content image")
+    interpolate.add_argument("styles", nargs="+", metavar="STYLE", help="2..N style images")
+    interpolate.add_argument(
+        "--weights", nargs="+", metavar="W", help="one weight >= 0 per style (normalised); default equal"
+    )
+    _add_transfer_options(interpolate)
+    interpolate.set_defaults(handler=run_interpolate)
+
+    multistyle = sub.add_parser(
+        "multistyle",
+        help="each region of CONTENT in its own style (masks or a label map)",
+        description="Render each region of CONTENT in its own style, blended softly at the borders.",
+        formatter_class=_Formatter,
+    )
+    multistyle.add_argument("content", help="content image")
+    multistyle.add_argument("styles", nargs="+", metavar="STYLE", help="2..N style images")
+    regions = multistyle.add_mutually_exclusive_group(required=True)
+    regions.add_argument("--masks", nargs="+", metavar="MASK", help="one grayscale mask per style (white = region)")
+    regions.add_argument("--labels", metavar="FILE", help="label map: pixel value i -> style i")
+    multistyle.add_argument("--feather", type=_feather, default=8.0, help="soft border width in output px (0..64)")
+    _add_transfer_options(multistyle)
+    multistyle.set_defaults(handler=run_multistyle)
+
+    for command, module in DELEGATED.items():
+        what = "train the model" if command == "train" else "evaluate weights (quality metrics)"
+        sub.add_parser(command, help=f"{what}: options in 'stya2k {command} --help' ({module})", add_help=False)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in DELEGATED:
+        return _exit(run_delegated(arguments[0], arguments[1:]), argv)
+    parser = build_parser()
+    args = parser.parse_args(arguments)  # usage errors exit 2 with argparse's message
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = args.handler(args)
+    except UsageError as exc:
+        parser.exit(EXIT_USAGE, f"stya2k {args.command}: error: {exc}\n")
+    except Failure as exc:
+        sys.stderr.write(f"stya2k {args.command}: failed: {exc}\n")
+        code = EXIT_FAILURE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv: Sequence[str] | None) -> int:
+    """As a console script (argv None) exit the process; called from Python, return the code."""
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The ``stya2k`` command line: parsing, exit codes, local (in-process) and --url (server) transfers, serve."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from service_helpers import RunningServer, free_port, image_bytes
+
+from service import cli
+from service.client import Client
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = ["--checkpoint", "random", "--max-side", "64", "--threads", "1"]
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.size
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "content": ("content.png", image_bytes((80, 60), color=(30, 120, 200))),
+        "style": ("style.png", image_bytes((64, 64), color=(250, 200, 10))),
+        "style2": ("style2.jpg", image_bytes((70, 50), "JPEG", color=(20, 200, 60))),
+        "broken": ("broken.png", b"this is not an image"),
+    }
+    paths = {}
+    for key, (name, data) in files.items():
+        paths[key] = tmp_path / "in" / name
+        paths[key].parent.mkdir(exist_ok=True)
+        paths[key].write_bytes(data)
+    mask = Image.new("L", (80, 60), 0)
+    mask.paste(255, (0, 0, 40, 60))
+    paths["mask1"], paths["mask2"] = tmp_path / "m1.png", tmp_path / "m2.png"
+    mask.save(paths["mask1"])
+    Image.eval(mask, lambda v: 255 - v).save(paths["mask2"])
+    return paths
+
+
+def run(argv: list[str | Path]) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def test_help_lists_every_command_and_needs_no_torch() -> None:
+    code = (
+        "import sys; from service import cli; cli.build_parser().format_help(); "
+        "print('torch' in sys.modules, 'model' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False"]  # --help works however broken the model package is
+    help_text = cli.build_parser().format_help()
+    for command in ("serve", "stylize", "interpolate", "multistyle", "train", "eval"):
+        assert command in help_text
+
+
+def test_console_script_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["stylize", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--alpha", "--preserve-color", "--max-side", "--format", "--url", "--checkpoint", "folder"):
+        assert option in out
+
+
+def test_every_setting_is_a_documented_serve_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(cli.SERVE_HELP) == {f.name for f in dataclasses.fields(Settings)}
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for field in dataclasses.fields(Settings):
+        assert "--" + field.name.replace("_", "-") in out
+        assert f"STYA2K_{field.name.upper()}" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["stylize", "{content}", "{style}", "-o", "x.png", "--alpha", "1.5"], "allowed 0..1"),
+        (["stylize", "{content}", "{style}"], "-o"),
+        (["stylize", "{content}", "{style}", "-o", "x.png", "--max-side", "10"], "at least 64"),
+        (["stylize", "missing.png", "{style}", "-o", "x.png"], "does not exist"),
+        (["stylize", "{content}", "{style}", "-o", "x.tga"], "unknown suffix"),
+        (["stylize", "{content}", "{style}", "-o", "x.png", "--format", "jpeg"], "contradicts"),
+        (["interpolate", "{content}", "{style}", "-o", "x.png"], "at least 2 styles"),
+        (["interpolate", "{content}", "{style}", "{style2}", "--weights", "1", "-o", "x.png"], "one per style"),
+        (["interpolate", "{content}", "{style}", "{style2}", "--weights", "a,b", "-o", "x.png"], "numbers"),
+        (["interpolate", "{content}", "{style}", "{style2}", "--weights", "0", "0", "-o", "x.png"], "not all zero"),
+        (["multistyle", "{content}", "{style}", "{style2}", "-o", "x.png"], "--masks"),
+        (["multistyle", "{content}", "{style}", "{style2}", "--masks", "{mask1}", "-o", "x.png"], "one per style"),
+        (
+            [
+                "multistyle",
+                "{content}",
+                "{style}",
+                "{style2}",
+                "--masks",
+                "{mask1}",
+                "{mask2}",
+                "--labels",
+                "{mask1}",
+                "-o",
+                "x.png",
+            ],
+            "not allowed with",
+        ),
+        (
+            ["multistyle", "{content}", "{style}", "{style2}", "--labels", "{mask1}", "--feather", "99", "-o", "x.png"],
+            "0..64",
+        ),
+        (["serve", "--port", "99999"], "out of range"),
+        (["serve", "--dtype", "float8"], "not allowed"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str],
+    message: str,
+    images: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    filled = [a.format(**images) for a in argv]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(filled)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_serve_bad_env_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STYA2K_MAX_STYLES", "99")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--port", "1"])
+    assert exited.value.code == 2
+    assert "STYA2K_MAX_STYLES" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- local mode
+def test_local_stylize_folders_with_progress(
+    images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for key in ("style", "style2"):
+        (styles / images[key].name).write_bytes(images[key].read_bytes())
+    (styles / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "out"
+    assert run(["stylize", images["content"], styles, "-o", out, "--format", "webp", *LOCAL]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["content__style.webp", "content__style2.webp"]
+    assert all(_size(out / name) == (64, 48) for name in written)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "wrote 2 of 2 images" in err
+
+
+def test_local_folder_keeps_going_past_a_bad_image(
+    images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    # every image of the "in" folder (content, style, style2, broken) x one style: 4 pairs, 1 broken
+    assert run(["stylize", images["content"].parent, images["style"], "-o", out, *LOCAL, "--alpha", "0.5"]) == 1
+    assert len(list(out.iterdir())) == 3
+    err = capsys.readouterr().err
+    assert "wrote 3 of 4 images" in err
+    assert "broken.png x style.png: content: not an image format" in err
+    assert "Traceback" not in err
+
+
+def test_local_interpolate_and_multistyle(images: dict[str, Path], tmp_path: Path) -> None:
+    blended, masked = tmp_path / "blend.jpg", tmp_path / "masked.png"
+    styles = [images["style"], images["style2"]]
+    assert run(["interpolate", images["content"], *styles, "--weights", "0.7,0.3", "-o", blended, *LOCAL]) == 0
+    assert run(["multistyle", images["content"], *styles, "--masks", images["mask1"], images["mask2"],
+                "-o", masked, "--preserve-color", *LOCAL]) == 0  # fmt: skip
+    assert _size(blended) == _size(masked) == (64, 48)
+    assert blended.read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_local_missing_weights_is_a_failure(
+    images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.pt"
+    code = run(["stylize", images["content"], images["style"], "-o", tmp_path / "o.png", "--checkpoint", missing])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------- --url mode
+def test_remote_transfers(
+    server: RunningServer, images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--url", server.url]
+    styles = [images["style"], images["style2"]]
+    labels = tmp_path / "labels.png"
+    label_map = Image.new("L", (80, 60), 0)
+    label_map.paste(1, (0, 30, 80, 60))
+    label_map.save(labels)
+    assert run(["stylize", images["content"], images["style"], "-o", tmp_path / "a.png", *url]) == 0
+    assert run(["interpolate", images["content"], *styles, "--weights", "1", "2", "-o", tmp_path / "b.png", *url]) == 0
+    assert run(["multistyle", images["content"], *styles, "--labels", labels, "-o", tmp_path / "c.webp", *url]) == 0
+    for name in ("a.png", "b.png", "c.webp"):
+        assert _size(tmp_path / name) == (64, 48)
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_remote_errors_are_failures(
+    server: RunningServer, images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o.png"
+    assert run(["stylize", images["broken"], images["style"], "-o", out, "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert "415 unsupported_media_type" in err and "content" in err
+    assert (
+        run(["stylize", images["content"], images["style"], "-o", out, "--url", server.url, "--max-side", "999"]) == 1
+    )
+    assert "max_side" in capsys.readouterr().err
+    assert (
+        run(["stylize", images["content"], images["style"], "-o", out, "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    )
+    assert "cannot talk to" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- train / eval
+def test_delegated_commands(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--help"])
+    assert exited.value.code == 0
+    assert "--run-dir" in capsys.readouterr().out  # model.train's own options
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--bogus"])
+    assert exited.value.code == 2
+    monkeypatch.setitem(cli.DELEGATED, "eval", "model.no_such_module")
+    assert cli.main(["eval"]) == 1
+    err = capsys.readouterr().err
+    assert "stya2k eval: unavailable" in err and "model.no_such_module" in err
+
+
+# ---------------------------------------------------------------------------------------------- serve
+def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(images: dict[str, Path], tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "STYA2K_MAX_BATCH_SIZE": "3", "STYA2K_WEIGHTS": "random", "STYA2K_WARMUP": "false"}
+    argv = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--max-batch-size", "5",
+            "--max-side", "64", "--default-side", "64", "--style-size", "64", "--threads", "1",
+            "--drain-grace-s", "0", "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
+            client.wait_until_ready(timeout_s=90)
+            info = client.info()
+            result = client.stylize(images["content"], images["style"])
+        assert info["batching"]["max_batch_size"] == 5  # the flag beat STYA2K_MAX_BATCH_SIZE=3
+        assert info["model"]["weights"] == "random"
+        assert result.size == (64, 48)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    assert b"Traceback" not in process.stderr.read()
+
+
+def test_progress_bar_formats(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    progress = cli.Progress(3, stream)
+    for name in ("a", "b", "c"):
+        progress.step(name)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("[" + "#" * 28 + "] 3/3")
+    silent = io.StringIO()
+    cli.Progress(1, silent).step("only")  # a single image needs no bar
+    assert silent.getvalue() == ""
