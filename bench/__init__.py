@@ -1,0 +1,1 @@
+"""Benchmark scripts (`python -m bench.model`, `python -m bench.service`); results in bench/results/."""

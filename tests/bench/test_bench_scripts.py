@@ -1,0 +1,68 @@
+"""Smoke runs of the benchmark scripts with tiny settings: they finish, and their JSON and docs are right.
+
+Nothing here checks a speed: the scripts record numbers, they do not judge them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(module: str, tmp_path: Path, name: str, timeout_s: float) -> tuple[dict[str, Any], str]:
+    out, doc = tmp_path / f"{name}.json", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", module, "--preset", "smoke", "--device", "cpu", "--out", str(out),
+                           "--doc", str(doc)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), doc.read_text()
+
+
+@pytest.mark.slow
+def test_model_benchmark_smoke(tmp_path: Path) -> None:
+    data, doc = run_script("bench.model", tmp_path, "model-smoke", timeout_s=300)
+    assert data["meta"]["torch"] and data["meta"]["cpu"] and data["meta"]["cores"] >= 1
+    assert data["isolated"] is True  # CPU: one fresh process per config
+    rows = data["results"]
+    assert {r["experiment"] for r in rows} == {"throughput", "cache", "arch"}
+    assert {r["arch"] for r in rows if r["experiment"] == "arch"} == {"a2k", "all_to_all", "all_to_all_materialised"}
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["images_per_s"] > 0 and row["median_s"] > 0
+        assert row["peak_mem_bytes"] >= 0 and row["mem_method"].startswith("VmHWM")
+        assert row["flops_per_image"] > 0 and row["x_floor"] > 0
+        assert row["x_floor"] == pytest.approx(row["s_per_image"] / row["floor_s_per_image"])
+    cache = {r["cached"]: r for r in rows if r["experiment"] == "cache"}
+    assert cache[False]["flops_per_image"] > cache[True]["flops_per_image"]  # encoding the style costs FLOPs
+    headline = data["flops"]["headline"]
+    assert headline["size"] == 512 and 100e9 < headline["flops"] < 2000e9
+    assert data["matmul"]["fp32"]["flops_per_s"] > 0
+    assert "<!-- BEGIN bench/model.py -->" in doc and "NOT MEASURED" in doc and "model-smoke.json" in doc
+
+
+@pytest.mark.slow
+def test_service_benchmark_smoke(tmp_path: Path) -> None:
+    data, doc = run_script("bench.service", tmp_path, "service-smoke", timeout_s=400)
+    servers = {s["label"]: s for s in data["servers"]}
+    assert set(servers) == {"batched", "unbatched", "cache_off"}
+    for server in servers.values():
+        for level in server["levels"]:
+            assert level["ok"] == level["requests"] >= 2, level
+            assert level["throughput_rps"] > 0 and level["p50_ms"] <= level["p99_ms"]
+            assert level["server"]["mean_batch_size"] >= 1
+            assert level["server"]["compute_ms_per_batch"] > 0
+    assert all(lvl["server"]["mean_batch_size"] == 1 for lvl in servers["unbatched"]["levels"])
+    # The same style every time: cached once with the cache on, encoded for every batch with it off.
+    assert all(lvl["server"]["cache_misses"] == 0 for lvl in servers["batched"]["levels"])
+    assert all(lvl["server"]["cache_misses"] > 0 for lvl in servers["cache_off"]["levels"])
+    ratios = data["ratios"]
+    assert set(ratios["batching_gain"]) == {"1", "2"} and ratios["e2e_overhead"]["e2e_over_model"] > 0
+    assert ratios["cache_gain"]["1"]["p50_latency_off_over_on"] > 0
+    assert data["model_only"]["model_s"] > 0
+    assert "<!-- BEGIN bench/service.py -->" in doc and "NOT MEASURED" in doc
