@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.weights is None and settings.device == "auto" and settings.api_key is None
+    assert settings.max_batch_size == 8 and settings.default_side == 512
+
+
+def test_env_parsing() -> None:
+    settings = Settings.from_env(
+        {
+            "STYA2K_WEIGHTS": "random",
+            "STYA2K_MAX_BATCH_SIZE": " 4 ",
+            "STYA2K_MAX_WAIT_MS": "2.5",
+            "STYA2K_COMPILE": "yes",
+            "STYA2K_WARMUP": "0",
+            "STYA2K_API_KEY": "k",
+            "STYA2K_DEVICE": "cuda:1",
+            "PATH": "/usr/bin",  # not ours: ignored
+        }
+    )
+    assert settings.uses_random_weights
+    assert (settings.max_batch_size, settings.max_wait_ms, settings.compile, settings.warmup) == (4, 2.5, True, False)
+    assert settings.api_key == "k" and settings.device == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"STYA2K_MAX_BATCH_SIZE": "many"}, "STYA2K_MAX_BATCH_SIZE='many' is not an integer"),
+        ({"STYA2K_MAX_BATCH_SIZE": "0"}, "out of range"),
+        ({"STYA2K_MAX_WAIT_MS": "inf"}, "finite"),
+        ({"STYA2K_WARMUP": "perhaps"}, "not a boolean"),
+        ({"STYA2K_DTYPE": "float8"}, "use one of"),
+        ({"STYA2K_DEVICE": "tpu"}, "auto, cpu, cuda"),
+        ({"STYA2K_MAX_SIDE": "256", "STYA2K_DEFAULT_SIDE": "512"}, "exceeds"),
+        ({"STYA2K_BATCH": "4"}, "unknown setting STYA2K_BATCH"),
+    ],
+)
+def test_bad_values_are_explained(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=None) as info:
+        Settings.from_env(env)
+    assert fragment in str(info.value)
