@@ -477,7 +477,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings,
         metrics=metrics,
         engine=Engine(settings, metrics),
-        io_pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="stya2k-io"),
+        io_pool=ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="stya2k-io"),
     )
     app = FastAPI(
         title="StyA2K Serve",

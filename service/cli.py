@@ -398,6 +398,7 @@ SERVE_HELP: dict[str, str] = {
     "compile": "torch.compile the transfer path (GPU; slower start-up, faster requests)",
     "warmup": "run the common shapes once before reporting ready",
     "threads": "torch intra-op threads on CPU; 0 = torch's default",
+    "workers": "threads that decode, resize and encode images off the event loop",
     "max_batch_size": "most requests combined into one forward pass",
     "max_wait_ms": "longest time a request waits for others to fill a batch",
     "queue_size": "requests waiting for the model before new ones get 429",

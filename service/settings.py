@@ -31,6 +31,7 @@ class Settings:
     compile: bool = False  # torch.compile the transfer path (GPU; slow start-up)
     warmup: bool = True  # run the common shapes once before reporting ready
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    workers: int = 4  # threads that decode, resize and encode images off the event loop
     # Batching
     max_batch_size: int = 8
     max_wait_ms: float = 10.0
@@ -138,6 +139,7 @@ _CHOICES = {
 # (minimum, maximum) inclusive; None = unbounded on that side
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "threads": (0, 1024),
+    "workers": (1, 256),
     "max_batch_size": (1, 1024),
     "max_wait_ms": (0, 10_000),
     "queue_size": (1, 1_000_000),
