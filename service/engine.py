@@ -200,7 +200,10 @@ class Engine:
             "arch": net.config.arch if net is not None else None,
             "weights": self.weights_label,
             "sha256": self.weights_sha256,
-            "parameters": sum(p.numel() for p in net.parameters()) if net is not None else 0,
+            # Learned by our training (attention, merge, decoder); the frozen VGG encoder is counted apart.
+            "parameters": sum(p.numel() for n, p in net.named_parameters() if not n.startswith("encoder."))
+            if net is not None else 0,
+            "encoder_parameters": sum(p.numel() for p in net.encoder.parameters()) if net is not None else 0,
         }
 
     # ------------------------------------------------------------------ precision / context
