@@ -344,7 +344,10 @@ def plan(args: argparse.Namespace, experiment: str) -> list[Config]:
 def skip_reason(cfg: Config, done: list[dict[str, Any]], opts: Options, flops: FlopTable) -> str | None:
     """Why a config is not run: a smaller sibling already failed, memory guard, or a predicted overrun."""
     device = common.select_device(opts.device)
-    if cfg.arch == "all_to_all_materialised" and opts.max_attention_bytes:
+    # The guard covers the fused all-to-all on CPU as well: there SDPA measurably materialises the scores
+    # (18 GiB peak at 512 px on torch 2.13), which could take a shared machine down.
+    guarded = cfg.arch == "all_to_all_materialised" or (cfg.arch == "all_to_all" and device.type == "cpu")
+    if guarded and opts.max_attention_bytes:
         need = attention_matrix_bytes(cfg.size, cfg.style_size, cfg.batch, cfg.dtype)
         if need > opts.max_attention_bytes:
             return (f"the score matrix alone would take {common.fmt_bytes(need)} (> the "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import io
 import os
@@ -219,7 +220,7 @@ class Workload:
 
 
 async def one_request(client: httpx.AsyncClient, work: Workload) -> Sample:
-    files = {"content": ("content.jpg", work.content, "image/jpeg"), "style": ("style.png", work.style, "image/png")}
+    files = {"content": ("content.jpg", work.content, "image/jpeg"), "style": ("style.jpg", work.style, "image/jpeg")}
     data = {"max_side": str(work.size), "format": work.fmt}
     started = time.perf_counter()
     try:
@@ -283,6 +284,54 @@ def summarise(concurrency: int, samples: list[Sample], wall: float, server: dict
 
 def requests_for(args: argparse.Namespace, concurrency: int) -> int:
     return max(args.min_requests, min(args.max_requests, args.rounds * concurrency))
+
+
+# ------------------------------------------------------------------------------------------------ codecs
+def fast_from_uint8(image: torch.Tensor) -> Any:
+    """Proposed replacement of service.imaging.from_uint8: one memcpy instead of a per-byte Python iteration.
+
+    uint8 (3, H, W) CPU tensor -> PIL RGB image. ``bytes(untyped_storage)`` iterates element by element
+    (about 2 us per byte); ctypes.string_at copies the contiguous buffer at memory speed. No numpy needed.
+    """
+    from PIL import Image
+
+    _, height, width = image.shape
+    hwc = image.permute(1, 2, 0).contiguous()  # (H, W, 3), kept alive across the copy
+    return Image.frombytes("RGB", (width, height), ctypes.string_at(hwc.data_ptr(), hwc.numel()))
+
+
+def codec_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
+    """Request-thread work the service does per image, timed in this process (before/after of the fix above).
+
+    decode_*: pipeline.prepare (content decode + resize + to tensor; style decode + crop unless cached);
+    encode_current: pipeline.encode as shipped; encode_fast: fast_from_uint8 + imaging.encode_image.
+    """
+    from service import pipeline
+    from service.settings import Settings
+
+    settings = Settings(weights="random", default_side=args.size, max_side=max(args.size, 1024),
+                        style_size=args.style_size)
+    request = pipeline.TransferRequest("stylize", work.content, [work.style], max_side=args.size, format=work.fmt)
+    cpu = torch.device("cpu")
+    timing_args = {"warmup": 1, "min_iters": 3, "max_iters": 20, "budget_s": 1.0}
+    job = pipeline.prepare(request, settings, lambda key: None)
+    output = imaging.quantize(job.content)  # (3, H, W) uint8: a stand-in for the stylized output
+    out: dict[str, Any] = {
+        "decode_style_cached_ms": common.time_calls(lambda: pipeline.prepare(request, settings, lambda key: job),
+                                                    cpu, **timing_args).median_s * 1000,
+        "decode_style_uncached_ms": common.time_calls(lambda: pipeline.prepare(request, settings, lambda key: None),
+                                                      cpu, **timing_args).median_s * 1000,
+    }
+    for fmt in ("png", "jpeg"):
+        current = common.time_calls(lambda fmt=fmt: pipeline.encode(output, fmt), cpu, **timing_args)
+        fast = common.time_calls(lambda fmt=fmt: imaging.encode_image(fast_from_uint8(output), fmt), cpu,
+                                 **timing_args)
+        out[f"encode_current_{fmt}_ms"] = current.median_s * 1000
+        out[f"encode_fast_{fmt}_ms"] = fast.median_s * 1000
+        out[f"encode_speedup_{fmt}"] = current.median_s / fast.median_s
+    same = imaging.from_uint8(output).tobytes() == fast_from_uint8(output).tobytes()
+    out["fast_identical_pixels"] = same
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ model only
@@ -359,7 +408,7 @@ def run_server_config(args: argparse.Namespace, config: ServerConfig, work: Work
         out["startup_s"] = server.startup_s
         out["info"] = httpx.get(server.base_url + "/v1/info", timeout=10).json()
         # One request first: the style gets encoded (and cached when the cache is on) outside the levels.
-        asyncio.run(run_level(server.base_url, work, 1, args.warmup_requests, 600.0, 0))
+        asyncio.run(run_level(server.base_url, work, 1, max(1, args.warmup_requests), 600.0, 0))
         for concurrency in config.concurrency:
             level = asyncio.run(run_level(server.base_url, work, concurrency, requests_for(args, concurrency),
                                           args.max_seconds, args.level_warmup * concurrency))
@@ -442,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = common.select_device(args.device)
     if args.threads and device.type == "cpu":
         torch.set_num_threads(args.threads)  # the reference timing uses the server's thread count
-    work = Workload(synthetic_image(args.size, args.size, 1, "JPEG"), synthetic_image(512, 512, 2, "PNG"),
+    work = Workload(synthetic_image(args.size, args.size, 1, "JPEG"), synthetic_image(512, 512, 2, "JPEG"),
                     args.size, args.format)
     result: dict[str, Any] = {
         "meta": common.machine_info(device), "command": "python -m bench.service " + " ".join(sys.argv[1:]),
@@ -452,6 +501,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     result["model_only"] = model_only(args, work)
     log(f"model only: {result['model_only']}")
+    result["codec"] = codec_timings(args, work)
+    log(f"codec: {result['codec']}")
     with tempfile.TemporaryDirectory(prefix="bench-service-") as log_dir:
         for config in server_configs(args):
             if config.concurrency:
@@ -469,7 +520,7 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------ report
 def render_section(runs: list[tuple[Path, dict[str, Any]]]) -> str:
     parts = ["## HTTP service (`bench/service.py`)", "",
-             "Closed-loop httpx clients POST `/v1/stylize` (JPEG content at the output size, the same 512 px PNG "
+             "Closed-loop httpx clients POST `/v1/stylize` (JPEG content at the output size, the same 512 px JPEG "
              "style every time) to `python -m service` on 127.0.0.1, started by the script. Latency is client-side, "
              "request sent to last byte. Server columns are means over the level from `/metrics` deltas; compute is "
              "per batch. `batched` = the configured max batch size, `unbatched` = `STYA2K_MAX_BATCH_SIZE=1`, "
@@ -503,7 +554,7 @@ def render_run(path: Path, data: dict[str, Any]) -> list[str]:
     model = data["model_only"]
     lines = [f"### `{path.name}`", "", f"- Machine: {common.machine_line(data['meta'])}",
              f"- Command: `{data['command']}` (wall {data.get('wall_s', 0) / 60:.1f} min)",
-             f"- Content {s['size']}x{s['size']} JPEG ({data['content_bytes']} B), style 512x512 PNG "
+             f"- Content {s['size']}x{s['size']} JPEG ({data['content_bytes']} B), style 512x512 JPEG "
              f"({data['style_bytes']} B) resized to {s['style_size']}, output {s['format']}; device {s['device']}, "
              f"dtype {s['dtype']}, torch threads {s['threads'] or 'default'}, compile {s['compile']}, "
              f"max batch {s['max_batch_size']}, max wait {s['max_wait_ms']} ms, weights {s['weights']}.",
@@ -511,6 +562,16 @@ def render_run(path: Path, data: dict[str, Any]) -> list[str]:
              f"median): network {1000 * model['model_s']:.1f} ms; engine batch of one (cached style: pad, transfer, "
              f"crop, quantise, to host) {1000 * model['engine_cached_s']:.1f} ms; with the style encoded in the "
              f"batch {1000 * model['engine_uncached_s']:.1f} ms.", ""]
+    codec = data.get("codec")
+    if codec:
+        lines += [f"- Request-thread work per image at this size, in-process (median): decode + prepare "
+                  f"{codec['decode_style_cached_ms']:.1f} ms with the style cached, "
+                  f"{codec['decode_style_uncached_ms']:.1f} ms with it decoded too; output encode as shipped "
+                  f"(`pipeline.encode`): png {codec['encode_current_png_ms']:.1f} ms, jpeg "
+                  f"{codec['encode_current_jpeg_ms']:.1f} ms; with the proposed `from_uint8` fix "
+                  f"(`bench.service.fast_from_uint8`, identical pixels: {codec['fast_identical_pixels']}): png "
+                  f"{codec['encode_fast_png_ms']:.1f} ms, jpeg {codec['encode_fast_jpeg_ms']:.1f} ms "
+                  f"(**{codec['encode_speedup_png']:.0f}x / {codec['encode_speedup_jpeg']:.0f}x faster**).", ""]
     headers = ["server", "conc.", "requests (ok)", "throughput img/s", "p50", "p90", "p99", "mean batch",
                "decode", "queue wait", "compute/batch", "encode"]
     rows = []
