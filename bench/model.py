@@ -77,7 +77,8 @@ class Options:
     budget_s: float  # stop repeating a config once its timed calls used this much
     timeout_s: float  # CPU subprocess wall limit per config
     compile_mode: str
-    max_attention_bytes: float  # skip a materialised all-to-all whose score matrix would exceed this (0 = no limit)
+    max_attention_bytes: float  # skip an all-to-all whose score matrix would exceed this (0 = no limit)
+    cudnn_benchmark: bool = True  # let cuDNN autotune conv algorithms per shape (CUDA only)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -215,6 +216,7 @@ def graph_call(fn: Callable[[], torch.Tensor], device: torch.device) -> Callable
 def run_config(cfg: Config, opts: Options, nets: dict[tuple[str, bool], torch.nn.Module]) -> dict[str, Any]:
     """Time one config in this process; returns the result row (status ok / oom / error)."""
     device = common.select_device(opts.device)
+    torch.backends.cudnn.benchmark = opts.cudnn_benchmark
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     key = (cfg.arch, cfg.channels_last)
@@ -435,6 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-attention-gib", type=float, help="memory guard for the materialised all-to-all")
     parser.add_argument("--matmul-n", type=int, help="side of the square matmul used for the roofline")
     parser.add_argument("--weights", help="default (shipped A2K weights) | random | checkpoint path")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.backends.cudnn.benchmark for every config (CUDA; shapes are fixed per config)")
     parser.add_argument("--isolate", choices=("auto", "subprocess", "inprocess"), default="auto",
                         help="auto: a fresh subprocess per config on CPU, in-process on CUDA")
     parser.add_argument("--out", type=Path, help="JSON results (default bench/results/model-<device>.json)")
@@ -467,7 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def options_from(args: argparse.Namespace) -> Options:
     return Options(device=args.device, weights=args.weights, warmup=args.warmup, min_iters=args.min_iters,
                    max_iters=args.max_iters, budget_s=args.budget_s, timeout_s=args.timeout_s,
-                   compile_mode=args.compile_mode, max_attention_bytes=args.max_attention_gib * 2**30)
+                   compile_mode=args.compile_mode, max_attention_bytes=args.max_attention_gib * 2**30,
+                   cudnn_benchmark=args.cudnn_benchmark)
 
 
 def run_experiments(args: argparse.Namespace) -> dict[str, Any]:
