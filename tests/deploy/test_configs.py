@@ -1,0 +1,339 @@
+"""Static checks of docker-compose.yml, the nginx template, the Kubernetes manifests and Prometheus config.
+
+Parsed for real (YAML, nginx's own `nginx -t` when nginx is installed) and held against the service's
+settings and metrics, so a change on one side that breaks the other fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from service.metrics import REJECTION_REASONS, ServiceMetrics
+from service.server import build_server
+from service.settings import Settings
+
+yaml = pytest.importorskip("yaml", reason="pyyaml (the dev extra) parses the deployment YAML")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+K8S = REPO_ROOT / "deploy" / "k8s"
+PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
+TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "nginx.conf.template"
+KNOWN_SETTINGS = {f"STYA2K_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+DEFAULTS = Settings()
+# The variables only nginx reads (the replicas refuse unknown STYA2K_* names, nginx gets its own set).
+LB_VARIABLES = {"STYA2K_LB_PORT", "STYA2K_LB_BACKEND", "STYA2K_LB_STATE_DIR", "STYA2K_MAX_BODY_BYTES"}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def interpolate(value: Any) -> str:
+    """Compose's `${NAME:-default}` with nothing set in the environment: the default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def seconds(duration: str) -> float:
+    """Compose durations as used here: `45s`, `2m`, `1m30s`."""
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration):
+        total += float(amount) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    assert total > 0, f"cannot read duration {duration!r}"
+    return total
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the service's /metrics can expose."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
+    names = set()
+    for family in ServiceMetrics().registry.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return names
+
+
+# ------------------------------------------------------------------------------------------ compose
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE)
+
+
+def _replica_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: compose["services"][name] for name in ("stya2k-gpu", "stya2k-cpu")}
+
+
+def test_compose_has_replicas_for_gpu_and_cpu_behind_nginx(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"stya2k-gpu", "stya2k-cpu", "lb", "prometheus"}
+    gpu, cpu = services["stya2k-gpu"], services["stya2k-cpu"]
+    assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
+    assert gpu["build"]["args"]["VARIANT"] == "cuda" and cpu["build"]["args"]["VARIANT"] == "cpu"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "resources" not in cpu.get("deploy", {}), "a CPU replica must not ask for a GPU"
+    for name, replica in _replica_services(compose).items():
+        assert int(interpolate(replica["deploy"]["replicas"])) >= 2, f"{name}: N replicas, N >= 2"
+        assert (REPO_ROOT / replica["build"]["context"] / "Dockerfile").is_file()
+        assert "container_name" not in replica, f"{name}: a fixed container name prevents scaling"
+        assert "ports" not in replica, f"{name}: replicas are reached through nginx only"
+        assert "stya2k" in replica["networks"]["backend"]["aliases"], (
+            f"{name}: nginx and Prometheus find the replicas by the alias `stya2k`"
+        )
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert "profiles" not in services["lb"], "the load balancer runs with either profile"
+
+
+def test_compose_replica_settings_are_valid_and_drain_fits_the_stop_grace(compose: dict[str, Any]) -> None:
+    for name, replica in _replica_services(compose).items():
+        env = {key: interpolate(value) for key, value in replica["environment"].items()}
+        unknown = set(env) - KNOWN_SETTINGS
+        assert not unknown, f"{name}: the service refuses unknown settings {unknown}"
+        settings = Settings.from_env(env)
+        assert settings.host == "0.0.0.0"
+        drain = settings.drain_grace_s + settings.drain_timeout_s
+        assert seconds(replica["stop_grace_period"]) > drain, (
+            f"{name}: stop_grace_period must exceed drain grace + timeout ({drain} s) or Docker kills mid-drain"
+        )
+        assert replica["stop_signal"] == "SIGTERM"
+        assert replica["healthcheck"]["test"] == ["CMD", "python3", "/app/deploy/docker/healthcheck.py"]
+        assert settings.max_body_bytes == DEFAULTS.max_body_bytes
+
+
+def test_compose_nginx_gets_the_template_and_the_replicas_body_limit(compose: dict[str, Any]) -> None:
+    lb = compose["services"]["lb"]
+    env = {key: interpolate(value) for key, value in lb["environment"].items()}
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx", "the template must become /etc/nginx/nginx.conf"
+    assert re.match(env["NGINX_ENVSUBST_FILTER"], "STYA2K_LB_PORT")
+    assert not re.match(env["NGINX_ENVSUBST_FILTER"], "host"), "nginx's own $variables must stay untouched"
+    assert {k for k in env if k.startswith("STYA2K_")} == LB_VARIABLES
+    assert int(env["STYA2K_MAX_BODY_BYTES"]) == DEFAULTS.max_body_bytes
+    assert env["STYA2K_LB_BACKEND"] == f"stya2k:{DEFAULTS.port}"
+    (volume,) = lb["volumes"]
+    source, target, _mode = volume.split(":")
+    assert (REPO_ROOT / source).resolve() == TEMPLATE
+    assert target == "/etc/nginx/templates/nginx.conf.template"
+    published = lb["ports"][0].rsplit(":", 1)[1]
+    assert published == env["STYA2K_LB_PORT"]
+    assert set(lb["depends_on"]) == {"stya2k-gpu", "stya2k-cpu"}
+    for dependency in lb["depends_on"].values():
+        assert dependency == {"condition": "service_healthy", "required": False}
+
+
+def test_compose_mounted_files_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (REPO_ROOT / source).is_file(), f"{name}: mounts {source}, which does not exist"
+
+
+# ------------------------------------------------------------------------------------------ nginx
+def _lb_variables(port: int = 8080, state_dir: str = "/var/cache/nginx") -> dict[str, str]:
+    return {
+        "STYA2K_LB_PORT": str(port),
+        "STYA2K_LB_STATE_DIR": state_dir,
+        "STYA2K_MAX_BODY_BYTES": str(DEFAULTS.max_body_bytes),
+    }
+
+
+def test_template_uses_exactly_the_variables_compose_sets() -> None:
+    used = set(re.findall(r"\$\{(STYA2K_[A-Z0-9_]+)\}", TEMPLATE.read_text()))
+    assert used == LB_VARIABLES
+
+
+def test_render_repeats_the_backend_line_and_marks_down(nginx_render: ModuleType) -> None:
+    text = nginx_render.render(
+        TEMPLATE.read_text(), _lb_variables(), ["10.0.0.5:8000", "10.0.0.6:8000"], down={"10.0.0.6:8000"}
+    )
+    servers = re.findall(r"^\s*server (\S+) ([^;]*);", text, re.MULTILINE)
+    assert servers == [
+        ("10.0.0.5:8000", "max_fails=1 fail_timeout=10s"),
+        ("10.0.0.6:8000", "max_fails=1 fail_timeout=10s down"),
+    ]
+    assert "${" not in text
+    assert "$host" in text and "$upstream_addr" in text, "nginx's own variables must be left alone"
+
+
+def test_render_rejects_what_nginx_would_choke_on(nginx_render: ModuleType) -> None:
+    template = TEMPLATE.read_text()
+    with pytest.raises(nginx_render.RenderError, match="no value was given for it"):
+        nginx_render.render(template, {"STYA2K_LB_PORT": "8080"}, ["127.0.0.1:1"])
+    with pytest.raises(nginx_render.RenderError, match="not host:port"):
+        nginx_render.render(template, _lb_variables(), ["127.0.0.1"])
+    with pytest.raises(nginx_render.RenderError, match="at least one backend"):
+        nginx_render.render(template, _lb_variables(), [])
+    with pytest.raises(nginx_render.RenderError, match="not among the backends"):
+        nginx_render.render(template, _lb_variables(), ["127.0.0.1:1"], down={"127.0.0.1:2"})
+
+
+def _directive(text: str, name: str, context: str | None = None) -> list[str]:
+    scope = text
+    if context is not None:
+        match = re.search(context + r"\s*\{(.*?)\n    \}", text, re.DOTALL)
+        assert match, f"no {context} block"
+        scope = match.group(1)
+    return re.findall(rf"^\s*{name}\s+([^;]+);", scope, re.MULTILINE)
+
+
+def _nginx_seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)?", value.strip())
+    assert match, f"cannot read nginx time {value!r}"
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[match.group(2)]
+
+
+def test_nginx_balancing_retry_and_limits_match_the_service(nginx_render: ModuleType) -> None:
+    text = nginx_render.render(TEMPLATE.read_text(), _lb_variables(), ["127.0.0.1:8000"])
+    upstream = r"upstream stya2k"
+    assert "least_conn;" in text
+    retry = _directive(text, "proxy_next_upstream")[0].split()
+    assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= set(retry)
+    assert "http_429" not in retry and "http_504" not in retry, "backpressure and deadlines reach the client"
+    assert int(_directive(text, "proxy_next_upstream_tries")[0]) >= 2
+    assert _directive(text, "proxy_request_buffering") == ["on"], "a retry needs the buffered body"
+    assert int(_directive(text, "client_max_body_size")[0]) == DEFAULTS.max_body_bytes
+    assert _nginx_seconds(_directive(text, "proxy_read_timeout")[0]) > DEFAULTS.deadline_ms / 1000, (
+        "the service's own deadline (504 with its JSON) must fire before nginx gives up"
+    )
+    # Keep-alive: the replica must keep idle connections longer than nginx does, so nginx never reuses a
+    # connection the replica is closing; and nginx keeps clients longer than a cloud LB's usual 60 s.
+    (upstream_idle,) = _directive(text, "keepalive_timeout", upstream)
+    replica_idle = build_server(Settings(weights="random")).config.timeout_keep_alive
+    assert _nginx_seconds(upstream_idle) < replica_idle
+    client_idle = [v for v in _directive(text, "keepalive_timeout") if v != upstream_idle]
+    assert client_idle and _nginx_seconds(client_idle[0]) > 60
+    assert _directive(text, "proxy_http_version") == ["1.1"]
+    assert 'proxy_set_header Connection ""' in text, "upstream keep-alive needs the Connection header cleared"
+
+
+def test_nginx_accepts_the_rendered_config(nginx_render: ModuleType, tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (.ci/install-nginx.sh installs Debian's nginx)")
+    config = tmp_path / "nginx.conf"
+    config.write_text(
+        nginx_render.render_file(backends=["127.0.0.1:18001", "127.0.0.1:18002"], port=18080, state_dir=tmp_path)
+    )
+    pid = f"pid {tmp_path / 'nginx.pid'};"
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(config), "-g", pid],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ Kubernetes
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict[str, Any]]:
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["kind"] not in docs, f"two {doc['kind']} manifests"
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_deployment_probes_drain_and_security(manifests: dict[str, dict[str, Any]]) -> None:
+    deployment = manifests["Deployment"]
+    assert deployment["apiVersion"] == "apps/v1"
+    spec = deployment["spec"]
+    pod = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (container,) = pod["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert set(env) <= KNOWN_SETTINGS, f"unknown settings {set(env) - KNOWN_SETTINGS}"
+    settings = Settings.from_env(env)
+    assert pod["spec"]["terminationGracePeriodSeconds"] > settings.drain_grace_s + settings.drain_timeout_s
+    port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port_names["http"] == settings.port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["startupProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    readiness = container["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < settings.drain_grace_s, (
+        "the pod must leave the Service endpoints before the grace period ends and it stops accepting"
+    )
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == settings.port
+
+
+def test_service_selects_the_deployment_pods(manifests: dict[str, dict[str, Any]]) -> None:
+    service, deployment = manifests["Service"], manifests["Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    container_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    for port in service["spec"]["ports"]:
+        assert port["targetPort"] in container_ports
+
+
+def test_hpa_scales_the_deployment_on_real_metrics(manifests: dict[str, dict[str, Any]]) -> None:
+    hpa, deployment = manifests["HorizontalPodAutoscaler"], manifests["Deployment"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    pod_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pod_metrics and set(pod_metrics) <= exposed_metric_names()
+    pdb = manifests["PodDisruptionBudget"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["selector"]["matchLabels"].items()
+
+
+# ------------------------------------------------------------------------------------------ Prometheus
+def test_prometheus_scrapes_every_replica(compose: dict[str, Any]) -> None:
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["stya2k"] and sd["type"] == "A" and sd["port"] == DEFAULTS.port
+    volumes = compose["services"]["prometheus"]["volumes"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in volumes if v.startswith(".")}
+    for rule_file in config["rule_files"]:
+        assert rule_file in mounted, f"{rule_file} is not mounted into the Prometheus container"
+
+
+def test_alert_rules_use_metrics_the_service_exposes() -> None:
+    rules = load_yaml(PROMETHEUS / "alerts.yml")
+    exposed = exposed_metric_names() | {"up"}
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert len(alerts) >= 5
+    for rule in alerts:
+        assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in ("page", "warn")
+        used = set(re.findall(r"\b(stya2k_[a-z_]+)", rule["expr"]))
+        assert used <= exposed, f"{rule['alert']}: {used - exposed} is not a metric of the service"
+        reasons = set(re.findall(r'reason="([a-z_]+)"', rule["expr"]))
+        assert reasons <= set(REJECTION_REASONS)
+
+
+def test_ci_nginx_installer_is_valid_shell() -> None:
+    script = REPO_ROOT / ".ci" / "install-nginx.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
