@@ -1,0 +1,288 @@
+"""Quality harness (paper Table 1 and Table 3) for one or several weights files, side by side.
+
+For every (content, style) pair of a fixed-seed selection (default 15 x 20 = 300 pairs, content at a 512 px
+short side) it reports:
+- content loss: sum over relu4_1, relu5_1 of MSE(mvn(F(out)), mvn(F(content))), mvn = mean-variance norm;
+- style loss: sum over relu1_1..relu5_1 of MSE of channel means + MSE of channel stds, output vs style;
+- LPIPS v0.1 AlexNet between output and content (when the LPIPS weights folder exists);
+- seconds per image (stylize call only).
+F is the project's frozen VGG-19 encoder (the same for all weights compared), so absolute values are on our
+encoder's (normalised) feature scale, not the paper's. With ``--video-dir`` it also stylizes each clip frame by
+frame and reports the optical-flow warping error (needs the ``eval`` extra).
+
+    python -m model.evaluate --weights weights/stya2k-v0-cpu.pt --size 256 --out-json q.json --out-md q.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.data import list_images, load_rgb, pil_to_tensor, resize_short_side
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+CONTENT_TAPS = ("relu4_1", "relu5_1")
+STYLE_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+MVN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how (one run may compare several weights files)."""
+
+    weights: tuple[str, ...]
+    content_dir: str = str(SHARED / "data" / "eval" / "content")
+    style_dir: str = str(SHARED / "data" / "eval" / "style")
+    n_content: int = 15
+    n_style: int = 20
+    size: int = 512
+    style_size: int | None = None  # default: same as size
+    seed: int = 0
+    lpips_dir: str | None = str(SHARED / "weights" / "lpips")
+    device: str = "cpu"
+    threads: int | None = None
+    video_dir: str | None = None
+    video_size: int = 256
+    video_frames: int = 20
+    video_style_index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def select(files: Sequence[Path], count: int, seed: int, what: str) -> list[Path]:
+    """A fixed-seed subset (sorted listing, then a seeded sample) so runs compare like with like."""
+    if count > len(files):
+        raise ValueError(f"asked for {count} {what} images but only {len(files)} exist")
+    return sorted(random.Random(f"{seed}-{what}").sample(list(files), count))
+
+
+def load_at(path: Path, short_side: int) -> Tensor:
+    return pil_to_tensor(resize_short_side(load_rgb(path, min_short_side=16), short_side))[None]  # (1, 3, H, W)
+
+
+def _mean_std(feat: Tensor) -> tuple[Tensor, Tensor]:
+    flat = feat.flatten(2)  # (B, C, h*w)
+    return flat.mean(-1), (flat.var(-1, unbiased=False) + MVN_EPS).sqrt()
+
+
+def _mvn(feat: Tensor) -> Tensor:
+    mean, std = _mean_std(feat)
+    return (feat - mean[..., None, None]) / std[..., None, None]
+
+
+def content_loss(out_feats: dict[str, Tensor], content_feats: dict[str, Tensor]) -> float:
+    return float(sum(F.mse_loss(_mvn(out_feats[t]), _mvn(content_feats[t])) for t in CONTENT_TAPS))
+
+
+def style_loss(out_feats: dict[str, Tensor], style_feats: dict[str, Tensor]) -> float:
+    total = 0.0
+    for tap in STYLE_TAPS:
+        o_mean, o_std = _mean_std(out_feats[tap])
+        s_mean, s_std = _mean_std(style_feats[tap])
+        total += float(F.mse_loss(o_mean, s_mean) + F.mse_loss(o_std, s_std))
+    return total
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+class Harness:
+    """Holds the metric networks and the selected images; ``evaluate(net)`` returns one row of the table."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        from model.encoder import VGGEncoder
+
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.encoder = VGGEncoder().to(self.device)
+        self.lpips = None
+        if cfg.lpips_dir and Path(cfg.lpips_dir).is_dir():
+            from model.lpips import LPIPS
+
+            self.lpips = LPIPS.from_folder(cfg.lpips_dir).to(self.device)
+        else:
+            logger.warning("LPIPS weights folder %s not found: LPIPS is not reported", cfg.lpips_dir)
+        self.content_files = select(list_images([cfg.content_dir]), cfg.n_content, cfg.seed, "content")
+        self.style_files = select(list_images([cfg.style_dir]), cfg.n_style, cfg.seed, "style")
+        style_size = cfg.style_size or cfg.size
+        self.contents = [load_at(p, cfg.size).to(self.device) for p in self.content_files]
+        self.styles = [load_at(p, style_size).to(self.device) for p in self.style_files]
+
+    @torch.inference_mode()
+    def evaluate(self, net: torch.nn.Module, name: str) -> dict[str, Any]:
+        net = net.to(self.device).eval()
+        c_losses, s_losses, lpips_values, seconds = [], [], [], []
+        content_feats = [self.encoder(c) for c in self.contents]
+        style_feats = [self.encoder(s) for s in self.styles]
+        net.stylize(self.contents[0], self.styles[0])  # warm-up: first call pays one-off allocations
+        for ci, content in enumerate(self.contents):
+            for si, style in enumerate(self.styles):
+                start = time.perf_counter()
+                out = net.stylize(content, style)  # (1, 3, H, W) in [0, 1]
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds.append(time.perf_counter() - start)
+                out_feats = self.encoder(out)
+                c_losses.append(content_loss(out_feats, content_feats[ci]))
+                s_losses.append(style_loss(out_feats, style_feats[si]))
+                if self.lpips is not None:
+                    lpips_values.append(float(self.lpips(out, content)))
+        row: dict[str, Any] = {
+            "name": name,
+            "arch": net.config.arch,
+            "iterations": net.meta.get("iterations"),
+            "pairs": len(c_losses),
+            "content_loss": _mean(c_losses),
+            "style_loss": _mean(s_losses),
+            "lpips": _mean(lpips_values) if lpips_values else None,
+            "sec_per_image": _mean(seconds),
+        }
+        if self.cfg.video_dir:
+            row["temporal"] = self.temporal(net)
+        return row
+
+    def temporal(self, net: torch.nn.Module) -> dict[str, dict[str, float]]:
+        """Warping error per clip folder under ``video_dir`` (first ``video_frames`` frames)."""
+        from model.temporal import clip_warping_error
+
+        style = self.styles[self.cfg.video_style_index % len(self.styles)]
+        results = {}
+        for clip in sorted(p for p in Path(self.cfg.video_dir or "").iterdir() if p.is_dir()):
+            files = list_images([clip])[: self.cfg.video_frames]
+            if len(files) < 2:
+                continue
+            frames = [load_at(f, self.cfg.video_size)[0].to(self.device) for f in files]
+
+            def stylize(frame: Tensor) -> Tensor:
+                return net.stylize(frame[None], style)[0].float().cpu()  # (3, H, W)
+
+            results[clip.name] = clip_warping_error([f.cpu() for f in frames], stylize)
+        return results
+
+
+def load_weights(spec: str) -> tuple[torch.nn.Module, str]:
+    """``path`` -> (model, display name). ``random:<arch>`` gives an untrained model (harness testing)."""
+    from model import ModelConfig, StyA2K
+
+    if spec.startswith("random:"):
+        torch.manual_seed(0)
+        return StyA2K(ModelConfig(arch=spec.split(":", 1)[1])), spec
+    return StyA2K.from_checkpoint(spec), Path(spec).name
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> str:
+    def fmt(value: Any, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = [
+        f"{rows[0]['pairs'] if rows else 0} pairs ({cfg.n_content} content x {cfg.n_style} style, seed {cfg.seed}),"
+        f" content short side {cfg.size} px, device {cfg.device}.",
+        "",
+        "| weights | arch | iterations | content loss ↓ | style loss ↓ | LPIPS ↓ | s / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['arch']} | {fmt(r['iterations'])} | {fmt(r['content_loss'])} | "
+            f"{fmt(r['style_loss'])} | {fmt(r['lpips'])} | {fmt(r['sec_per_image'], 3)} |"
+        )
+    clips = sorted({clip for r in rows for clip in r.get("temporal", {})})
+    if clips:
+        lines += ["", "Warping error (mean squared RGB error on [0, 1], occlusion-masked; lower is steadier):", ""]
+        lines.append("| weights | " + " | ".join(clips) + " | mean |")
+        lines.append("|---|" + "---|" * (len(clips) + 1))
+        for r in rows:
+            errs = [r["temporal"][c]["warping_error"] for c in clips if c in r.get("temporal", {})]
+            lines.append(f"| {r['name']} | " + " | ".join(f"{e:.5f}" for e in errs) + f" | {_mean(errs):.5f} |")
+        first = rows[0]["temporal"]
+        floor = " | ".join(f"{first[c]['input_warping_error']:.5f}" for c in clips)
+        lines.append(f"| (input frames) | {floor} | |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_all(cfg: EvalConfig) -> list[dict[str, Any]]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    harness = Harness(cfg)
+    rows = []
+    for spec in cfg.weights:
+        net, name = load_weights(spec)
+        logger.info("evaluating %s on %d pairs", name, len(harness.contents) * len(harness.styles))
+        rows.append(harness.evaluate(net, name))
+    return rows
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``stya2k eval`` / ``python -m model.evaluate``."""
+    d = EvalConfig(weights=())
+    parser.add_argument("--weights", action="append", required=True, metavar="PATH",
+                        help="weights file (repeat to compare side by side); 'random:<arch>' = untrained")
+    parser.add_argument("--content-dir", default=d.content_dir)
+    parser.add_argument("--style-dir", default=d.style_dir)
+    parser.add_argument("--n-content", type=int, default=d.n_content)
+    parser.add_argument("--n-style", type=int, default=d.n_style)
+    parser.add_argument("--size", type=int, default=d.size, help="content short side in px")
+    parser.add_argument("--style-size", type=int, default=None, help="style short side (default: --size)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--lpips-dir", default=d.lpips_dir)
+    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--video-dir", default=None, help="folder of clip folders of frames (temporal metric)")
+    parser.add_argument("--video-size", type=int, default=d.video_size)
+    parser.add_argument("--video-frames", type=int, default=d.video_frames)
+    parser.add_argument("--out-json", default=None)
+    parser.add_argument("--out-md", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = EvalConfig(
+            weights=tuple(args.weights), content_dir=args.content_dir, style_dir=args.style_dir,
+            n_content=args.n_content, n_style=args.n_style, size=args.size, style_size=args.style_size,
+            seed=args.seed, lpips_dir=args.lpips_dir, device=args.device, threads=args.threads,
+            video_dir=args.video_dir, video_size=args.video_size, video_frames=args.video_frames,
+        )
+        rows = evaluate_all(cfg)
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
+        logger.error("evaluation failed: %s", exc)
+        return 2
+    table = markdown_table(rows, cfg)
+    result = {"config": asdict(cfg), "results": rows, "torch": str(torch.__version__)}
+    if args.out_json:
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.out_md:
+        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_md).write_text(table)
+    sys.stdout.write(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Quality harness end to end on generated images with a randomly initialised model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.data import tensor_to_pil
+from model.evaluate import content_loss, main, select, style_loss
+
+
+def _images(folder: Path, count: int, seed: int, size: tuple[int, int] = (72, 64)) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        base = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 5, generator=gen), size=size[::-1], mode="bicubic")
+        tensor_to_pil(base[0].clamp(0, 1)).save(folder / f"{i}.png")
+    return str(folder)
+
+
+def test_metrics_are_zero_for_identical_features_and_positive_otherwise() -> None:
+    feats = {t: torch.rand(1, 8, 6, 6) for t in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+    other = {t: v * 2 + 0.3 for t, v in feats.items()}
+    assert content_loss(feats, feats) == 0.0 and style_loss(feats, feats) == 0.0
+    assert style_loss(other, feats) > 0
+    assert content_loss(other, feats) == pytest.approx(0.0, abs=1e-4)  # mvn removes affine changes
+
+
+def test_selection_is_fixed_by_seed_and_checks_count() -> None:
+    files = [Path(f"{i}.png") for i in range(10)]
+    assert select(files, 3, 0, "content") == select(files, 3, 0, "content")
+    with pytest.raises(ValueError, match="only 10 exist"):
+        select(files, 11, 0, "content")
+
+
+def test_harness_end_to_end_with_random_models(tmp_path: Path) -> None:
+    content = _images(tmp_path / "content", 3, seed=1)
+    style = _images(tmp_path / "style", 3, seed=2, size=(64, 80))
+    out_json, out_md = tmp_path / "q.json", tmp_path / "q.md"
+    code = main([
+        "--weights", "random:a2k", "--weights", "random:adain", "--content-dir", content, "--style-dir", style,
+        "--n-content", "2", "--n-style", "2", "--size", "64", "--lpips-dir", str(tmp_path / "no_lpips"),
+        "--threads", "2", "--out-json", str(out_json), "--out-md", str(out_md),
+    ])
+    assert code == 0
+    rows = json.loads(out_json.read_text())["results"]
+    assert [r["arch"] for r in rows] == ["a2k", "adain"]
+    for row in rows:
+        assert row["pairs"] == 4
+        assert row["content_loss"] > 0 and row["style_loss"] > 0 and row["sec_per_image"] > 0
+        assert row["lpips"] is None  # no LPIPS weights given
+    table = out_md.read_text()
+    assert "| random:a2k | a2k |" in table and "LPIPS" in table
+
+
+def test_harness_reports_bad_input_as_exit_code(tmp_path: Path) -> None:
+    content = _images(tmp_path / "content", 1, seed=1)
+    assert main(["--weights", "random:a2k", "--content-dir", content, "--style-dir", content,
+                 "--n-content", "5", "--n-style", "1", "--size", "64"]) == 2
+    assert main(["--weights", str(tmp_path / "missing.pt"), "--content-dir", content, "--style-dir", content,
+                 "--n-content", "1", "--n-style", "1", "--size", "64"]) == 2
