@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -10,6 +13,34 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from model.data import tensor_to_pil
+
+logger = logging.getLogger(__name__)
+SAVE_ATTEMPTS = 3
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Encode ``image`` as PNG, check that the encoded bytes decode back completely, then write atomically.
+
+    Why: on this project's machines an occasional PNG came out with a truncated zlib stream; a grid that
+    cannot be opened is worse than a retried one.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(SAVE_ATTEMPTS):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=6 if attempt == 0 else 1)
+        data = buffer.getvalue()
+        try:
+            with Image.open(io.BytesIO(data)) as check:
+                check.load()
+        except (OSError, SyntaxError) as exc:
+            logger.warning("PNG encoding of %s failed its read-back check (%s); retrying", out, exc)
+            continue
+        tmp = out.with_suffix(".png.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+        return out
+    raise OSError(f"could not encode a readable PNG for {out} in {SAVE_ATTEMPTS} attempts")
 
 # Distinguishable line colours (Okabe-Ito palette, colour-blind safe).
 PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233))
@@ -121,10 +152,7 @@ def plot_curves(
             draw.line([to_px(x, y) for x, y in zip(xs, smoothed, strict=True)], fill=colour, width=2)
         else:
             draw.line(points, fill=colour, width=2) if len(points) > 1 else draw.point(points, fill=colour)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
-    return out
+    return save_png(image, path)
 
 
 def image_grid(
@@ -164,7 +192,4 @@ def image_grid(
         paste(contents[c], c + 1, 0)
         for s in range(n_style):
             paste(outputs[c * n_style + s], c + 1, s + 1)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    return out
+    return save_png(grid, path)
