@@ -119,7 +119,9 @@ def plot_curves(
         draw.text((margin_left, top + 10), name, fill=colour, font=font)
         if not finite:
             continue
-        y_low, y_high = min(finite), max(finite)
+        # Scale to the bulk of the curve: a few early spikes would otherwise flatten everything else.
+        ordered = sorted(finite)
+        y_low, y_high = ordered[0], ordered[min(len(ordered) - 1, int(0.98 * len(ordered)))]
         if y_high == y_low:
             y_low, y_high = y_low - 0.5 * (abs(y_low) or 1), y_high + 0.5 * (abs(y_high) or 1)
         y_span = y_high - y_low
@@ -142,14 +144,14 @@ def plot_curves(
             draw.line((tx, box[3], tx, box[3] + 4), fill="black")
             draw.text((tx - 12, box[3] + 8), _fmt(tick), fill="black", font=font)
         draw.text(((box[0] + box[2]) // 2 - 20, box[3] + 24), x_label, fill="black", font=font)
-        points = [to_px(float(x), y) for x, y in zip(steps, values, strict=True) if math.isfinite(y)]
+        points = [to_px(float(x), min(y, y_high)) for x, y in zip(steps, values, strict=True) if math.isfinite(y)]
         light = tuple(int(c + (255 - c) * 0.65) for c in colour)
         if len(points) > 1:
             draw.line(points, fill=light, width=1)
         if smooth > 1 and len(finite) > 1:
             smoothed = moving_average(finite, smooth)
             xs = [float(x) for x, y in zip(steps, values, strict=True) if math.isfinite(y)]
-            draw.line([to_px(x, y) for x, y in zip(xs, smoothed, strict=True)], fill=colour, width=2)
+            draw.line([to_px(x, min(y, y_high)) for x, y in zip(xs, smoothed, strict=True)], fill=colour, width=2)
         else:
             draw.line(points, fill=colour, width=2) if len(points) > 1 else draw.point(points, fill=colour)
     return save_png(image, path)

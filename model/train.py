@@ -170,7 +170,7 @@ def plot_log(rows: list[dict[str, str]], path: Path, title: str) -> Path | None:
     series = {}
     for key in ("total", "global_style", "a2k", "content"):
         values = [float(r[key]) if r.get(key) else math.nan for r in rows]
-        if any(math.isfinite(v) for v in values):
+        if any(math.isfinite(v) and v != 0.0 for v in values):  # e.g. "content" is always 0 for A2K
             series[key] = values
     return plot_curves(steps, series, path, title=title, smooth=max(1, len(rows) // 25))
 
