@@ -240,6 +240,28 @@ class Load:
         return [outcome for _, outcome in self.results if outcome != 200]
 
 
+def _assert_body_limit_answered_by_nginx(cluster: Cluster) -> None:
+    """A declared body over STYA2K_MAX_BODY_BYTES is refused by nginx from the headers alone, in the API's shape."""
+    limit = cluster.render.DEFAULT_MAX_BODY_BYTES
+    head = (
+        f"POST /v1/stylize HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: too-big-1\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {limit + 1}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", cluster.lb_port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1] == b"413", reply[:300]
+    assert b"x-request-id: too-big-1" in headers.lower()
+    assert json.loads(body)["error"]["code"] == "body_too_large"
+
+
 def test_spread_then_sigterm_drain_with_readiness_removal(tmp_path: Path, nginx_render: ModuleType) -> None:
     with running_cluster(tmp_path, nginx_render) as cluster:
         first, second = cluster.replicas
@@ -248,6 +270,8 @@ def test_spread_then_sigterm_drain_with_readiness_removal(tmp_path: Path, nginx_
         assert load.failures == []
         counts = [first.served(), second.served()]
         assert sum(counts) == 24 and min(counts) >= 4, f"requests were not spread: {counts}"
+
+        _assert_body_limit_answered_by_nginx(cluster)
 
         with Load(cluster.url, max_seconds=40) as load:
             load.wait_for(len(load.results) + 8, 30)
@@ -290,3 +314,11 @@ def test_sigkill_mid_load_is_hidden_by_the_retry(tmp_path: Path, nginx_render: M
         assert failed == [], f"the client saw failures despite the retry policy: {failed[:5]}"
         assert retried, "the kill must have hit requests nginx had to retry (otherwise the test proves nothing)"
         assert all(str(e["upstream_addr"]).endswith(survivor.address) for e in retried)
+
+        survivor.process.kill()
+        survivor.process.wait(timeout=10)
+        response = httpx.post(
+            f"{cluster.url}/v1/stylize", files={"content": CONTENT, "style": STYLE}, data={"max_side": "64"}, timeout=30
+        )
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.json()["error"]["code"] == "not_ready", "with no replica left nginx answers in the API's shape"
