@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 logger = logging.getLogger(__name__)
+REPO_PARENT = Path(__file__).resolve().parents[2]
 
 
 def update_manifest(manifest: Path, filename: str, sha256: str) -> None:
@@ -23,6 +24,17 @@ def update_manifest(manifest: Path, filename: str, sha256: str) -> None:
     kept = [line for line in lines if line.strip() and line.split(maxsplit=1)[-1].lstrip("*") != filename]
     kept.append(f"{sha256}  {filename}")
     manifest.write_text("\n".join(sorted(kept, key=lambda line: line.split(maxsplit=1)[-1])) + "\n")
+
+
+def _portable(data: Any) -> Any:
+    """Paths under the folder holding the repo become '../...' so the meta does not leak a machine's layout."""
+    if isinstance(data, dict):
+        return {k: _portable(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_portable(v) for v in data]
+    if isinstance(data, str) and data.startswith(f"{REPO_PARENT}/"):
+        return "../" + data[len(str(REPO_PARENT)) + 1 :]
+    return data
 
 
 def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
@@ -42,7 +54,7 @@ def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
         },
         "seed": cfg["seed"],
         "train_wall_s": round(float(state.get("wall_s", 0.0)), 1),
-        "data": state.get("data", {}),
+        "data": _portable(state.get("data", {})),
         "exported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": str(torch.__version__),
     }
