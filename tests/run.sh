@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash .ci/install-nginx.sh
 bash .ci/install-chromium.sh
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/pip install -q -e '.[dev,eval]'
 .venv/bin/python -m ruff check .
 .venv/bin/python -m pytest -q
