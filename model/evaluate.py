@@ -265,7 +265,9 @@ def run(args: argparse.Namespace) -> int:
         logger.error("evaluation failed: %s", exc)
         return 2
     table = markdown_table(rows, cfg)
-    result = {"config": asdict(cfg), "results": rows, "torch": str(torch.__version__)}
+    from model.export import portable_paths
+
+    result = {"config": portable_paths(asdict(cfg)), "results": rows, "torch": str(torch.__version__)}
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(json.dumps(result, indent=2) + "\n")

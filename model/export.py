@@ -26,12 +26,12 @@ def update_manifest(manifest: Path, filename: str, sha256: str) -> None:
     manifest.write_text("\n".join(sorted(kept, key=lambda line: line.split(maxsplit=1)[-1])) + "\n")
 
 
-def _portable(data: Any) -> Any:
+def portable_paths(data: Any) -> Any:
     """Paths under the folder holding the repo become '../...' so the meta does not leak a machine's layout."""
     if isinstance(data, dict):
-        return {k: _portable(v) for k, v in data.items()}
+        return {k: portable_paths(v) for k, v in data.items()}
     if isinstance(data, list):
-        return [_portable(v) for v in data]
+        return [portable_paths(v) for v in data]
     if isinstance(data, str) and data.startswith(f"{REPO_PARENT}/"):
         return "../" + data[len(str(REPO_PARENT)) + 1 :]
     return data
@@ -54,7 +54,7 @@ def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
         },
         "seed": cfg["seed"],
         "train_wall_s": round(float(state.get("wall_s", 0.0)), 1),
-        "data": _portable(state.get("data", {})),
+        "data": portable_paths(state.get("data", {})),
         "exported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": str(torch.__version__),
     }
