@@ -12,15 +12,5 @@ if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "install-chromium: not root or no apt-get; Chromium not installed, the demo page test will skip" >&2
     exit 0
 fi
-for attempt in 1 2 3; do
-    if apt-get update -qq >/dev/null \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
-        break
-    fi
-    if [ "$attempt" = 3 ]; then
-        echo "install-chromium: apt-get install chromium failed 3 times" >&2
-        exit 1
-    fi
-    sleep 5
-done
+bash "$(dirname "$0")/apt-install.sh" chromium
 echo "install-chromium: $(chromium --version 2>&1)"

@@ -22,15 +22,5 @@ fi
 cleanup() { if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
-for attempt in 1 2 3; do
-    if apt-get update -qq >/dev/null \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null; then
-        break
-    fi
-    if [ "$attempt" = 3 ]; then
-        echo "install-nginx: apt-get install nginx failed 3 times" >&2
-        exit 1
-    fi
-    sleep 5
-done
+bash "$(dirname "$0")/apt-install.sh" nginx
 echo "install-nginx: $("$(nginx_binary)" -v 2>&1)"
