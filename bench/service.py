@@ -39,6 +39,7 @@ import httpx
 import torch
 
 from bench import common
+from model.imageio import quantize
 from service import imaging
 
 SECTION = "bench/service.py"
@@ -315,7 +316,7 @@ def codec_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
     cpu = torch.device("cpu")
     timing_args = {"warmup": 1, "min_iters": 3, "max_iters": 20, "budget_s": 1.0}
     job = pipeline.prepare(request, settings, lambda key: None)
-    output = imaging.quantize(job.content)  # (3, H, W) uint8: a stand-in for the stylized output
+    output = quantize(job.content)  # (3, H, W) uint8: a stand-in for the stylized output
     out: dict[str, Any] = {
         "decode_style_cached_ms": common.time_calls(lambda: pipeline.prepare(request, settings, lambda key: job),
                                                     cpu, **timing_args).median_s * 1000,

@@ -7,7 +7,6 @@ number of DataLoader workers.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -17,6 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
+
+from model.imageio import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -57,25 +58,6 @@ def load_rgb(path: str | Path, min_short_side: int = MIN_SHORT_SIDE) -> Image.Im
     if min(rgb.size) < min_short_side:
         raise ValueError(f"image {path} is {rgb.size[0]}x{rgb.size[1]}, short side < {min_short_side} px")
     return rgb
-
-
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB image -> float tensor (3, H, W) in [0, 1] (no numpy)."""
-    rgb = img if img.mode == "RGB" else img.convert("RGB")
-    width, height = rgb.size
-    raw = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    return raw.view(height, width, 3).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-
-
-def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """Float tensor (3, H, W) in [0, 1] (clamped) -> PIL RGB image."""
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
-    hwc = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    hwc = hwc.cpu()
-    height, width = hwc.shape[:2]
-    # Copy the contiguous uint8 buffer directly (no numpy available); tolist() would be ~50x slower.
-    return Image.frombytes("RGB", (width, height), ctypes.string_at(hwc.data_ptr(), hwc.numel()))
 
 
 def resize_short_side(img: Image.Image, short_side: int) -> Image.Image:

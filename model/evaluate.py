@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.data import list_images, load_rgb, pil_to_tensor, resize_short_side
+from model.data import list_images, load_rgb, resize_short_side
+from model.imageio import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 

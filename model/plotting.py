@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from model.data import tensor_to_pil
+from model.imageio import tensor_to_pil
 
 logger = logging.getLogger(__name__)
 SAVE_ATTEMPTS = 3

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from model.imageio import quantize
 from service import imaging
 from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
 from service.metrics import ServiceMetrics
@@ -306,7 +307,7 @@ class Engine:
                 image = stylized[crop].float()  # (1, 3, h, w)
                 if job.preserve_color:
                     image = imaging.preserve_color(image, content[crop].float())
-                results.append(self._to_host(imaging.quantize(image[0])))  # (3, h, w) uint8
+                results.append(self._to_host(quantize(image[0])))  # (3, h, w) uint8
         self._largest_ok_pixels = max(self._largest_ok_pixels, height * width)
         return results
 

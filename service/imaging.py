@@ -7,7 +7,6 @@ per-style region weights of multi-style transfer.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import math
 import struct
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.imageio import pil_to_tensor, uint8_to_pil
 from service.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
 
 # MPO is how PIL names the multi-picture JPEGs many phone cameras write.
@@ -195,11 +195,7 @@ def square_crop(img: Image.Image, side: int) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image to float (3, H, W) in [0, 1]."""
-    if img.mode != "RGB":
-        img = to_rgb(img)
-    width, height = img.size
-    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)  # (H*W*3,)
-    return pixels.view(height, width, 3).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+    return pil_to_tensor(img if img.mode == "RGB" else to_rgb(img))
 
 
 def gray_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -209,20 +205,11 @@ def gray_to_tensor(img: Image.Image) -> torch.Tensor:
     return pixels.view(height, width).float().div_(255.0)
 
 
-def quantize(image: torch.Tensor) -> torch.Tensor:
-    """Float (..., 3, H, W) in [0, 1] to uint8 with rounding."""
-    return image.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
-
-
 def from_uint8(image: torch.Tensor) -> Image.Image:
     """uint8 (3, H, W) tensor to a PIL RGB image."""
     if image.dtype != torch.uint8:
         raise TypeError(f"from_uint8 needs a uint8 tensor, got {image.dtype}")
-    _, height, width = image.shape
-    hwc = image.detach().cpu().permute(1, 2, 0).contiguous()  # (H, W, 3), compact; alive during the copy
-    # One memcpy of exactly these H*W*3 bytes. bytes(untyped_storage()) iterated byte by byte in Python
-    # holding the GIL (1.7 s for a 512x512 image; bench/service.py measured the difference).
-    return Image.frombytes("RGB", (width, height), ctypes.string_at(hwc.data_ptr(), hwc.numel()))
+    return uint8_to_pil(image)
 
 
 def encode_image(img: Image.Image, fmt: str) -> bytes:

@@ -18,11 +18,10 @@ from model.data import (
     StepSampler,
     list_images,
     load_rgb,
-    pil_to_tensor,
     random_crop,
     resize_short_side,
-    tensor_to_pil,
 )
+from model.imageio import pil_to_tensor, tensor_to_pil
 
 
 def _gradient_image(width: int, height: int, seed: int) -> Image.Image:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.data import tensor_to_pil
 from model.evaluate import content_loss, main, select, style_loss
+from model.imageio import tensor_to_pil
 
 
 def _images(folder: Path, count: int, seed: int, size: tuple[int, int] = (72, 64)) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import pil_to_tensor
+from model.imageio import pil_to_tensor
 from model.lpips import LPIPS, LpipsError
 
 LPIPS_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "weights" / "lpips"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import tensor_to_pil
 from model.export import update_manifest
+from model.imageio import tensor_to_pil
 from model.train import TrainConfig, Trainer, add_arguments, config_from_args, learning_rate, main
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from service_helpers import image_bytes
 
+from model.imageio import quantize
 from service import imaging
 from service.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
 
@@ -122,10 +123,10 @@ def test_tensor_round_trip_is_exact() -> None:
     img = decode(image_bytes((33, 17), "PNG"))
     tensor = imaging.to_tensor(img)  # (3, H, W)
     assert tensor.shape == (3, 17, 33) and tensor.dtype == torch.float32
-    back = imaging.from_uint8(imaging.quantize(tensor))
+    back = imaging.from_uint8(quantize(tensor))
     assert back.tobytes() == img.tobytes()
     # views (crops of a batch) convert correctly too
-    batch = imaging.quantize(tensor)[None].repeat(2, 1, 1, 1)
+    batch = quantize(tensor)[None].repeat(2, 1, 1, 1)
     assert imaging.from_uint8(batch[1, :, :5, :7]).tobytes() == img.crop((0, 0, 7, 5)).tobytes()
 
 
