@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import logging
 import re
@@ -19,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import imaging, pipeline
@@ -30,6 +32,7 @@ from service.errors import (
     InvalidImage,
     InvalidParameter,
     NotReady,
+    RequestTimeout,
     ServiceError,
     Unauthorized,
     UnsupportedMediaType,
@@ -48,10 +51,13 @@ from service.schemas import (
     ErrorResponse,
     ImageJSONResponse,
     InterpolateJSON,
+    JSONLimits,
+    JSONRequest,
     MultistyleJSON,
     OutputFormat,
     StylizeJSON,
     decode_base64,
+    parse_json_body,
     parse_weights_text,
 )
 from service.settings import Settings
@@ -73,6 +79,9 @@ KNOWN_PATHS = TRANSFER_PATHS | {
     "/openapi.json",
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# On every response: no MIME sniffing of the API's bytes, no framing of the pages (clickjacking).
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 T = TypeVar("T")
 
 
@@ -131,8 +140,10 @@ class Gateway:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 response_headers = list(message.get("headers", []))
-                if not any(name.lower() == b"x-request-id" for name, _ in response_headers):
+                present = {name.lower() for name, _ in response_headers}
+                if b"x-request-id" not in present:
                     response_headers.append((b"x-request-id", request_id.encode()))
+                response_headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
                 message["headers"] = response_headers
             await send(message)
 
@@ -175,7 +186,8 @@ class Gateway:
 
     def _precheck(self, scope: Scope, headers: dict[str, str], path: str) -> ServiceError | None:
         settings = self.state.settings
-        if path.startswith("/v1/") and settings.api_key is not None:
+        guarded = path.startswith("/v1/") or (path == "/metrics" and settings.metrics_require_key)
+        if guarded and settings.api_key is not None:
             supplied = headers.get("x-api-key", "")
             if not hmac.compare_digest(supplied.encode(), settings.api_key.encode()):
                 return Unauthorized("missing or wrong X-API-Key header")
@@ -198,11 +210,24 @@ class Gateway:
     ) -> Receive | ServiceError:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return receive
-        limit = self.state.settings.max_body_bytes
+        settings = self.state.settings
+        limit = settings.max_body_bytes
+        # The whole body must arrive within the request's deadline (later it could only get 504), with no
+        # pause longer than body_timeout_s: a client that stalls mid-body no longer holds a connection forever.
+        body_deadline = float(scope["state"]["started"]) + settings.deadline_ms / 1000.0
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            wait_s = min(settings.body_timeout_s, body_deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, wait_s))
+            except TimeoutError:
+                self.state.metrics.connection_events.labels(event="body_timeout").inc()
+                return RequestTimeout(
+                    f"the request body stopped arriving after {size} bytes: the server waits at most "
+                    f"{settings.body_timeout_s:g} s between parts (STYA2K_BODY_TIMEOUT_S) and "
+                    f"{settings.deadline_ms / 1000:g} s in all"
+                )
             if message["type"] == "http.disconnect":
                 return ClientDisconnected("client disconnected while sending the body")
             chunk = message.get("body", b"")
@@ -212,21 +237,14 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: http.disconnect when the client leaves
-
-        return replay
+        return _replay(b"".join(chunks), receive)
 
     async def _reject(self, scope: Scope, error: ServiceError, send: Send, request_id: str) -> None:
         scope["state"]["error"] = error
         headers = {"X-Request-ID": request_id, **error.headers()}
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            # Refused before (all of) the body was read: close rather than wait for the rest of it.
+            headers["Connection"] = "close"
         response = JSONResponse(
             error_body(error.code, error.message), status_code=error.status, headers=headers
         )
@@ -242,6 +260,33 @@ class Gateway:
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+REPLAY_CHUNK = 64 * 1024
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the buffered body on in slices, yielding to the event loop between them.
+
+    The multipart parser runs on the event loop; fed 20 MB at once it holds the loop for ~0.25 s, in 64 KiB
+    slices each step is about a millisecond and health probes are answered in between.
+    """
+    view = memoryview(body)
+    offset = 0
+    done = False
+
+    async def replay() -> Message:
+        nonlocal offset, done
+        if done:
+            return await receive()  # after the body: http.disconnect when the client leaves
+        if offset > 0:
+            await asyncio.sleep(0)
+        chunk = bytes(view[offset : offset + REPLAY_CHUNK])
+        offset += len(chunk)
+        done = offset >= len(body)
+        return {"type": "http.request", "body": chunk, "more_body": not done}
+
+    return replay
 
 
 # ---------------------------------------------------------------------------------------------- lifespan
@@ -438,6 +483,37 @@ async def _read(upload: UploadFile) -> bytes:
     return await upload.read()
 
 
+# What each text field allows, for the messages of the strict form checks below.
+FORM_ALLOWED = {
+    "alpha": "a number 0..1",
+    "preserve_color": "true or false",
+    "max_side": "an integer 64..STYA2K_MAX_SIDE",
+    "format": "png, jpeg or webp",
+    "feather": "a number 0..64",
+    "weights": "comma-separated numbers, one per style",
+}
+_INTEGER = re.compile(r"\s*\d+\s*")
+
+
+async def _check_form(request: Request, repeatable: frozenset[str] = frozenset()) -> None:
+    """Strict multipart: each field once (unless it is a list), no empty values, integers written as integers.
+
+    FastAPI keeps the last of duplicated parts and treats an empty value as absent; a client that sends
+    either has a bug it should hear about. The form is the one FastAPI already parsed (cached).
+    """
+    counts: dict[str, int] = {}
+    for name, value in (await request.form()).multi_items():
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] == 2 and name not in repeatable:
+            raise InvalidParameter(name, "sent more than once; send this field once")
+        if isinstance(value, str):
+            allowed = FORM_ALLOWED.get(name, "a value")
+            if not value.strip():
+                raise InvalidParameter(name, f"empty value; send {allowed}, or leave the field out for the default")
+            if name == "max_side" and not _INTEGER.fullmatch(value):
+                raise InvalidParameter(name, f"{value[:40]!r} is not an integer; allowed: {allowed}")
+
+
 # ---------------------------------------------------------------------------------------------- app
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -490,6 +566,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Gateway, state=state)
     _add_operational_routes(app, state)
     _add_transfer_routes(app)
+    _add_json_schemas(app)
     return app
 
 
@@ -548,11 +625,25 @@ def _add_operational_routes(app: FastAPI, state: ServiceState) -> None:
     async def index() -> HTMLResponse:
         page = STATIC_DIR / "index.html"
         if page.is_file():
-            return HTMLResponse(page.read_text(encoding="utf-8"))
+            html = page.read_text(encoding="utf-8")
+            return HTMLResponse(html, headers=page_security_headers(html))
         return HTMLResponse(
             "<!doctype html><title>StyA2K Serve</title><h1>StyA2K Serve</h1>"
             "<p>The demo page is not installed. See <a href='/docs'>/docs</a> for the API.</p>"
         )
+
+
+def page_security_headers(html: str) -> dict[str, str]:
+    """Content-Security-Policy for the demo page: its own inline scripts (by hash) and same-origin calls only."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    policy = (
+        f"default-src 'none'; script-src {hashes or chr(39) + 'none' + chr(39)}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return {"Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}
 
 
 def _add_transfer_routes(app: FastAPI) -> None:
@@ -567,6 +658,7 @@ def _add_transfer_routes(app: FastAPI) -> None:
         format: FormatForm = OutputFormat.png,
     ) -> Response:
         """Stylize `content` with one `style`."""
+        await _check_form(request)
         transfer = pipeline.TransferRequest(
             "stylize",
             await _read(content),
@@ -590,6 +682,7 @@ def _add_transfer_routes(app: FastAPI) -> None:
         format: FormatForm = OutputFormat.png,
     ) -> Response:
         """Convex combination of the transferred features of 2..N styles (paper section 4.4)."""
+        await _check_form(request, frozenset({"style"}))
         transfer = pipeline.TransferRequest(
             "interpolate",
             await _read(content),
@@ -598,7 +691,7 @@ def _add_transfer_routes(app: FastAPI) -> None:
             preserve_color,
             max_side,
             format.value,
-            weights=parse_weights_text(weights),
+            weights=parse_weights_text(weights, request.app.state.service.settings.max_styles),
         )
         return _image_response(await run_transfer(request, transfer))
 
@@ -618,6 +711,7 @@ def _add_transfer_routes(app: FastAPI) -> None:
         format: FormatForm = OutputFormat.png,
     ) -> Response:
         """Each region (masks or a label map) rendered in its own style, blended softly at the borders."""
+        await _check_form(request, frozenset({"style", "mask"}))
         transfer = pipeline.TransferRequest(
             "multistyle",
             await _read(content),
@@ -633,55 +727,90 @@ def _add_transfer_routes(app: FastAPI) -> None:
         return _image_response(await run_transfer(request, transfer))
 
     @app.post(
-        "/v1/stylize/json", responses={200: {"model": ImageJSONResponse}, **ERROR_RESPONSES}, tags=["json"]
+        "/v1/stylize/json",
+        responses={200: {"model": ImageJSONResponse}, **ERROR_RESPONSES},
+        tags=["json"],
+        openapi_extra=_json_body_doc(StylizeJSON),
     )
-    async def stylize_json(request: Request, body: StylizeJSON) -> JSONResponse:
+    async def stylize_json(request: Request) -> JSONResponse:
         """`/v1/stylize` with base64 images in a JSON body."""
-        transfer = pipeline.TransferRequest(
-            "stylize",
-            decode_base64(body.content, "content"),
-            [decode_base64(body.style, "style")],
-            body.alpha,
-            body.preserve_color,
-            body.max_side,
-            body.format.value,
-        )
-        return _json_response(await run_transfer(request, transfer))
+        return _json_response(await run_transfer(request, await _json_transfer(request, StylizeJSON)))
 
     @app.post(
         "/v1/interpolate/json",
         responses={200: {"model": ImageJSONResponse}, **ERROR_RESPONSES},
         tags=["json"],
+        openapi_extra=_json_body_doc(InterpolateJSON),
     )
-    async def interpolate_json(request: Request, body: InterpolateJSON) -> JSONResponse:
+    async def interpolate_json(request: Request) -> JSONResponse:
         """`/v1/interpolate` with base64 images in a JSON body."""
-        transfer = pipeline.TransferRequest(
-            "interpolate",
-            decode_base64(body.content, "content"),
-            [decode_base64(s, f"style[{i}]") for i, s in enumerate(body.style)],
-            body.alpha,
-            body.preserve_color,
-            body.max_side,
-            body.format.value,
-            weights=list(body.weights),
-        )
-        return _json_response(await run_transfer(request, transfer))
+        return _json_response(await run_transfer(request, await _json_transfer(request, InterpolateJSON)))
 
     @app.post(
-        "/v1/multistyle/json", responses={200: {"model": ImageJSONResponse}, **ERROR_RESPONSES}, tags=["json"]
+        "/v1/multistyle/json",
+        responses={200: {"model": ImageJSONResponse}, **ERROR_RESPONSES},
+        tags=["json"],
+        openapi_extra=_json_body_doc(MultistyleJSON),
     )
-    async def multistyle_json(request: Request, body: MultistyleJSON) -> JSONResponse:
+    async def multistyle_json(request: Request) -> JSONResponse:
         """`/v1/multistyle` with base64 images in a JSON body."""
-        transfer = pipeline.TransferRequest(
-            "multistyle",
-            decode_base64(body.content, "content"),
-            [decode_base64(s, f"style[{i}]") for i, s in enumerate(body.style)],
-            body.alpha,
-            body.preserve_color,
-            body.max_side,
-            body.format.value,
-            masks=[decode_base64(m, f"masks[{i}]") for i, m in enumerate(body.masks)] if body.masks else None,
-            labels=decode_base64(body.labels, "labels") if body.labels is not None else None,
-            feather=body.feather,
+        return _json_response(await run_transfer(request, await _json_transfer(request, MultistyleJSON)))
+
+
+# ---------------------------------------------------------------------------------------------- JSON bodies
+JSON_MODELS: tuple[type[JSONRequest], ...] = (StylizeJSON, InterpolateJSON, MultistyleJSON)
+
+
+def _json_body_doc(model: type[JSONRequest]) -> dict[str, Any]:
+    """OpenAPI request body of a JSON route (the body is parsed by hand, off the event loop)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _add_json_schemas(app: FastAPI) -> None:
+    """Put the JSON request models into the OpenAPI components the routes' ``$ref``s point at."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        _, definitions = models_json_schema(
+            [(m, "validation") for m in JSON_MODELS], ref_template="#/components/schemas/{model}"
         )
-        return _json_response(await run_transfer(request, transfer))
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions.get("$defs", {}))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _json_transfer(request: Request, model: type[JSONRequest]) -> pipeline.TransferRequest:
+    """Read the body on the loop (cheap), check, parse, validate and base64-decode it in a worker thread."""
+    state: ServiceState = request.app.state.service
+    body = await request.body()
+    return await _in_pool(state, _parse_json_transfer, body, model, state.settings)
+
+
+def _parse_json_transfer(body: bytes, model: type[JSONRequest], settings: Settings) -> pipeline.TransferRequest:
+    parsed = parse_json_body(body, model, JSONLimits(settings.max_json_items, settings.max_json_depth))
+    common: dict[str, Any] = {
+        "content": decode_base64(parsed.content, "content"),
+        "alpha": parsed.alpha,
+        "preserve_color": parsed.preserve_color,
+        "max_side": parsed.max_side,
+        "format": parsed.format.value,
+    }
+    if isinstance(parsed, StylizeJSON):
+        return pipeline.TransferRequest("stylize", styles=[decode_base64(parsed.style, "style")], **common)
+    assert isinstance(parsed, InterpolateJSON | MultistyleJSON)
+    styles = [decode_base64(s, f"style[{i}]") for i, s in enumerate(parsed.style)]
+    if isinstance(parsed, InterpolateJSON):
+        return pipeline.TransferRequest("interpolate", styles=styles, weights=list(parsed.weights), **common)
+    return pipeline.TransferRequest(
+        "multistyle",
+        styles=styles,
+        masks=[decode_base64(m, f"masks[{i}]") for i, m in enumerate(parsed.masks)] if parsed.masks else None,
+        labels=decode_base64(parsed.labels, "labels") if parsed.labels is not None else None,
+        feather=parsed.feather,
+        **common,
+    )

@@ -67,6 +67,12 @@ class UnsupportedMediaType(ServiceError):
     status, code, reason = 415, "unsupported_media_type", "invalid"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending its request (header or body) for longer than the server waits."""
+
+    status, code, reason = 408, "request_timeout", None
+
+
 class InvalidParameter(ServiceError):
     status, code, reason = 422, "invalid_parameter", "invalid"
 
@@ -132,7 +138,18 @@ def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
 
 def from_validation_error(exc: RequestValidationError) -> ServiceError:
     """The first validation problem, phrased with the field it concerns."""
-    errors = exc.errors()
+    return validation_error(list(exc.errors()))
+
+
+# FastAPI / pydantic phrasings that leak Python internals, and what they mean for a client.
+_MESSAGE_REWRITES = (
+    ("Expected UploadFile", "must be a file part (a form part with a filename), not a text field"),
+    ("Input should be a valid dictionary or object", "the body must be a JSON object"),
+)
+
+
+def validation_error(errors: list[Any]) -> ServiceError:
+    """The first of FastAPI's / pydantic's validation errors as one of ours (shared by the form and JSON paths)."""
     if not errors:
         return InvalidParameter("body", "invalid request")
     first = errors[0]
@@ -140,6 +157,9 @@ def from_validation_error(exc: RequestValidationError) -> ServiceError:
         return BadRequest(f"request body is not valid JSON: {first.get('msg', '')}".strip())
     field = _field_name(first.get("loc", ()))
     message = str(first.get("msg", "invalid value"))
+    for marker, rewrite in _MESSAGE_REWRITES:
+        if marker in message:
+            message = rewrite
     if "input" in first and first.get("type") != "missing" and isinstance(first["input"], str | int | float):
         message += f" (got {str(first['input'])[:80]!r})"
     more = len(errors) - 1

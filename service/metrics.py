@@ -13,6 +13,9 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 REJECTION_REASONS = ("queue_full", "deadline", "invalid", "too_large", "oom")
 PREFIX = "stya2k"
+# idle_timeout: silent past the header timeout; header_timeout / body_timeout: 408 for a half-sent request;
+# evicted_idle: an idle connection closed to make room at the connection limit; refused: 503 at the limit.
+CONNECTION_EVENTS = ("idle_timeout", "header_timeout", "body_timeout", "evicted_idle", "refused")
 
 
 class ServiceMetrics:
@@ -64,6 +67,17 @@ class ServiceMetrics:
         )
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason)  # export zeros so dashboards see every series
+        self.connections_open = Gauge(
+            f"{PREFIX}_connections_open", "Client connections open (HTTP/1.1, counted by the server)", registry=r
+        )
+        self.connection_events = Counter(
+            f"{PREFIX}_connection_events",
+            "Connections closed or refused by the server's guards (service/connections.py), by event",
+            ["event"],
+            registry=r,
+        )
+        for event in CONNECTION_EVENTS:
+            self.connection_events.labels(event=event)
         self.model_info = Info(f"{PREFIX}_model", "The loaded model", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the service accepts work, 0 otherwise", registry=r)
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import InvalidParameter
+from service.errors import BadRequest, BodyTooLarge, InvalidParameter, ServiceError, validation_error
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class OutputFormat(StrEnum):
@@ -37,7 +39,7 @@ Base64Image = Annotated[
 ]
 
 
-class _JSONRequest(BaseModel):
+class JSONRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     content: Base64Image
@@ -47,16 +49,16 @@ class _JSONRequest(BaseModel):
     format: OutputFormat = Field(OutputFormat.png, description=FORMAT_DOC)
 
 
-class StylizeJSON(_JSONRequest):
+class StylizeJSON(JSONRequest):
     style: Base64Image
 
 
-class InterpolateJSON(_JSONRequest):
+class InterpolateJSON(JSONRequest):
     style: list[Base64Image] = Field(description="2..STYA2K_MAX_STYLES style images")
     weights: list[float] = Field(description=WEIGHTS_DOC)
 
 
-class MultistyleJSON(_JSONRequest):
+class MultistyleJSON(JSONRequest):
     style: list[Base64Image] = Field(description="2..STYA2K_MAX_STYLES style images")
     masks: list[Base64Image] | None = Field(
         None, description="One grayscale mask per style (white = that style's region); or send labels"
@@ -89,19 +91,37 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# Base64 is decoded in slices of this many characters (a multiple of 4): each slice is one short call that
+# holds the GIL, so the event loop thread gets it back between slices (a 20 MB string in one call: ~150 ms).
+B64_SLICE = 1 << 20
+
+
 def decode_base64(value: str, field: str) -> bytes:
-    """Base64 (optionally a data: URL) to bytes; 422 naming the field when it is not base64."""
+    """Base64 (optionally a ``data:...;base64,`` URL) to bytes; 422 naming the field when it is not base64."""
     text = value.strip()
     if text.startswith("data:"):
-        _, _, text = text.partition(",")
+        header, comma, text = text.partition(",")
+        if not comma:
+            raise InvalidParameter(field, "a data: URL needs a comma before its data (data:image/png;base64,...)")
+        if not header.endswith(";base64"):
+            raise InvalidParameter(field, f"{header[:60]!r}: only base64 data: URLs are accepted (data:...;base64,)")
+    if len(text) % 4:
+        raise InvalidParameter(field, f"not valid base64: {len(text)} characters is not a multiple of 4")
     try:
-        return base64.b64decode(text, validate=True)
+        chunks = [
+            binascii.a2b_base64(text[start : start + B64_SLICE], strict_mode=True)
+            for start in range(0, len(text), B64_SLICE)
+        ]
     except (binascii.Error, ValueError):
-        raise InvalidParameter(field, "not valid base64") from None
+        raise InvalidParameter(field, "not valid base64 (allowed: A-Z a-z 0-9 + / and = padding at the end)") from None
+    return b"".join(chunks)
 
 
-def parse_weights_text(text: str) -> list[float]:
-    """Multipart ``weights``: comma-separated numbers."""
+def parse_weights_text(text: str, max_count: int) -> list[float]:
+    """Multipart ``weights``: comma-separated numbers, at most ``max_count`` of them."""
+    count = text.count(",") + 1  # counted before splitting: a huge list is refused without building it
+    if count > max_count:
+        raise InvalidParameter("weights", f"{count} weights given; at most {max_count} (one per style)")
     parts = [p.strip() for p in text.split(",")]
     try:
         return [float(p) for p in parts]
@@ -123,4 +143,101 @@ def normalise_weights(weights: list[float], count: int) -> list[float]:
     total = sum(weights)
     if total <= 0:
         raise InvalidParameter("weights", "all weights are zero; at least one must be positive")
+    if not math.isfinite(total):
+        raise InvalidParameter(
+            "weights", f"the weights sum to {total}; use smaller numbers (they are normalised to sum 1)"
+        )
     return [w / total for w in weights]
+
+
+# ---------------------------------------------------------------------------------------------- JSON bodies
+_WHITESPACE = b" \t\r\n"
+STRUCTURE_BYTES_PER_ITEM = 32  # bytes outside strings per allowed value: room for long numbers, commas, colons
+_SCAN_SLICE = 1 << 20  # whitespace is stripped in slices: short GIL holds (see B64_SLICE)
+
+
+@dataclass(frozen=True)
+class JSONLimits:
+    max_items: int  # values + object keys in all
+    max_depth: int  # nesting of arrays / objects
+
+
+def check_json_structure(body: bytes, limits: JSONLimits) -> None:
+    """Refuse a JSON body whose structure is too big, before any parser builds it (413).
+
+    Strings are skipped with ``bytes.find`` (memchr speed, no copy); what lies between them (numbers,
+    literals, punctuation) is collected without whitespace and must stay small, so a million keys or a list of
+    three million nulls is refused after scanning, not after building millions of objects and error entries.
+    Not a JSON validator: syntax errors are left to the parser.
+    """
+    outside = bytearray()
+    outside_limit = limits.max_items * STRUCTURE_BYTES_PER_ITEM
+    strings = 0
+    position, size = 0, len(body)
+    while position < size:
+        quote = body.find(b'"', position)
+        stop = size if quote < 0 else quote
+        for start in range(position, stop, _SCAN_SLICE):
+            outside += body[start : min(stop, start + _SCAN_SLICE)].translate(None, _WHITESPACE)
+            if len(outside) > outside_limit:
+                raise _too_many(limits)
+        if quote < 0:
+            break
+        position = _string_end(body, quote + 1)
+        strings += 1
+        outside += b'"'  # one placeholder byte per string keeps the order of values for the depth scan
+        if strings > limits.max_items:
+            raise _too_many(limits)
+    items = strings + outside.count(b",") + outside.count(b"[") + outside.count(b"{")
+    for literal in (b"true", b"false", b"null"):
+        items += outside.count(literal)
+    if items > limits.max_items:
+        raise _too_many(limits)
+    _check_depth(bytes(outside), limits.max_depth)
+
+
+def _string_end(body: bytes, position: int) -> int:
+    """Index just past the string whose content starts at ``position`` (or the end of an unterminated one)."""
+    quote = body.find(b'"', position)
+    while quote >= 0:
+        backslash = body.find(b"\\", position, quote)
+        if backslash < 0:
+            return quote + 1
+        position = backslash + 2  # an escape: skip the escaped character (which may be this quote)
+        if position > quote:  # searched again only when passed: linear even with many escapes
+            quote = body.find(b'"', position)
+    return len(body)
+
+
+def _check_depth(outside: bytes, max_depth: int) -> None:
+    if outside.count(b"[") + outside.count(b"{") <= max_depth:
+        return  # cannot nest deeper than there are containers
+    depth = 0
+    for byte in outside:
+        if byte in b"[{":
+            depth += 1
+            if depth > max_depth:
+                raise BodyTooLarge(f"JSON body nests arrays / objects deeper than {max_depth} levels")
+        elif byte in b"]}":
+            depth -= 1
+
+
+def _too_many(limits: JSONLimits) -> ServiceError:
+    return BodyTooLarge(
+        f"JSON body has more than {limits.max_items} values and keys (STYA2K_MAX_JSON_ITEMS); a transfer request "
+        "needs a few dozen"
+    )
+
+
+def parse_json_body(body: bytes, model: type[M], limits: JSONLimits) -> M:
+    """Check the structure, then parse and validate strictly (blocking: run it in a worker thread).
+
+    Strict: ``true`` is not a number, ``"0.5"`` is not a float, ``64.0`` is not an integer.
+    """
+    if not body.strip():
+        raise BadRequest("request body is empty; send a JSON object (see GET /docs)")
+    check_json_structure(body, limits)
+    try:
+        return model.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False)) from None

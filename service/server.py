@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from service.app import ServiceState, create_app
+from service.connections import ConnectionLimits, fit_connection_limit, guarded_protocol, install_resource_log_filter
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -60,13 +61,23 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets uvicorn's 400 (h11's incomplete-event limit)
+
+
 def build_server(settings: Settings) -> DrainingServer:
     app = create_app(settings)
     state: ServiceState = app.state.service
+    limits = ConnectionLimits(
+        max_connections=fit_connection_limit(settings.max_connections),
+        header_timeout_s=settings.header_timeout_s,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(limits, state.metrics),  # header timeout + connection limit (connections.py)
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works: call_later
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         log_config=None,  # our JSON logging, configured by serve()
         access_log=False,  # the gateway middleware logs each request with its id
         lifespan="on",
@@ -81,6 +92,7 @@ def build_server(settings: Settings) -> DrainingServer:
 def serve(settings: Settings) -> int:
     """Serve until drained; returns the process exit code (0 after a clean SIGTERM drain)."""
     configure_logging(settings.log_level)
+    install_resource_log_filter()
     server = build_server(settings)
     log.info("starting", extra={"host": settings.host, "port": settings.port})
     server.run()

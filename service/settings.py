@@ -46,8 +46,19 @@ class Settings:
     style_size: int = 256  # styles are resized (short side) and centre-cropped to this square
     max_styles: int = 4
     cache_bytes: int = 256 * 1024 * 1024
+    # Decoded pixels held at once by all decodes together (width x height x bytes per pixel of the decoded
+    # mode, plus the conversion to RGB); decodes wait for room, an image that alone exceeds it gets 413.
+    decode_budget_bytes: int = 512 * 1024 * 1024
+    max_json_items: int = 1000  # JSON bodies: values + object keys in all (strings of any length count once)
+    max_json_depth: int = 8  # JSON bodies: nesting of arrays / objects
+    # Connections (docs/RELIABILITY.md)
+    max_connections: int = 1000  # open client connections; lowered to what the open-files limit allows
+    keep_alive_s: float = 5.0  # idle time after a response before the connection is closed
+    header_timeout_s: float = 10.0  # time to send a complete request header (408 / close after it)
+    body_timeout_s: float = 15.0  # longest pause while sending the body (408 after it)
     # Security / network / lifecycle
     api_key: str | None = None
+    metrics_require_key: bool = True  # with api_key set, /metrics also needs X-API-Key (false: open)
     host: str = "127.0.0.1"
     port: int = 8000
     drain_grace_s: float = 5.0
@@ -152,6 +163,13 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "style_size": (32, 2048),
     "max_styles": (2, 16),
     "cache_bytes": (0, None),
+    "decode_budget_bytes": (1024 * 1024, None),
+    "max_json_items": (16, 10_000_000),
+    "max_json_depth": (2, 1000),
+    "max_connections": (1, 1_000_000),
+    "keep_alive_s": (0.1, 3600),
+    "header_timeout_s": (0.1, 3600),
+    "body_timeout_s": (0.1, 3600),
     "port": (0, 65535),
     "drain_grace_s": (0, 3600),
     "drain_timeout_s": (0, 3600),

@@ -1,0 +1,319 @@
+"""Connection-level protection for uvicorn's h11 protocol: timeouts, a connection limit, quiet logs.
+
+uvicorn closes a keep-alive connection only after a response, never one that connects and sends nothing or
+sends half a header, and it has no header timeout; with the Kubernetes Service talking to uvicorn directly
+(no nginx in front) such connections pile up until accept() fails for lack of file descriptors. Here:
+
+* header timeout: a connection must deliver a complete request header within ``header_timeout_s`` of
+  opening (or of its previous response); a silent one is closed, a half-sent header gets 408;
+* keep-alive timeout: uvicorn's own (``keep_alive_s`` after each response);
+* connection limit: at ``max_connections`` open connections the oldest idle one (no request in progress:
+  fresh, between requests, or still sending its header) is closed to make room, as nginx reuses keep-alive
+  connections; only when every connection is busy with a request is the new one refused with a 503 JSON
+  answer and ``Connection: close``;
+* the body read timeout is enforced by the gateway middleware (service/app.py), which reads the body;
+* a logging filter that reports "accept() out of system resource" once per interval instead of one
+  traceback per failed accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("service.connections")
+
+# File descriptors kept free for everything that is not a client connection: the listening socket, epoll,
+# pipes, log files, temporary files of multipart uploads, the weights file, ...
+FD_RESERVE_MIN = 64
+LINGER_S = 1.0  # a refused connection is kept this long to read what the client sent, so it sees the 503
+MAX_LINGERING = 64  # beyond this many, refused connections are closed at once (no fd pile-up under a flood)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout_s: float
+
+
+def raw_response(status: int, reason: str, code: str, message: str, retry_after_s: int | None = None) -> bytes:
+    """A complete HTTP/1.1 error response in the service's JSON shape, with ``Connection: close``.
+
+    Built by hand because it is sent where h11 cannot send one: before any request was read.
+    """
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
+    if retry_after_s is not None:
+        head.append(f"retry-after: {retry_after_s}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+class ConnectionGuard:
+    """State shared by every connection of one server."""
+
+    def __init__(self, limits: ConnectionLimits, metrics: ServiceMetrics | None) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self.open = 0
+        self.lingering = 0
+        # Insertion-ordered, so the first key is the connection that has been idle the longest.
+        self.idle: dict[GuardedH11Protocol, None] = {}
+
+    def count(self, what: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connection_events.labels(event=what).inc()
+
+    def set_open(self, delta: int) -> None:
+        self.open += delta
+        if self.metrics is not None:
+            self.metrics.connections_open.set(self.open)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout and a connection limit (see the module docstring)."""
+
+    guard: ClassVar[ConnectionGuard]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self._refused = False
+
+    # ------------------------------------------------------------------ connection life
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        guard = self.guard
+        if guard.open >= guard.limits.max_connections and not self._evict_oldest_idle():
+            self._refuse(transport)
+            return
+        super().connection_made(transport)
+        self._counted = True
+        guard.set_open(+1)
+        self._refresh()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            self.guard.lingering -= 1
+            return
+        self._cancel_header_timer()
+        self.guard.idle.pop(self, None)
+        if self._counted:
+            self._counted = False
+            self.guard.set_open(-1)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped so that closing does not reset the connection before the 503 arrives
+        super().data_received(data)
+        self._refresh()
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            self.transport.close()
+        return None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._refresh()
+
+    def shutdown(self) -> None:
+        self._cancel_header_timer()
+        super().shutdown()
+
+    # ------------------------------------------------------------------ idle tracking and timers
+    def _waiting_for_header(self) -> bool:
+        between_requests = self.cycle is None or self.cycle.response_complete
+        return between_requests and self.conn.their_state is h11.IDLE
+
+    def _refresh(self) -> None:
+        """Re-derive after every event whether this connection is idle and which timer must run."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        guard = self.guard
+        if self._waiting_for_header():
+            if self not in guard.idle:
+                guard.idle[self] = None
+            # uvicorn's keep-alive timer covers the silence after a response; once bytes arrive (or on a
+            # fresh connection) the header must be complete within the header timeout.
+            if self.timeout_keep_alive_task is None and self._header_timer is None:
+                self._header_timer = self.loop.call_later(guard.limits.header_timeout_s, self._on_header_timeout)
+            return
+        guard.idle.pop(self, None)
+        if self.cycle is not None and self.cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
+            # Answered before the body was read (e.g. 401, 413): the rest of the body is drained, within a bound.
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(guard.limits.header_timeout_s, self._on_header_timeout)
+            return
+        self._cancel_header_timer()
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        partial, _closed = self.conn.trailing_data
+        if self._waiting_for_header() and partial:
+            self.guard.count("header_timeout")
+            self.transport.write(
+                raw_response(
+                    408,
+                    "Request Timeout",
+                    "request_timeout",
+                    f"the request header was not complete within {self.guard.limits.header_timeout_s:g} s",
+                )
+            )
+        else:
+            self.guard.count("idle_timeout")
+        self._close()
+
+    def _close(self) -> None:
+        self.guard.idle.pop(self, None)
+        if self.conn.our_state not in (h11.ERROR, h11.CLOSED):
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+        self.transport.close()
+
+    # ------------------------------------------------------------------ the limit
+    def _evict_oldest_idle(self) -> bool:
+        guard = self.guard
+        while guard.idle:
+            victim = next(iter(guard.idle))
+            del guard.idle[victim]
+            if victim.transport is None or victim.transport.is_closing():
+                continue
+            guard.count("evicted_idle")
+            # The victim stops counting now; its connection_lost follows on a later loop iteration.
+            victim._counted = False
+            guard.set_open(-1)
+            victim._cancel_header_timer()
+            victim._close()
+            return True
+        return False
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        guard = self.guard
+        self.transport = transport
+        self._refused = True
+        guard.lingering += 1
+        guard.count("refused")
+        transport.write(
+            raw_response(
+                503,
+                "Service Unavailable",
+                "too_many_connections",
+                f"the server has {guard.limits.max_connections} connections with requests in progress "
+                "(STYA2K_MAX_CONNECTIONS); retry shortly",
+                retry_after_s=1,
+            )
+        )
+        if guard.lingering > MAX_LINGERING:
+            transport.close()
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+
+def guarded_protocol(limits: ConnectionLimits, metrics: ServiceMetrics | None) -> type[GuardedH11Protocol]:
+    """A protocol class bound to one server's guard (uvicorn instantiates the class per connection)."""
+    return type("ServerGuardedH11Protocol", (GuardedH11Protocol,), {"guard": ConnectionGuard(limits, metrics)})
+
+
+# ---------------------------------------------------------------------------------------------- fds
+def fit_connection_limit(wanted: int) -> int:
+    """Raise the soft open-files limit towards the hard one if needed; return the connection limit that fits.
+
+    A connection limit above what the descriptors allow would let accept() fail (EMFILE) instead of our
+    clean refusal, so the limit is lowered (with a warning) when the process may not open enough files.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + max(FD_RESERVE_MIN, wanted // 10)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit from %d", soft)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    fitting = max(1, min(wanted, soft - max(FD_RESERVE_MIN, soft // 10)))
+    if fitting < wanted:
+        log.warning(
+            "open-files limit %d allows only %d connections (STYA2K_MAX_CONNECTIONS=%d); using %d",
+            soft,
+            fitting,
+            wanted,
+            fitting,
+        )
+    return fitting
+
+
+# ---------------------------------------------------------------------------------------------- logging
+class RateLimitedResourceLog(logging.Filter):
+    """Let one "out of system resource" record through per interval, with the count of those held back.
+
+    asyncio logs every failed accept() with a traceback; when file descriptors run out that is thousands of
+    lines a second, which fills disks and hides everything else.
+    """
+
+    MARKERS = ("out of system resource", "Too many open files")
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last = float("-inf")
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if not any(m in text or (exc is not None and m in str(exc)) for m in self.MARKERS):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._held += 1
+            return False
+        detail = f" ({exc})" if exc is not None else ""
+        record.msg = (
+            f"{text}{detail}: file descriptors or memory ran out; {self._held} more such errors in the last "
+            f"{self.interval_s:g} s were not logged (lower STYA2K_MAX_CONNECTIONS or raise the open-files limit)"
+        )
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        self._last = now
+        self._held = 0
+        return True
+
+
+def install_resource_log_filter(interval_s: float = 10.0) -> RateLimitedResourceLog:
+    """Attach one filter to the loggers that report accept() failures (asyncio's, uvicorn's)."""
+    flt = RateLimitedResourceLog(interval_s)
+    for name in ("asyncio", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        for existing in [f for f in logger.filters if isinstance(f, RateLimitedResourceLog)]:
+            logger.removeFilter(existing)
+        logger.addFilter(flt)
+    return flt
