@@ -488,7 +488,10 @@ def _feather(text: str) -> float:
 
 
 def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output image file")
+    # default=SUPPRESS: a required option has no default, so the help must not show "(default: None)".
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", default=argparse.SUPPRESS, help="output image file (required)"
+    )
     parser.add_argument("--alpha", type=_alpha, default=1.0, help="style strength: 0 = content only, 1 = full style")
     parser.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance transfer)")
     parser.add_argument(
@@ -514,9 +517,9 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--timeout", type=float, default=120.0, help="server: seconds per request attempt")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stya2k",
+        prog=prog,
         description="StyA2K Serve: arbitrary style transfer with All-to-Key attention (ICCV 2023).",
         epilog="Run 'stya2k COMMAND --help' for the options of a command.",
     )
@@ -571,11 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "stya2k") -> int:
+    """``stya2k`` (argv None: exits the process) and ``python -m service`` (prog names it in help and errors)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in DELEGATED:
         return _exit(run_delegated(arguments[0], arguments[1:]), argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(arguments)  # usage errors exit 2 with argparse's message
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

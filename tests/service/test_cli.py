@@ -65,6 +65,31 @@ def test_help_lists_every_command_and_needs_no_torch() -> None:
         assert command in help_text
 
 
+def test_python_m_service_is_the_same_cli() -> None:
+    """`python -m service --help` prints the CLI's help (it used to start a server), without warnings."""
+    for argv in (["--help"], ["serve", "--help"], ["stylize", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "service", *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("usage: python -m service"), done.stdout[:200]
+        assert "Warning" not in done.stderr, done.stderr  # e.g. torch's "Failed to initialize NumPy"
+    top = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60).stdout  # fmt: skip
+    assert top == cli.build_parser("python -m service").format_help()
+    bad = subprocess.run([sys.executable, "-m", "service", "serve", "--port", "x"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--port" in bad.stderr
+
+
+def test_required_output_shows_no_default(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("stylize", "interpolate", "multistyle"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        output_help = out[out.index("-o OUT, --output OUT") :].split("\n  -", 1)[0]
+        assert "required" in output_help and "default" not in output_help, output_help
+
+
 def test_console_script_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["stylize", "--help"])
@@ -254,10 +279,13 @@ def test_delegated_commands(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 
 # ---------------------------------------------------------------------------------------------- serve
-def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(images: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["service.cli", "service"])  # `python -m service serve` = `stya2k serve`
+def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(
+    module: str, images: dict[str, Path], tmp_path: Path
+) -> None:
     port = free_port()
     env = {**os.environ, "STYA2K_MAX_BATCH_SIZE": "3", "STYA2K_WEIGHTS": "random", "STYA2K_WARMUP": "false"}
-    argv = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--max-batch-size", "5",
+    argv = [sys.executable, "-m", module, "serve", "--port", str(port), "--max-batch-size", "5",
             "--max-side", "64", "--default-side", "64", "--style-size", "64", "--threads", "1",
             "--drain-grace-s", "0", "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
