@@ -278,6 +278,25 @@ def test_page_is_served(server: RunningServer) -> None:
     assert 'id="content-file"' in response.text and "/v1/" in response.text
 
 
+# Every <img> that takes up room on the page but has no picture: the browser draws a broken-image placeholder.
+BROKEN_IMAGES = (
+    "[...document.images].filter((img) => getComputedStyle(img).display !== 'none' && img.getClientRects().length"
+    " && !(img.complete && img.naturalWidth > 0)).map((img) => img.id || img.alt)"
+)
+
+
+def test_no_broken_image_placeholders_before_any_upload(page: Page) -> None:
+    assert page.evaluate("document.images.length") >= 3  # content preview, style thumbnail, result
+    assert page.evaluate(BROKEN_IMAGES) == []
+    assert page.evaluate("getComputedStyle(document.querySelector('.stage .empty')).display") != "none"
+    page.click("#add-style")  # a second, still empty style row
+    assert page.evaluate(BROKEN_IMAGES) == []
+    page.click("[data-content-sample=landscape]")
+    page.wait_for("document.getElementById('content-preview').naturalWidth > 0")
+    assert page.evaluate("getComputedStyle(document.querySelector('.stage .empty')).display") == "none"
+    assert page.evaluate(BROKEN_IMAGES) == []
+
+
 def test_upload_two_images_and_stylize(page: Page, tmp_path: Path) -> None:
     content, style = tmp_path / "content.png", tmp_path / "style.jpg"
     content.write_bytes(image_bytes((80, 60), color=(30, 120, 200)))
