@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import logging
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,23 +135,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     from model.stya2k import StyA2K
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
+    _check_is_file(path)
     digest = verify_against_manifest(path) if verify_manifest else sha256_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, IndexError,
+            KeyError, OSError, struct.error) as exc:
+        # torch's own text suggests weights_only=False, which would execute code from the file: not repeated.
+        text = "" if isinstance(exc, pickle.UnpicklingError) else str(exc).strip()
+        detail = f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: torch.load cannot read it ({detail}); "
+            "expected a .pt file written by `stya2k train` (model.checkpoint.save_checkpoint)"
+        ) from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
         raise CheckpointError(f"{path} is not a StyA2K checkpoint (expected keys 'config' and 'state_dict')")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+    if not isinstance(payload["state_dict"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in payload["state_dict"].values()
+    ):
+        raise CheckpointError(f"{path} is not a StyA2K checkpoint: 'state_dict' is not a mapping of names to tensors")
     if payload.get("state_sha256") != state_digest(payload["state_dict"]):
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the digest stored at save time")
+    _check_config(path, payload["config"])
     try:
         model = StyA2K(ModelConfig.from_dict(payload["config"]))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has an invalid config: {exc}") from exc
+    except Exception as exc:  # whatever the model's constructor trips over is a bad config in this file
+        raise CheckpointError(f"{path} has an invalid config ({type(exc).__name__}: {exc})") from exc
     expected = model.trainable_state_dict()
     state = payload["state_dict"]
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -162,6 +174,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.meta = {**payload.get("meta", {}), "sha256": digest, "path": str(path)}
     return model.to(map_location).eval()
+
+
+def _check_is_file(path: Path) -> None:
+    """A clear message for each way a weights path can be wrong (read before hashing: /dev/zero never ends)."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))[:5]
+        hint = f"; it holds {', '.join(found)}" if found else ""
+        raise CheckpointError(f"weights path {path} is a directory; give the checkpoint file (.pt){hint}")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"weights path {path} is not a regular file (a device, pipe or socket); give a .pt file")
+    if not path.exists():
+        raise CheckpointError(f"weights file {path} does not exist")
+
+
+TAPS = ("relu3_1", "relu4_1", "relu5_1")  # the encoder layers with an attention module
+
+
+def _check_config(path: Path, config: Any) -> None:
+    """Check a checkpoint's config before building a model from it, naming the bad field."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} has an invalid config: expected a mapping, got {type(config).__name__}")
+    attention = config.get("attention", {})
+    if not isinstance(attention, dict):
+        raise CheckpointError(f"{path} has an invalid config: 'attention' must be a mapping")
+    heads = attention.get("heads", 8)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise CheckpointError(f"{path} has an invalid config: attention.heads={heads!r}; it must be an integer >= 1")
+    blocks = attention.get("block_sizes")
+    if config.get("arch", "a2k") != "a2k" or blocks is None:
+        return  # only all-to-key attention uses block sizes; absent = the defaults
+    if not isinstance(blocks, dict):
+        raise CheckpointError(
+            f"{path} has an invalid config: attention.block_sizes must map {', '.join(TAPS)} to sizes"
+        )
+    for tap in TAPS:
+        size = blocks.get(tap)
+        if size is None:
+            raise CheckpointError(
+                f"{path} has an invalid config: attention.block_sizes has no size for {tap}; "
+                f"it needs one for each of {', '.join(TAPS)}"
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise CheckpointError(
+                f"{path} has an invalid config: attention.block_sizes[{tap!r}]={size!r}; it must be an integer >= 1"
+            )
 
 
 def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> StyA2K:

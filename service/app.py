@@ -93,6 +93,7 @@ class ServiceState:
     metrics: ServiceMetrics
     engine: Engine
     io_pool: ThreadPoolExecutor
+    decode_budget: imaging.DecodeBudget
     batcher: Batcher[TransferJob, Any] | None = None
     model_thread: ModelThread | None = None
     ready: bool = False
@@ -338,11 +339,19 @@ async def _start_model(state: ServiceState) -> None:
     )
     state.batcher.start()
     state.metrics.model_info.info(
-        {k: str(v) for k, v in {**state.engine.info(), "device": str(state.engine.device)}.items()}
+        {k: str(v) for k, v in {**public_model_info(state.engine), "device": str(state.engine.device)}.items()}
     )
     state.ready = True
     state.metrics.ready.set(1)
     log.info("ready", extra={"device": str(state.engine.device), "dtype": state.engine.dtype_name})
+
+
+def public_model_info(engine: Engine) -> dict[str, Any]:
+    """The engine's model info with the weights' file name only: the server's paths are nobody's business."""
+    info = dict(engine.info())
+    if info.get("weights"):
+        info["weights"] = Path(str(info["weights"])).name
+    return info
 
 
 # ---------------------------------------------------------------------------------------------- transfer
@@ -397,7 +406,7 @@ async def _in_pool(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
 
 def _prepare_guarded(request: pipeline.TransferRequest, state: ServiceState) -> TransferJob:
     try:
-        return pipeline.prepare(request, state.settings, state.engine.lookup_style)
+        return pipeline.prepare(request, state.settings, state.engine.lookup_style, state.decode_budget)
     except ServiceError:
         raise
     except MemoryError:
@@ -554,12 +563,16 @@ def create_app(settings: Settings) -> FastAPI:
         metrics=metrics,
         engine=Engine(settings, metrics),
         io_pool=ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="stya2k-io"),
+        decode_budget=imaging.DecodeBudget(settings.decode_budget_bytes),
     )
     app = FastAPI(
         title="StyA2K Serve",
         version="1",
         description="Arbitrary style transfer with All-to-Key attention (StyA2K, ICCV 2023).",
         lifespan=_make_lifespan(state),
+        # Starlette's slash redirect builds its Location from the Host header (an open redirect behind a
+        # proxy); a 404 that names the right path serves a client as well.
+        redirect_slashes=False,
     )
     app.state.service = state
     install_error_handlers(app)
@@ -595,7 +608,7 @@ def _add_operational_routes(app: FastAPI, state: ServiceState) -> None:
     async def info() -> dict[str, Any]:
         settings = state.settings
         return {
-            "model": state.engine.info(),
+            "model": public_model_info(state.engine),
             "device": str(state.engine.device),
             "dtype": state.engine.dtype_name,
             "ready": state.ready,

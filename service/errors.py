@@ -212,6 +212,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         error = from_http_exception(exc)
+        path = request.url.path
+        if isinstance(error, NotFound) and len(path) > 1 and path.endswith("/"):
+            error = NotFound(f"no such endpoint; did you mean {path.rstrip('/')!r} (no trailing slash)?")
         request.state.error = error
         response = error_response(error, _request_id(request))
         if exc.headers:

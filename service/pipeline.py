@@ -71,11 +71,12 @@ def prepare(
     request: TransferRequest,
     settings: Settings,
     lookup_style: Callable[[str], Any | None],
+    budget: imaging.DecodeBudget | None = None,
 ) -> TransferJob:
-    """Decode and shape every input (blocking; run in a worker thread)."""
-    limits = imaging.ImageLimits(settings.max_input_pixels)
-    content_img = imaging.decode_image(request.content, "content", limits)
+    """Decode and shape every input (blocking; run in a worker thread) within the decode memory budget."""
+    limits = imaging.ImageLimits(settings.max_input_pixels, budget)
     side = request.max_side or settings.default_side
+    content_img = imaging.decode_image(request.content, "content", limits, fit=side)
     size = imaging.fit_within(*content_img.size, side)  # (W, H)
     content = imaging.to_tensor(imaging.resize(content_img, size))  # (3, H, W)
     styles = tuple(
@@ -111,7 +112,7 @@ def _prepare_style(
     cached = lookup_style(key)
     if cached is not None:
         return StyleInput(key=key, image=None, features=cached)  # skip decoding altogether
-    image = imaging.decode_image(data, field, limits)
+    image = imaging.decode_image(data, field, limits, cover=settings.style_size)
     tensor = imaging.to_tensor(imaging.square_crop(image, settings.style_size))  # (3, S, S)
     return StyleInput(key=key, image=tensor, features=None)
 
@@ -121,11 +122,11 @@ def _region_weights(
 ) -> torch.Tensor:
     count = len(request.styles)
     if request.masks:
-        masks = [imaging.decode_mask(data, f"mask[{i}]", limits) for i, data in enumerate(request.masks)]
+        masks = [imaging.decode_mask(data, f"mask[{i}]", limits, size) for i, data in enumerate(request.masks)]
         regions = imaging.masks_to_regions(masks, size)  # (N, H, W)
     else:
         assert request.labels is not None
-        labels = imaging.decode_labels(request.labels, "labels", limits, count)
+        labels = imaging.decode_labels(request.labels, "labels", limits, count, size)
         regions = imaging.labels_to_regions(labels, count, size)  # (N, H, W)
     return imaging.soft_weights(regions, request.feather)
 

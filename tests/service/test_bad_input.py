@@ -31,6 +31,26 @@ def png_header_only(width: int, height: int) -> bytes:
     )
 
 
+def png_bad_ihdr_crc(data: bytes) -> bytes:
+    """A valid PNG with the CRC of its IHDR chunk flipped: PIL refuses to identify it."""
+    crc_at = 8 + 8 + 13  # signature, IHDR length + type, IHDR data
+    return data[:crc_at] + bytes(b ^ 0xFF for b in data[crc_at : crc_at + 4]) + data[crc_at + 4 :]
+
+
+def json_body(text: str) -> dict[str, Any]:
+    return {"content": text.encode(), "headers": {"Content-Type": "application/json"}}
+
+
+def stylize_raw(extra: str) -> dict[str, Any]:
+    """A /v1/stylize/json body with valid images and ``extra`` JSON text appended inside the object."""
+    return json_body('{"content":"' + GOOD_B64 + '","style":"' + GOOD_B64 + '"' + extra + "}")
+
+
+def interpolate_raw(weights: str) -> dict[str, Any]:
+    return json_body('{"content":"' + GOOD_B64 + '","style":["' + GOOD_B64 + '","' + GOOD_B64 + '"],"weights":'
+                     + weights + "}")  # fmt: skip
+
+
 GOOD = image_bytes((64, 48), "PNG")
 GOOD_JPEG = image_bytes((64, 48), "JPEG")
 GOOD_B64 = base64.b64encode(GOOD).decode()
@@ -75,7 +95,9 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
      413, "image_too_large"),
     ("too many pixels", "POST", "/v1/stylize", multipart(content=png_header_only(5000, 5000), style=GOOD), 413,
      "image_too_large"),
-    ("garbage style", "POST", "/v1/stylize", multipart(content=GOOD, style=b"GIF89a-broken"), 415,
+    ("broken gif style", "POST", "/v1/stylize", multipart(content=GOOD, style=b"GIF89a-broken"), 400,
+     "invalid_image"),
+    ("garbage style", "POST", "/v1/stylize", multipart(content=GOOD, style=b"GIFXXa-broken"), 415,
      "unsupported_media_type"),
     ("missing content", "POST", "/v1/stylize", multipart(style=GOOD), 422, "invalid_parameter"),
     ("missing style", "POST", "/v1/stylize", multipart(content=GOOD), 422, "invalid_parameter"),
@@ -138,6 +160,78 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("get on transfer endpoint", "GET", "/v1/stylize", {}, 405, "method_not_allowed"),
     ("delete on health", "DELETE", "/health/live", {}, 405, "method_not_allowed"),
     ("unknown path", "GET", "/v2/stylize", {}, 404, "not_found"),
+    # --- issue 17: structure bounds of JSON bodies (413 before any parser builds the structure)
+    ("json 2000 extra keys", "POST", "/v1/stylize/json",
+     stylize_raw("," + ",".join(f'"k{i}":0' for i in range(2000))),
+     413, "body_too_large"),
+    ("json 5000 null weights", "POST", "/v1/interpolate/json",
+     interpolate_raw('[' + ",".join(["null"] * 5000) + ']'),
+     413, "body_too_large"),
+    ("json 3000 style strings", "POST", "/v1/interpolate/json",
+     json_body('{"content":"' + GOOD_B64 + '","style":[' + ",".join(['"x"'] * 3000) + '],"weights":[1,1]}'),
+     413, "body_too_large"),
+    ("json nested 50000 deep", "POST", "/v1/stylize/json",
+     stylize_raw(',"alpha":' + "[" * 50000 + "]" * 50000),
+     413, "body_too_large"),
+    ("json nested 20 deep", "POST", "/v1/stylize/json",
+     stylize_raw(',"alpha":' + "[" * 20 + "]" * 20),
+     413, "body_too_large"),
+    ("json 100k-digit number", "POST", "/v1/stylize/json",
+     stylize_raw(',"alpha":1' + "0" * 100_000),
+     413, "body_too_large"),
+    ("json escaped quotes in a string", "POST", "/v1/stylize/json",
+     json_body('{"content":"' + '\\"' * 20000 + '","style":"' + GOOD_B64 + '"}'), 422, "invalid_parameter"),
+    ("empty json body", "POST", "/v1/stylize/json", json_body(""), 400, "bad_request"),
+    ("whitespace json body", "POST", "/v1/stylize/json", json_body("  \n "), 400, "bad_request"),
+    ("json string body", "POST", "/v1/stylize/json", json_body('"just a string"'), 422, "invalid_parameter"),
+    # --- issue 17: strict JSON types
+    ("json alpha true", "POST", "/v1/stylize/json", {"json": {"content": GOOD_B64, "style": GOOD_B64, "alpha": True}},
+     422, "invalid_parameter"),
+    ("json alpha string", "POST", "/v1/stylize/json",
+     {"json": {"content": GOOD_B64, "style": GOOD_B64, "alpha": "0.5"}}, 422, "invalid_parameter"),
+    ("json max_side float", "POST", "/v1/stylize/json",
+     {"json": {"content": GOOD_B64, "style": GOOD_B64, "max_side": 64.0}}, 422, "invalid_parameter"),
+    ("json preserve_color 1", "POST", "/v1/stylize/json",
+     {"json": {"content": GOOD_B64, "style": GOOD_B64, "preserve_color": 1}}, 422, "invalid_parameter"),
+    ("json weights as strings", "POST", "/v1/interpolate/json",
+     {"json": {"content": GOOD_B64, "style": [GOOD_B64, GOOD_B64], "weights": ["1", "1"]}}, 422,
+     "invalid_parameter"),
+    ("json infinite weights sum", "POST", "/v1/interpolate/json",
+     {"json": {"content": GOOD_B64, "style": [GOOD_B64, GOOD_B64], "weights": [1e308, 1e308]}}, 422,
+     "invalid_parameter"),
+    ("data url without comma", "POST", "/v1/stylize/json",
+     {"json": {"content": "data:image/png;base64" + GOOD_B64, "style": GOOD_B64}}, 422, "invalid_parameter"),
+    ("data url not base64", "POST", "/v1/stylize/json",
+     {"json": {"content": "data:image/png," + GOOD_B64, "style": GOOD_B64}}, 422, "invalid_parameter"),
+    ("base64 with whitespace", "POST", "/v1/stylize/json",
+     {"json": {"content": GOOD_B64[:40] + "\n" + GOOD_B64[40:], "style": GOOD_B64}}, 422, "invalid_parameter"),
+    # --- issue 17: strict multipart
+    ("two style parts on stylize", "POST", "/v1/stylize", multipart(content=GOOD, style=[GOOD, GOOD]), 422,
+     "invalid_parameter"),
+    ("two content parts", "POST", "/v1/stylize", multipart(content=[GOOD, GOOD], style=GOOD), 422,
+     "invalid_parameter"),
+    ("two labels parts", "POST", "/v1/multistyle",
+     multipart(content=GOOD, style=[GOOD, GOOD], labels=[GOOD, GOOD]), 422, "invalid_parameter"),
+    ("two alpha fields", "POST", "/v1/stylize",
+     {"files": [("content", ("c", GOOD)), ("style", ("s", GOOD))], "data": {"alpha": ["0.5", "1"]}},
+     422, "invalid_parameter"),
+    ("empty alpha", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, alpha=""), 422, "invalid_parameter"),
+    ("empty format", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, format=""), 422,
+     "invalid_parameter"),
+    ("empty preserve_color", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, preserve_color=""), 422,
+     "invalid_parameter"),
+    ("max_side 64.0", "POST", "/v1/stylize", multipart(content=GOOD, style=GOOD, max_side="64.0"), 422,
+     "invalid_parameter"),
+    ("infinite weights sum", "POST", "/v1/interpolate",
+     multipart(content=GOOD, style=[GOOD, GOOD], weights="1e308,1e308"), 422, "invalid_parameter"),
+    ("100000 weights", "POST", "/v1/interpolate",
+     multipart(content=GOOD, style=[GOOD, GOOD], weights=",".join(["1"] * 100_000)), 422, "invalid_parameter"),
+    # --- issue 17: status codes as docs/API.md says
+    ("png with bad IHDR crc", "POST", "/v1/stylize", multipart(content=png_bad_ihdr_crc(GOOD), style=GOOD), 400,
+     "invalid_image"),
+    ("jpeg signature then garbage", "POST", "/v1/stylize", multipart(content=b"\xff\xd8\xff" + b"\x00" * 50,
+                                                                     style=GOOD), 400, "invalid_image"),
+    ("trailing slash", "GET", "/health/live/", {}, 404, "not_found"),
 ]  # fmt: skip
 
 
@@ -147,7 +241,7 @@ def strict_server(server_factory) -> RunningServer:  # type: ignore[no-untyped-d
 
 
 def test_corpus_is_big_enough() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 70
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [c[1:] for c in CASES],
@@ -202,3 +296,22 @@ def test_unreadable_response_never_leaks_a_traceback(strict_server: RunningServe
                           headers={"Content-Type": "multipart/form-data; boundary=zzz"})  # fmt: skip
     assert response.status_code in (400, 422)
     assert "Traceback" not in response.text
+
+
+def test_messages_name_the_problem_without_python_internals(strict_server: RunningServer) -> None:
+    with strict_server.client() as client:
+        text_part = client.post("/v1/stylize", files={"style": GOOD}, data={"content": "abc"})
+        duplicate = client.post("/v1/stylize", files=[("content", GOOD), ("style", GOOD), ("style", GOOD)])
+        slash = client.get("/v1/info/", follow_redirects=False)
+    assert "<class" not in text_part.text and "file part" in text_part.json()["error"]["message"]
+    assert duplicate.json()["error"]["message"].startswith("style: sent more than once")
+    assert slash.status_code == 404 and "location" not in slash.headers
+    assert "'/v1/info'" in slash.json()["error"]["message"]
+
+
+def test_structure_limit_refusal_is_cheap(strict_server: RunningServer) -> None:
+    """A body of a million keys is refused after a scan, and the answer names the limit."""
+    with strict_server.client() as client:
+        response = client.post("/v1/stylize/json", **stylize_raw("," + ",".join(f'"k{i}":0' for i in range(25_000))))
+    assert response.status_code == 413
+    assert "STYA2K_MAX_JSON_ITEMS" in response.json()["error"]["message"]
