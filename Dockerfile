@@ -31,18 +31,34 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# --- Dependencies: rebuilt only when pyproject.toml changes. The pins are read from pyproject.toml so
-# the image runs exactly the versions the tests ran; torch comes first from the variant's index and then
-# satisfies the `torch==` pin of the second install.
-FROM base AS deps
-RUN python3 -m venv /opt/venv
+# --- The pins, read from pyproject.toml so the image runs exactly the versions the tests ran. A stage of
+# its own: the deps stage copies only the extracted list, so an edit elsewhere in pyproject.toml (tool
+# settings, test markers) leaves the dependency layers cached.
+FROM base AS requirements
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && grep -q '^torch==' /tmp/requirements.txt
+
+# --- Dependencies: rebuilt only when the pins change. torch comes first, alone (--no-deps), from the
+# variant's index: that index then only has to hold torch itself (a local mirror of one wheel will do,
+# docs/DEPLOY.md). The second install takes everything else from PyPI, torch's own dependencies included
+# (the installed torch satisfies the `torch==` pin and brings its requirements into the resolution).
+FROM base AS deps
+RUN python3 -m venv /opt/venv
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
-    && pip install -r /tmp/requirements.txt
+    pip install --no-deps --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
+    && pip install -r /tmp/requirements.txt \
+    && pip check
+# What a serving image never runs, removed before the venv is copied into the runtime stage: torch's C++
+# headers, CMake files and test binaries (no compiler in the image, so torch.compile's C++ path cannot use
+# them) and pip itself.
+RUN site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+    && rm -rf "$site/torch/include" "$site/torch/share/cmake" "$site/torch/test" \
+    && find "$site/torch/bin" -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
+    && pip uninstall -q -y pip \
+    && python3 -c "import torch, fastapi, uvicorn, PIL; print('torch', torch.__version__)"
 
 # --- Runtime image.
 FROM base AS runtime
@@ -77,8 +93,10 @@ EXPOSE 8000
 # STYA2K_DRAIN_TIMEOUT_S for in-flight requests. The orchestrator's stop timeout must be longer than
 # their sum (docker-compose.yml: stop_grace_period 45s; k8s: terminationGracePeriodSeconds 45).
 STOPSIGNAL SIGTERM
-# Loading weights and warming up the common shapes takes a while on first start: start period 120 s.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+# Start period from a measurement (docs/DEPLOY.md): loading + warm-up took 106 s for one replica and 159-163 s
+# for two replicas started together on a shared 2-core CPU host (one torch thread each); 300 s leaves room
+# for a slower or busier host. A check that passes ends the start period at once.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
     CMD ["python3", "/app/deploy/docker/healthcheck.py"]
 ENTRYPOINT ["/app/deploy/docker/entrypoint.sh"]
 CMD ["python3", "-m", "service"]
