@@ -7,6 +7,7 @@ settings and metrics, so a change on one side that breaks the other fails here.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
@@ -333,7 +334,14 @@ def test_alert_rules_use_metrics_the_service_exposes() -> None:
         assert reasons <= set(REJECTION_REASONS)
 
 
-def test_ci_nginx_installer_is_valid_shell() -> None:
-    script = REPO_ROOT / ".ci" / "install-nginx.sh"
-    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=10)
+SHELL_SCRIPTS = sorted(
+    [*(REPO_ROOT / ".ci").glob("*.sh"), *(REPO_ROOT / "deploy").glob("*/*.sh"), REPO_ROOT / "tests" / "run.sh"]
+)
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_ci_and_deploy_scripts_are_valid_shell(script: Path) -> None:
+    shell = "sh" if script.read_text().startswith("#!/bin/sh") else "bash"
+    result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, timeout=10)
     assert result.returncode == 0, result.stderr
+    assert os.access(script, os.X_OK), f"{script} is not executable"
