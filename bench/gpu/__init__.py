@@ -1,0 +1,1 @@
+"""GPU lease tooling (issue 14): one prepared command, its wheels, checks and report."""
