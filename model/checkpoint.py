@@ -142,10 +142,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, IndexError,
             KeyError, OSError, struct.error) as exc:
         # torch's own text suggests weights_only=False, which would execute code from the file: not repeated.
-        text = "" if isinstance(exc, pickle.UnpicklingError) else str(exc).strip()
-        detail = f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+        with path.open("rb") as f:
+            head = f.read(16)
+        if not head.startswith(b"PK\x03\x04"):
+            detail = f"it is not a PyTorch file (those are zip archives; this one starts with {head[:12]!r})"
+        else:
+            text = "" if isinstance(exc, pickle.UnpicklingError) else str(exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+            detail = f"torch.load cannot read it ({reason})"
         raise CheckpointError(
-            f"{path} is not a readable checkpoint: torch.load cannot read it ({detail}); "
+            f"{path} is not a readable checkpoint: {detail}; "
             "expected a .pt file written by `stya2k train` (model.checkpoint.save_checkpoint)"
         ) from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import imaging, pipeline
 from service.batcher import Batcher, BatchResult, ModelThread
+from service.connections import OVERFLOW_STATE_KEY
 from service.engine import Engine, TransferJob
 from service.errors import (
     BodyTooLarge,
@@ -34,6 +35,7 @@ from service.errors import (
     NotReady,
     RequestTimeout,
     ServiceError,
+    TooManyConnections,
     Unauthorized,
     UnsupportedMediaType,
     error_body,
@@ -79,6 +81,7 @@ KNOWN_PATHS = TRANSFER_PATHS | {
     "/openapi.json",
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # served on the connections' probe slots
 # On every response: no MIME sniffing of the API's bytes, no framing of the pages (clickjacking).
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
@@ -137,6 +140,8 @@ class Gateway:
         is_transfer = path in TRANSFER_PATHS
         metrics = self.state.metrics
 
+        overflow = bool(scope["state"].get(OVERFLOW_STATE_KEY))
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
@@ -145,6 +150,8 @@ class Gateway:
                 if b"x-request-id" not in present:
                     response_headers.append((b"x-request-id", request_id.encode()))
                 response_headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                if overflow and b"connection" not in present:
+                    response_headers.append((b"connection", b"close"))  # a probe slot serves one request
                 message["headers"] = response_headers
             await send(message)
 
@@ -187,6 +194,12 @@ class Gateway:
 
     def _precheck(self, scope: Scope, headers: dict[str, str], path: str) -> ServiceError | None:
         settings = self.state.settings
+        if scope["state"].get(OVERFLOW_STATE_KEY) and path not in PROBE_PATHS:
+            return TooManyConnections(
+                f"every one of the server's {settings.max_connections} connections (STYA2K_MAX_CONNECTIONS) has "
+                "a request in progress; retry shortly",
+                retry_after_s=1,
+            )
         guarded = path.startswith("/v1/") or (path == "/metrics" and settings.metrics_require_key)
         if guarded and settings.api_key is not None:
             supplied = headers.get("x-api-key", "")

@@ -9,8 +9,9 @@ sends half a header, and it has no header timeout; with the Kubernetes Service t
 * keep-alive timeout: uvicorn's own (``keep_alive_s`` after each response);
 * connection limit: at ``max_connections`` open connections the oldest idle one (no request in progress:
   fresh, between requests, or still sending its header) is closed to make room, as nginx reuses keep-alive
-  connections; only when every connection is busy with a request is the new one refused with a 503 JSON
-  answer and ``Connection: close``;
+  connections; when every connection is busy with a request, a few probe slots still take health checks
+  (other requests there get 503), and beyond those a new connection is refused with a 503 JSON answer and
+  ``Connection: close``;
 * the body read timeout is enforced by the gateway middleware (service/app.py), which reads the body;
 * a logging filter that reports "accept() out of system resource" once per interval instead of one
   traceback per failed accept.
@@ -38,7 +39,15 @@ log = logging.getLogger("service.connections")
 # pipes, log files, temporary files of multipart uploads, the weights file, ...
 FD_RESERVE_MIN = 64
 LINGER_S = 1.0  # a refused connection is kept this long to read what the client sent, so it sees the 503
-MAX_LINGERING = 64  # beyond this many, refused connections are closed at once (no fd pile-up under a flood)
+MAX_LINGERING = 32  # beyond this many, refused connections are closed at once (no fd pile-up under a flood)
+# asyncio accepts up to `backlog` connections in one burst before any protocol sees them (and before an
+# evicted connection's descriptor is closed), so the burst must fit in the descriptors kept free as well.
+ACCEPT_BACKLOG = 64
+# Connections accepted beyond the limit when every connection is busy: they may only ask for the health and
+# metrics endpoints (a probe must not fail because slow clients hold every slot), others get 503.
+PROBE_SLOTS = 16
+PROBE_HEADER_TIMEOUT_S = 2.0
+OVERFLOW_STATE_KEY = "stya2k_overflow"  # in scope["state"]: the gateway answers only probes on such connections
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class ConnectionGuard:
         self.limits = limits
         self.metrics = metrics
         self.open = 0
+        self.overflow = 0
         self.lingering = 0
         # Insertion-ordered, so the first key is the connection that has been idle the longest.
         self.idle: dict[GuardedH11Protocol, None] = {}
@@ -95,16 +105,23 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._refused = False
+        self._overflow = False
 
     # ------------------------------------------------------------------ connection life
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
         if guard.open >= guard.limits.max_connections and not self._evict_oldest_idle():
-            self._refuse(transport)
-            return
+            if guard.overflow >= PROBE_SLOTS:
+                self._refuse(transport)
+                return
+            self._overflow = True
+            guard.overflow += 1
+            guard.count("probe_slot")
+            self.app_state = {**self.app_state, OVERFLOW_STATE_KEY: True}
         super().connection_made(transport)
-        self._counted = True
-        guard.set_open(+1)
+        if not self._overflow:
+            self._counted = True
+            guard.set_open(+1)
         self._refresh()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -113,6 +130,9 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._cancel_header_timer()
         self.guard.idle.pop(self, None)
+        if self._overflow:
+            self._overflow = False
+            self.guard.overflow -= 1
         if self._counted:
             self._counted = False
             self.guard.set_open(-1)
@@ -148,12 +168,15 @@ class GuardedH11Protocol(H11Protocol):
             return
         guard = self.guard
         if self._waiting_for_header():
-            if self not in guard.idle:
+            if self not in guard.idle and not self._overflow:
                 guard.idle[self] = None
             # uvicorn's keep-alive timer covers the silence after a response; once bytes arrive (or on a
             # fresh connection) the header must be complete within the header timeout.
             if self.timeout_keep_alive_task is None and self._header_timer is None:
-                self._header_timer = self.loop.call_later(guard.limits.header_timeout_s, self._on_header_timeout)
+                timeout = guard.limits.header_timeout_s
+                if self._overflow:
+                    timeout = min(timeout, PROBE_HEADER_TIMEOUT_S)
+                self._header_timer = self.loop.call_later(timeout, self._on_header_timeout)
             return
         guard.idle.pop(self, None)
         if self.cycle is not None and self.cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
@@ -248,7 +271,7 @@ def fit_connection_limit(wanted: int) -> int:
     clean refusal, so the limit is lowered (with a warning) when the process may not open enough files.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = wanted + max(FD_RESERVE_MIN, wanted // 10)
+    needed = wanted + _reserve(wanted)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
@@ -258,7 +281,7 @@ def fit_connection_limit(wanted: int) -> int:
             log.warning("could not raise the open-files limit from %d", soft)
     if soft == resource.RLIM_INFINITY:
         return wanted
-    fitting = max(1, min(wanted, soft - max(FD_RESERVE_MIN, soft // 10)))
+    fitting = max(1, min(wanted, soft - _reserve(soft)))
     if fitting < wanted:
         log.warning(
             "open-files limit %d allows only %d connections (STYA2K_MAX_CONNECTIONS=%d); using %d",
@@ -268,6 +291,10 @@ def fit_connection_limit(wanted: int) -> int:
             fitting,
         )
     return fitting
+
+
+def _reserve(connections: int) -> int:
+    return max(FD_RESERVE_MIN, connections // 10) + ACCEPT_BACKLOG + MAX_LINGERING + PROBE_SLOTS
 
 
 # ---------------------------------------------------------------------------------------------- logging

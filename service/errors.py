@@ -93,6 +93,12 @@ class Draining(ServiceError):
     status, code, reason = 503, "draining", None
 
 
+class TooManyConnections(ServiceError):
+    """Every connection slot is busy with a request; this one was let in for health checks only."""
+
+    status, code, reason = 503, "too_many_connections", None
+
+
 class OutOfMemory(ServiceError):
     """Transient: the request fits on its own normally, memory was short at that moment."""
 

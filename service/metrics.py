@@ -15,7 +15,8 @@ REJECTION_REASONS = ("queue_full", "deadline", "invalid", "too_large", "oom")
 PREFIX = "stya2k"
 # idle_timeout: silent past the header timeout; header_timeout / body_timeout: 408 for a half-sent request;
 # evicted_idle: an idle connection closed to make room at the connection limit; refused: 503 at the limit.
-CONNECTION_EVENTS = ("idle_timeout", "header_timeout", "body_timeout", "evicted_idle", "refused")
+# probe_slot: accepted beyond the limit for health checks only.
+CONNECTION_EVENTS = ("idle_timeout", "header_timeout", "body_timeout", "evicted_idle", "probe_slot", "refused")
 
 
 class ServiceMetrics:

@@ -315,3 +315,41 @@ def test_structure_limit_refusal_is_cheap(strict_server: RunningServer) -> None:
         response = client.post("/v1/stylize/json", **stylize_raw("," + ",".join(f'"k{i}":0' for i in range(25_000))))
     assert response.status_code == 413
     assert "STYA2K_MAX_JSON_ITEMS" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------- exposure (issue 17)
+def test_metrics_need_the_api_key_unless_configured_open(server_factory) -> None:  # type: ignore[no-untyped-def]
+    locked = server_factory(api_key="sesame")
+    assert httpx.get(locked.url + "/metrics", timeout=10).status_code == 401
+    assert httpx.get(locked.url + "/metrics", headers={"X-API-Key": "sesame"}, timeout=10).status_code == 200
+    assert httpx.get(locked.url + "/health/live", timeout=10).status_code == 200  # probes need no key
+    open_metrics = server_factory(api_key="sesame", metrics_require_key=False)
+    assert httpx.get(open_metrics.url + "/metrics", timeout=10).status_code == 200
+
+
+def test_model_info_shows_the_weights_file_name_not_its_path() -> None:
+    from service.app import public_model_info
+
+    class FakeEngine:
+        def info(self) -> dict[str, Any]:
+            return {"weights": "/srv/secret/place/stya2k-v0-cpu.pt", "sha256": "ab"}
+
+    assert public_model_info(FakeEngine())["weights"] == "stya2k-v0-cpu.pt"  # type: ignore[arg-type]
+
+
+def test_demo_page_and_api_send_security_headers(strict_server: RunningServer) -> None:
+    import hashlib
+    import re
+
+    with strict_server.client() as client:
+        page = client.get("/")
+        api = client.get("/v1/info")
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    script_src = policy.split("script-src")[1].split(";")[0]
+    assert "unsafe-inline" not in script_src
+    for script in re.findall(r"<script>(.*?)</script>", page.text, re.DOTALL):
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy  # the page's own inline scripts are allowed, nothing else
+    assert api.headers["x-content-type-options"] == "nosniff"
