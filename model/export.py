@@ -67,8 +67,11 @@ def export_release(
     manifest: str | Path | None = None,
     version: str | None = None,
     half: bool = True,
+    extra_meta: dict[str, Any] | None = None,
 ) -> str:
-    """Write release weights from a training checkpoint; returns their sha256 (also put in the manifest)."""
+    """Write release weights from a training checkpoint; returns their sha256 (also put in the manifest).
+
+    ``extra_meta`` is merged over the recipe meta (e.g. a GPU lease's GPU name, images seen, budget)."""
     from model import ModelConfig, StyA2K
     from model.train import load_trainable_state
 
@@ -79,7 +82,8 @@ def export_release(
     load_trainable_state(net, state["model"])
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    sha = net.save_checkpoint(out_path, half=half, meta=release_meta(state, version))
+    meta = {**release_meta(state, version), **(extra_meta or {})}
+    sha = net.save_checkpoint(out_path, half=half, meta=meta)
     manifest_path = Path(manifest) if manifest else out_path.parent / "MANIFEST"
     update_manifest(manifest_path, out_path.name, sha)
     return sha
