@@ -100,8 +100,12 @@ def test_compose_has_replicas_for_gpu_and_cpu_behind_nginx(compose: dict[str, An
 def test_compose_replica_settings_are_valid_and_drain_fits_the_stop_grace(compose: dict[str, Any]) -> None:
     for name, replica in _replica_services(compose).items():
         env = {key: interpolate(value) for key, value in replica["environment"].items()}
+        # Read (and removed) by the entry point, which sizes the torch threads with it.
+        assert env.pop("REPLICAS_PER_HOST") == interpolate(replica["deploy"]["replicas"])
         unknown = set(env) - KNOWN_SETTINGS
         assert not unknown, f"{name}: the service refuses unknown settings {unknown}"
+        assert replica["deploy"]["mode"] == "replicated", f"{name}: podman-compose ignores replicas without it"
+        assert seconds(replica["healthcheck"]["start_period"]) >= 240, "two CPU replicas took up to 163 s to be ready"
         settings = Settings.from_env(env)
         assert settings.host == "0.0.0.0"
         drain = settings.drain_grace_s + settings.drain_timeout_s
