@@ -23,10 +23,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import imaging, pipeline
+from service import apidocs, imaging, pipeline
 from service.batcher import Batcher, BatchResult, ModelThread
 from service.connections import OVERFLOW_STATE_KEY
 from service.engine import Engine, TransferJob
+from service.engine import process_uptime_s as _process_uptime_s
 from service.errors import (
     BodyTooLarge,
     ClientDisconnected,
@@ -343,7 +344,7 @@ async def _start_model(state: ServiceState) -> None:
         return
     state.batcher = Batcher(
         state.engine.run_batch,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=state.engine.max_batch_size,  # STYA2K_MAX_BATCH_SIZE=0 (auto) resolved per device
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
         metrics=state.metrics,
@@ -356,7 +357,11 @@ async def _start_model(state: ServiceState) -> None:
     )
     state.ready = True
     state.metrics.ready.set(1)
-    log.info("ready", extra={"device": str(state.engine.device), "dtype": state.engine.dtype_name})
+    state.engine.startup["ready_since_process_start_s"] = _uptime()
+    log.info(
+        "ready",
+        extra={"device": str(state.engine.device), "dtype": state.engine.dtype_name, **state.engine.startup},
+    )
 
 
 def public_model_info(engine: Engine) -> dict[str, Any]:
@@ -365,6 +370,11 @@ def public_model_info(engine: Engine) -> dict[str, Any]:
     if info.get("weights"):
         info["weights"] = Path(str(info["weights"])).name
     return info
+
+
+def _uptime() -> float | None:
+    uptime = _process_uptime_s()
+    return None if uptime is None else round(uptime, 3)
 
 
 # ---------------------------------------------------------------------------------------------- transfer
@@ -586,11 +596,14 @@ def create_app(settings: Settings) -> FastAPI:
         # Starlette's slash redirect builds its Location from the Host header (an open redirect behind a
         # proxy); a 404 that names the right path serves a client as well.
         redirect_slashes=False,
+        docs_url=None,  # /docs is added by apidocs.install with its assets served locally (works offline)
+        redoc_url=None,  # ReDoc would load its script from a CDN
     )
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(Gateway, state=state)
     _add_operational_routes(app, state)
+    apidocs.install(app, app.title)
     _add_transfer_routes(app)
     _add_json_schemas(app)
     return app
@@ -625,8 +638,9 @@ def _add_operational_routes(app: FastAPI, state: ServiceState) -> None:
             "device": str(state.engine.device),
             "dtype": state.engine.dtype_name,
             "ready": state.ready,
+            "runtime": state.engine.runtime_info(),
             "batching": {
-                "max_batch_size": settings.max_batch_size,
+                "max_batch_size": state.engine.max_batch_size,
                 "max_wait_ms": settings.max_wait_ms,
                 "queue_size": settings.queue_size,
                 "bucket_px": settings.bucket_px,

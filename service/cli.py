@@ -394,12 +394,13 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
 SERVE_HELP: dict[str, str] = {
     "weights": "weights file (.pt); default: the shipped weights; 'random' = untrained model (tests only)",
     "device": "auto | cpu | cuda | cuda:N (auto: the GPU when there is one)",
-    "dtype": "auto | float32 | bfloat16 | float16: autocast precision on GPU (auto: float16 on GPU, float32 on CPU)",
+    "dtype": "auto | float32 | bfloat16 | float16: autocast precision (auto: float16 on GPU; on CPU bfloat16 only "
+    "where the CPU has native bf16 and a start-up probe measures it faster, else float32; float32 = exact)",
     "compile": "torch.compile the transfer path (GPU; slower start-up, faster requests)",
     "warmup": "run the common shapes once before reporting ready",
     "threads": "torch intra-op threads on CPU; 0 = torch's default",
     "workers": "threads that decode, resize and encode images off the event loop",
-    "max_batch_size": "most requests combined into one forward pass",
+    "max_batch_size": "most requests combined into one forward pass; 0 = auto: 1 on CPU, 8 on GPU",
     "max_wait_ms": "longest time a request waits for others to fill a batch",
     "queue_size": "requests waiting for the model before new ones get 429",
     "deadline_ms": "per-request deadline, arrival to answer; later ones get 504",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +29,14 @@ log = logging.getLogger("service.engine")
 
 MODES = ("stylize", "interpolate", "multistyle")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# STYA2K_MAX_BATCH_SIZE=0 (auto), per device. CPU: measured batched / unbatched throughput 0.55-0.87x and more
+# time per image at batch 4 than at batch 1 (docs/BENCHMARKS.md): a CPU's convolutions are already saturated by
+# one image, so batching only adds waiting. GPU: batches fill the device (the previous fixed default).
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
+# x86 flags of native bfloat16 arithmetic. Without them (AVX2 only) oneDNN emulates bf16 convolutions and
+# autocast runs several times slower than float32 (measured: docs/BENCHMARKS.md).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_MIN_SPEEDUP = 1.25  # CPU auto picks bfloat16 only when the start-up probe measured at least this gain
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,49 @@ class StyleCache:
         return len(self._items)
 
 
+def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_capability() -> str:
+    """torch's view of the CPU's vector unit (DEFAULT, AVX2, AVX512, ...)."""
+    with contextlib.suppress(Exception):
+        return str(torch.backends.cpu.get_cpu_capability())
+    return "unknown"
+
+
+def process_uptime_s() -> float | None:
+    """Seconds since this process started (Linux /proc), so start-up can be reported from exec, imports included."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5), counted after the ")" that ends the command name
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The per-machine precision choice, made once at start-up and reported in /v1/info."""
+
+    dtype: torch.dtype | None  # autocast dtype; None = plain float32
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -123,6 +175,9 @@ class Engine:
         self.net: Any = None
         self.device = torch.device("cpu")
         self.autocast_dtype: torch.dtype | None = None
+        self.precision_reason = ""
+        self.max_batch_size = settings.max_batch_size or 1  # resolved per device by load()
+        self.startup: dict[str, float | None] = {}  # seconds of each start-up step
         self.weights_label = ""
         self.weights_sha256: str | None = None
         self._transfer: Any = None
@@ -136,6 +191,7 @@ class Engine:
         self.device = self._select_device()
         if self.device.type == "cpu" and self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+        self.max_batch_size = self.settings.max_batch_size or AUTO_BATCH.get(self.device.type, 1)
         started = time.monotonic()
         if self.settings.uses_random_weights:
             log.warning("STYA2K_WEIGHTS=random: serving an UNTRAINED model (tests only); outputs are noise")
@@ -152,7 +208,9 @@ class Engine:
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.autocast_dtype = self._select_dtype()
+        self.startup["load_s"] = round(time.monotonic() - started, 3)
+        precision = self._select_precision()
+        self.autocast_dtype, self.precision_reason = precision.dtype, precision.reason
         self._transfer = net.stylize_from_features
         if self.settings.compile:
             self._transfer = torch.compile(net.stylize_from_features, dynamic=False)
@@ -162,7 +220,10 @@ class Engine:
                 "weights": self.weights_label,
                 "device": str(self.device),
                 "dtype": self.dtype_name,
-                "seconds": round(time.monotonic() - started, 2),
+                "precision": self.precision_reason,
+                "max_batch_size": self.max_batch_size,
+                "threads": torch.get_num_threads(),
+                "seconds": self.startup["load_s"],
             },
         )
 
@@ -174,16 +235,59 @@ class Engine:
             raise RuntimeError(f"STYA2K_DEVICE={wanted} but CUDA is not available on this machine")
         return torch.device(wanted)
 
-    def _select_dtype(self) -> torch.dtype | None:
-        """Autocast dtype, None for plain float32. auto: float16 on GPU, float32 on CPU."""
+    def _select_precision(self) -> Precision:
+        """Autocast dtype (None = plain float32) and why. auto: float16 on GPU; on CPU bfloat16 only where the
+        CPU computes it natively and a short start-up measurement shows it faster, else float32."""
         wanted = self.settings.dtype
-        if wanted == "auto":
-            return torch.float16 if self.device.type == "cuda" else None
         if wanted == "float32":
-            return None
-        if wanted == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError("STYA2K_DTYPE=bfloat16 but this GPU does not support bfloat16")
-        return _DTYPES[wanted]
+            return Precision(None, "float32: STYA2K_DTYPE=float32 (exact)")
+        if wanted != "auto":
+            if wanted == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise RuntimeError("STYA2K_DTYPE=bfloat16 but this GPU does not support bfloat16")
+            return Precision(_DTYPES[wanted], f"{wanted}: STYA2K_DTYPE={wanted}")
+        if self.device.type == "cuda":
+            return Precision(torch.float16, "float16: auto on a GPU")
+        native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
+        capability = cpu_capability()
+        if not native:
+            return Precision(
+                None,
+                f"float32: auto; this CPU ({capability}) has no native bfloat16 ({'/'.join(NATIVE_BF16_FLAGS)}), "
+                "where bfloat16 autocast is several times slower",
+            )
+        speedup = self._probe_cpu_bf16()
+        if speedup >= BF16_MIN_SPEEDUP:
+            return Precision(
+                torch.bfloat16, f"bfloat16: auto; native {'/'.join(native)}, measured {speedup:.2f}x float32"
+            )
+        return Precision(
+            None, f"float32: auto; native {'/'.join(native)} but measured bfloat16 at only {speedup:.2f}x float32"
+        )
+
+    def _probe_cpu_bf16(self, side: int = 128) -> float:
+        """float32 time / bfloat16 time of the encoder on a small image (best of 2 after one warm call each).
+
+        A first bfloat16 call already slower than float32 ends the probe: emulated bf16 (AVX2) runs 10x+
+        slower, and the probe must not delay start-up by more than that one call.
+        """
+        image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))  # (1, 3, side, side)
+
+        def timed(dtype: torch.dtype | None, calls: int) -> list[float]:
+            context = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            times = []
+            with torch.inference_mode(), context:
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    self.net.encoder(image)
+                    times.append(time.perf_counter() - started)
+            return times
+
+        started = time.monotonic()
+        fp32 = min(timed(None, 3)[1:])
+        first = timed(torch.bfloat16, 1)[0]
+        bf16 = first if first > 2 * fp32 else min(timed(torch.bfloat16, 2))
+        self.startup["precision_probe_s"] = round(time.monotonic() - started, 3)
+        return fp32 / bf16
 
     @property
     def dtype_name(self) -> str:
@@ -205,6 +309,21 @@ class Engine:
             "parameters": sum(p.numel() for n, p in net.named_parameters() if not n.startswith("encoder."))
             if net is not None else 0,
             "encoder_parameters": sum(p.numel() for p in net.encoder.parameters()) if net is not None else 0,
+        }
+
+    def runtime_info(self) -> dict[str, Any]:
+        """How this machine runs the model, as chosen at start-up (the /v1/info "runtime" block)."""
+        return {
+            "dtype": self.dtype_name,
+            "dtype_setting": self.settings.dtype,
+            "dtype_reason": self.precision_reason,
+            "max_batch_size": self.max_batch_size,
+            "max_batch_size_setting": self.settings.max_batch_size or "auto",
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "cpu_capability": cpu_capability(),
+            "compile": self.settings.compile,
+            "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
+            "startup_s": dict(self.startup),
         }
 
     # ------------------------------------------------------------------ precision / context
@@ -234,7 +353,16 @@ class Engine:
 
     # ------------------------------------------------------------------ warm-up
     def warm_shapes(self) -> list[tuple[int, int]]:
-        """The padded content shapes most requests land in: the default side at 1:1, 4:3 and 3:4."""
+        """Content shapes to run before reporting ready.
+
+        GPU: the padded shapes most requests land in (the default side at 1:1, 4:3 and 3:4), for cuDNN's
+        per-shape autotuning and the allocator. CPU: one small shape. oneDNN's per-shape set-up is cheap next to
+        a CPU forward pass (a first 512 px request measured as fast as the next ones, docs/BENCHMARKS.md), so
+        the three full-size passes (14 s on 2 cores) only delayed readiness.
+        """
+        if self.device.type == "cpu":
+            side = self.settings.bucket_px * max(1, 128 // self.settings.bucket_px)
+            return [(side, side)]
         side = self.settings.default_side
         short = max(imaging.MIN_SIDE, round(side * 3 / 4))
         step = self.settings.bucket_px
@@ -255,7 +383,8 @@ class Engine:
             log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
             self._transfer = self.net.stylize_from_features
             self._warm(style, generator)
-        log.info("warm-up done", extra={"seconds": round(time.monotonic() - started, 2)})
+        self.startup["warmup_s"] = round(time.monotonic() - started, 3)
+        log.info("warm-up done", extra={"seconds": self.startup["warmup_s"], "shapes": self.warm_shapes()})
 
     def _warm(self, style: torch.Tensor, generator: torch.Generator) -> None:
         with self._inference():
@@ -325,7 +454,7 @@ class Engine:
                     missing[style.key] = style.image
         encoded: dict[str, Any] = {}
         keys = list(missing)
-        chunk = self.settings.max_batch_size
+        chunk = self.max_batch_size
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, S, S)

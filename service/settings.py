@@ -27,13 +27,13 @@ class Settings:
     # Model
     weights: str | None = None  # None = shipped default weights; "random" = untrained model (tests only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast dtype on GPU)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast dtype; auto is chosen per machine)
     compile: bool = False  # torch.compile the transfer path (GPU; slow start-up)
     warmup: bool = True  # run the common shapes once before reporting ready
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     workers: int = 4  # threads that decode, resize and encode images off the event loop
     # Batching
-    max_batch_size: int = 8
+    max_batch_size: int = 0  # 0 = auto per device: 1 on CPU (batching only adds waiting there), 8 on GPU
     max_wait_ms: float = 10.0
     queue_size: int = 64
     deadline_ms: int = 30_000
@@ -151,7 +151,7 @@ _CHOICES = {
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "threads": (0, 1024),
     "workers": (1, 256),
-    "max_batch_size": (1, 1024),
+    "max_batch_size": (0, 1024),
     "max_wait_ms": (0, 10_000),
     "queue_size": (1, 1_000_000),
     "deadline_ms": (1, 3_600_000),

@@ -8,7 +8,7 @@ from service.settings import Settings, SettingsError
 def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.weights is None and settings.device == "auto" and settings.api_key is None
-    assert settings.max_batch_size == 8 and settings.default_side == 512
+    assert settings.max_batch_size == 0 and settings.default_side == 512  # 0 = auto per device
 
 
 def test_env_parsing() -> None:
@@ -33,7 +33,7 @@ def test_env_parsing() -> None:
     ("env", "fragment"),
     [
         ({"STYA2K_MAX_BATCH_SIZE": "many"}, "STYA2K_MAX_BATCH_SIZE='many' is not an integer"),
-        ({"STYA2K_MAX_BATCH_SIZE": "0"}, "out of range"),
+        ({"STYA2K_MAX_BATCH_SIZE": "-1"}, "out of range"),  # 0 = auto
         ({"STYA2K_MAX_WAIT_MS": "inf"}, "finite"),
         ({"STYA2K_WARMUP": "perhaps"}, "not a boolean"),
         ({"STYA2K_DTYPE": "float8"}, "use one of"),
