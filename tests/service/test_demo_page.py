@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -276,6 +277,23 @@ def test_page_is_served(server: RunningServer) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert 'id="content-file"' in response.text and "/v1/" in response.text
+
+
+def test_api_docs_need_no_internet(server: RunningServer) -> None:
+    html = httpx.get(server.url + "/docs", timeout=10).text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and all(source.startswith("/") for source in sources), sources  # nothing from a CDN
+    for source, media_type in (("swagger-ui-bundle.js", "application/javascript"), ("swagger-ui.css", "text/css")):
+        response = httpx.get(f"{server.url}/docs/assets/{source}", timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"].startswith(media_type)
+        assert len(response.content) > 10_000
+
+
+def test_api_docs_render_offline_in_a_browser(page: Page, server: RunningServer) -> None:
+    page.goto(server.url + "/docs")  # the test browser has no route to the internet
+    title = page.wait_for("(document.querySelector('.swagger-ui .info .title') || {}).textContent")
+    assert "StyA2K Serve" in title
+    assert page.wait_for("document.querySelectorAll('.opblock').length") >= 6  # the transfer operations
 
 
 # Every <img> that takes up room on the page but has no picture: the browser draws a broken-image placeholder.
