@@ -92,7 +92,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    training = concurrent_processes("model.train")
+    training = concurrent_processes("model.train") + concurrent_processes("model.campaign")
     info["concurrent_training"] = bool(training)
     if training:
         info["concurrent_processes"] = training

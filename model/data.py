@@ -21,6 +21,10 @@ from model.imageio import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_CONTENT_DIRS = (str(SHARED_DATA / "train" / "content"),)
+DEFAULT_STYLE_DIRS = (str(SHARED_DATA / "train" / "style"), str(SHARED_DATA / "train" / "style_lowres"))
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 # Images smaller than this on their short side are too degraded to learn from, even upscaled.
 MIN_SHORT_SIDE = 32

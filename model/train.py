@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader
 
 from model.config import ARCHS
 from model.data import (
+    DEFAULT_CONTENT_DIRS,
+    DEFAULT_STYLE_DIRS,
     ContentStylePairs,
     CropConfig,
     PairDataConfig,
@@ -37,15 +39,14 @@ from model.data import (
     list_images,
     load_fixed_images,
 )
+from model.pack import PackedPairs
 from model.plotting import image_grid, plot_curves
+from model.stya2k import MIN_SIDE, SIZE_MULTIPLE, pad_image
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_CONTENT_DIRS = (str(SHARED_DATA / "train" / "content"),)
-DEFAULT_STYLE_DIRS = (str(SHARED_DATA / "train" / "style"), str(SHARED_DATA / "train" / "style_lowres"))
 TRAIN_STATE_VERSION = 1
+LEVER_CHOICES = ("auto", "on", "off")
 CSV_FIELDS = ("iteration", "lr", "total", "global_style", "a2k", "content", "sec_per_iter", "wall_s")
 
 
@@ -78,6 +79,16 @@ class TrainConfig:
     sample_styles: int = 4
     hflip: bool = True
     balance_style_dirs: bool = True
+    # Pre-decoded data (model.pack) instead of decoding the image folders on every step.
+    pack: str | None = None
+    # Speed levers of the step, "auto" = chosen for this machine at start (see `choose_levers`).
+    channels_last: str = "auto"
+    bf16: str = "auto"
+    fused_encode: bool = True
+    # Linear lr warm-up over this many iterations after a fresh optimizer (--init-weights); 0 = none.
+    warmup_iters: int = 0
+    # CPU: "auto" retries 1 thread vs all cores every so often and keeps the faster (the box is shared).
+    thread_tuning: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,15 +98,63 @@ class TrainConfig:
             raise ValueError("batch_size and iters must be >= 1")
         if not 0.0 <= self.constant_frac <= 1.0:
             raise ValueError("constant_frac must be in [0, 1]")
+        for name in ("channels_last", "bf16"):
+            if getattr(self, name) not in LEVER_CHOICES:
+                raise ValueError(f"{name} must be one of {', '.join(LEVER_CHOICES)}, got {getattr(self, name)!r}")
 
 
-def learning_rate(iteration: int, cfg: TrainConfig) -> float:
-    """Constant ``cfg.lr`` for the first ``constant_frac`` of the run, then linear decay toward 0."""
+def learning_rate(iteration: int, cfg: TrainConfig, fresh_optimizer_at: int | None = None) -> float:
+    """Constant ``cfg.lr`` for the first ``constant_frac`` of the run, then linear decay toward 0; after a
+    fresh optimizer (at iteration ``fresh_optimizer_at``) the first ``warmup_iters`` ramp up linearly, so
+    Adam's first, sign-like updates do not shake weights that are already trained."""
     constant_iters = int(cfg.iters * cfg.constant_frac)
     if iteration < constant_iters:
-        return cfg.lr
-    decay_iters = max(cfg.iters - constant_iters, 1)
-    return cfg.lr * max(0.0, 1.0 - (iteration - constant_iters) / decay_iters)
+        lr = cfg.lr
+    else:
+        decay_iters = max(cfg.iters - constant_iters, 1)
+        lr = cfg.lr * max(0.0, 1.0 - (iteration - constant_iters) / decay_iters)
+    if fresh_optimizer_at is not None and cfg.warmup_iters > 0:
+        lr *= min(1.0, (iteration - fresh_optimizer_at + 1) / cfg.warmup_iters)
+    return lr
+
+
+class ThreadTuner:
+    """Pick the torch thread count by measurement, again and again: on a shared 2-core machine one thread
+    beat two by 1.6x while other jobs ran (two threads wait on each other when a core is taken), and two win
+    on a quiet one. Probes each candidate for ``probe`` steps, then keeps the faster for ``period`` steps."""
+
+    def __init__(self, candidates: tuple[int, ...], probe: int = 3, period: int = 50) -> None:
+        self.candidates = candidates
+        self.probe, self.period = probe, period
+        self.samples: dict[int, list[float]] = {c: [] for c in candidates}
+        self.best = candidates[-1]
+        self.phase_step = 0
+        self.current = candidates[0]
+        torch.set_num_threads(self.current)
+
+    def observe(self, seconds: float) -> None:
+        self.phase_step += 1
+        probing = self.phase_step <= self.probe * len(self.candidates)
+        if probing:
+            self.samples[self.current].append(seconds)
+            if self.phase_step % self.probe == 0:
+                index = self.phase_step // self.probe
+                if index < len(self.candidates):
+                    self._use(self.candidates[index])
+                else:
+                    medians = {c: sorted(v)[len(v) // 2] for c, v in self.samples.items() if v}
+                    self.best = min(medians, key=medians.__getitem__)
+                    logger.info("threads: %s s/step median -> using %d",
+                                {c: round(m, 2) for c, m in medians.items()}, self.best)
+                    self._use(self.best)
+        elif self.phase_step >= self.probe * len(self.candidates) + self.period:
+            self.phase_step = 0
+            self.samples = {c: [] for c in self.candidates}
+            self._use(self.candidates[0])
+
+    def _use(self, threads: int) -> None:
+        self.current = threads
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -109,11 +168,73 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (paper-scale training); full fp32 on CPU, where bf16 is slower and noisier."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+@dataclass(frozen=True)
+class StepLevers:
+    """How the training step runs on this machine; the loss it computes is the same either way."""
+
+    channels_last: bool = False
+    bf16: bool = False  # autocast for the frozen encoder and loss network (CPU) / the whole step (CUDA)
+    fused_encode: bool = False  # content and style through the encoder as one batch
+    reasons: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        flags = f"channels_last={self.channels_last} bf16={self.bf16} fused_encode={self.fused_encode}"
+        return flags + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 convolutions are emulated (measured 6-20x slower on AVX2)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def _time_encoder(encoder: torch.nn.Module, x: torch.Tensor, reps: int = 2) -> float:
+    """Best-of-`reps` seconds of an encoder forward + input-gradient backward (the loss network's work)."""
+    best = math.inf
+    for _ in range(reps + 1):  # the first run warms oneDNN's primitive cache
+        inp = x.detach().requires_grad_(True)
+        t0 = time.perf_counter()
+        feats = encoder(inp)
+        sum(f.float().mean() for f in feats.values()).backward()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def choose_levers(cfg: TrainConfig, device: torch.device, encoder: torch.nn.Module) -> StepLevers:
+    """Resolve "auto" per machine: capability for bf16, a short measurement for channels_last (CPU)."""
+    reasons: list[str] = []
+    if cfg.bf16 == "auto":
+        bf16 = device.type == "cuda" or cpu_has_native_bf16()
+        reasons.append("bf16: CUDA" if device.type == "cuda" else
+                       f"bf16: CPU {'has' if bf16 else 'lacks'} native bf16 (avx512_bf16/amx)")
+    else:
+        bf16 = cfg.bf16 == "on"
+    if cfg.channels_last == "auto":
+        if device.type == "cuda":
+            channels_last = True
+            reasons.append("channels_last: CUDA")
+        else:
+            x = torch.rand(cfg.batch_size, 3, cfg.crop_size, cfg.crop_size)
+            plain = _time_encoder(encoder, x)
+            encoder.to(memory_format=torch.channels_last)
+            fast = _time_encoder(encoder, x.contiguous(memory_format=torch.channels_last))
+            encoder.to(memory_format=torch.contiguous_format)
+            channels_last = fast < 0.95 * plain
+            reasons.append(f"channels_last: encoder fwd+bwd {plain:.2f} s -> {fast:.2f} s measured")
+    else:
+        channels_last = cfg.channels_last == "on"
+    return StepLevers(channels_last=channels_last, bf16=bf16, fused_encode=cfg.fused_encode,
+                      reasons=tuple(reasons))
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> AbstractContextManager[Any]:
+    """bf16 autocast where the levers ask for it; full fp32 otherwise."""
+    if not enabled:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def loss_kind_for(arch: str) -> str:
@@ -208,7 +329,8 @@ class Progress:
 class Trainer:
     """Owns the network, optimizer, data and run folder of one training run."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None,
+                 init_weights: str | Path | None = None, init_iteration: int | None = None) -> None:
         from model import ModelConfig, StyA2K
         from model.losses import LossConfig, StyleTransferLoss
 
@@ -220,22 +342,45 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.thread_tuner = (ThreadTuner((1, cores)) if cfg.thread_tuning and self.device.type == "cpu"
+                             and cores > 1 and not cfg.threads else None)
         seed_everything(cfg.seed)
         self.net = StyA2K(ModelConfig(arch=cfg.arch)).to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
         self.net.train()
         self.net.encoder.eval()
+        self.levers = choose_levers(cfg, self.device, self.net.encoder)
+        logger.info("training step: %s", self.levers.describe())
+        if self.levers.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         loss_cfg = LossConfig(
             kind=loss_kind_for(cfg.arch),
             style_weight=cfg.style_weight,
             a2k_weight=cfg.a2k_weight,
             content_weight=cfg.content_weight,
         )
-        self.loss_fn = StyleTransferLoss(self.net.encoder, loss_cfg)
+        self.loss_fn = StyleTransferLoss(self._loss_encoder, loss_cfg)
         self.params = [p for p in self.net.trainable_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
-        self.data = ContentStylePairs(
+        self.data = self._dataset()
+        self.iteration = 0
+        self.wall_s = 0.0
+        self.init_note: str | None = None
+        self.stop_requested = False  # set from a signal handler: stop cleanly after the current step
+        self.fresh_optimizer_at: int | None = None
+        if resume is not None:
+            self._restore(Path(resume))
+        elif init_weights is not None:
+            self._init_from_release(Path(init_weights), init_iteration)
+        self.log = CsvLog(self.run_dir / "log.csv",
+                          self.iteration - 1 if resume is not None or init_weights is not None else None)
+        self.sample_contents, self.sample_styles = self._fixed_sample_set()
+
+    def _dataset(self) -> ContentStylePairs | PackedPairs:
+        cfg = self.cfg
+        if cfg.pack:
+            return PackedPairs(cfg.pack, cfg.crop_size, seed=cfg.seed, hflip=cfg.hflip, load_size=cfg.load_size)
+        return ContentStylePairs(
             PairDataConfig(
                 content_dirs=cfg.content_dirs,
                 style_dirs=cfg.style_dirs,
@@ -244,12 +389,18 @@ class Trainer:
                 balance_style_dirs=cfg.balance_style_dirs,
             )
         )
-        self.iteration = 0
-        self.wall_s = 0.0
-        if resume is not None:
-            self._restore(Path(resume))
-        self.log = CsvLog(self.run_dir / "log.csv", self.iteration - 1 if resume is not None else None)
-        self.sample_contents, self.sample_styles = self._fixed_sample_set()
+
+    def _encoder_autocast(self) -> AbstractContextManager[Any]:
+        # On CPU only the frozen networks run in bf16 (the trained parts and Adam stay fp32).
+        return autocast_for(self.device, self.levers.bf16 and self.device.type == "cpu")
+
+    def _loss_encoder(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss network (the frozen VGG, with gradients to its input) under the encoder's levers."""
+        if self.levers.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with self._encoder_autocast():
+            feats = self.net.encoder(image)
+        return {k: v.float() for k, v in feats.items()}
 
     # ---------- checkpoints ----------
     def _restore(self, path: Path) -> None:
@@ -263,11 +414,29 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         self.wall_s = float(state.get("wall_s", 0.0))
+        self.init_note = state.get("init_note")
+        self.fresh_optimizer_at = state.get("fresh_optimizer_at")
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         logger.info("resumed %s at iteration %d", path, self.iteration)
+
+    def _init_from_release(self, path: Path, iteration: int | None) -> None:
+        """Start from release weights with a fresh optimizer; the iteration count continues theirs."""
+        from model.checkpoint import load_checkpoint
+
+        release = load_checkpoint(path, map_location="cpu")
+        if release.config.arch != self.cfg.arch:
+            raise RuntimeError(f"{path} holds --arch {release.config.arch} weights, not {self.cfg.arch}")
+        state = {k: v.float() for k, v in trainable_state(release).items()}
+        load_trainable_state(self.net, state)
+        self.iteration = int(iteration if iteration is not None else release.meta.get("iterations", 0))
+        self.wall_s = float(release.meta.get("train_wall_s", 0.0))
+        self.fresh_optimizer_at = self.iteration
+        self.init_note = (f"initialised from {path.name} (iteration {self.iteration}) with a fresh optimizer: "
+                          "no training state was found")
+        logger.info(self.init_note)
 
     def save_checkpoint(self) -> Path:
         state = {
@@ -283,6 +452,9 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "levers": self.levers.describe(),
+            "init_note": self.init_note,
+            "fresh_optimizer_at": self.fresh_optimizer_at,
         }
         path = self.ckpt_dir / f"iter_{self.iteration:07d}.pt"
         tmp = path.with_suffix(".tmp")
@@ -304,8 +476,9 @@ class Trainer:
     def _fixed_sample_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed (seed-chosen) set of content and style images, centre crops at the crop size."""
         rng = random.Random(f"{self.cfg.seed}-samples")
-        contents = rng.sample(self.data.content.files, min(self.cfg.sample_contents, len(self.data.content)))
-        all_styles = sorted(f for g in self.data.style_groups for f in g.files)
+        all_contents = [Path(f) for f in self.data.content.files]
+        contents = rng.sample(all_contents, min(self.cfg.sample_contents, len(all_contents)))
+        all_styles = sorted(Path(f) for g in self.data.style_groups for f in g.files)
         styles = rng.sample(all_styles, min(self.cfg.sample_styles, len(all_styles)))
         size = self.cfg.crop_size
         return load_fixed_images(contents, size), load_fixed_images(styles, size)
@@ -317,7 +490,7 @@ class Trainer:
         content = self.sample_contents.repeat_interleave(n_s, dim=0).to(self.device)  # (Nc*Ns, 3, S, S)
         style = self.sample_styles.repeat(n_c, 1, 1, 1).to(self.device)  # (Nc*Ns, 3, S, S)
         outputs = []
-        with autocast_for(self.device):
+        with autocast_for(self.device, self.device.type == "cuda" and self.levers.bf16):
             for start in range(0, content.shape[0], self.cfg.batch_size):
                 end = start + self.cfg.batch_size
                 outputs.append(self.net.stylize(content[start:end], style[start:end]).float().cpu())
@@ -344,18 +517,39 @@ class Trainer:
             drop_last=True,
         )
 
+    def features(self, content: torch.Tensor, style: torch.Tensor) -> tuple[dict[str, torch.Tensor],
+                                                                            dict[str, torch.Tensor]]:
+        """Every tap of content and style through the frozen encoder, without autograd.
+
+        content, style: (B, 3, S, S) training crops of one size (a multiple of 16) -> {tap: (B, C, h, w)} each.
+        """
+        with torch.no_grad(), self._encoder_autocast():
+            if self.levers.fused_encode and content.shape == style.shape:
+                both = self.net.encoder(torch.cat([content, style]))  # (2B, C, h, w) per tap
+                c_feats = {k: v[: content.shape[0]].float() for k, v in both.items()}
+                s_feats = {k: v[content.shape[0]:].float() for k, v in both.items()}
+            else:
+                c_feats = {k: v.float() for k, v in self.net.encoder(content).items()}
+                s_feats = {k: v.float() for k, v in self.net.encoder(pad_image(style)[0]).items()}
+        return c_feats, s_feats
+
     def step(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss terms as floats."""
-        lr = learning_rate(self.iteration, self.cfg)
+        lr = learning_rate(self.iteration, self.cfg, self.fresh_optimizer_at)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         content = content.to(self.device, non_blocking=True)  # (B, 3, S, S)
         style = style.to(self.device, non_blocking=True)  # (B, 3, S, S)
-        if self.device.type == "cuda":
+        h, w = content.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"training content must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIDE} px, got {h}x{w}")
+        if self.levers.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
             style = style.contiguous(memory_format=torch.channels_last)
-        with autocast_for(self.device):
-            out, c_feats, s_feats = self.net.forward_with_features(content, style)
+        with autocast_for(self.device, self.device.type == "cuda" and self.levers.bf16):
+            c_feats, s_feats = self.features(content, style)
+            out = self.net.decode(self.net.transfer(c_feats, s_feats))  # (B, 3, S, S) unclamped
             terms = self.loss_fn(out, c_feats, s_feats)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -364,12 +558,14 @@ class Trainer:
         values["lr"] = lr
         return values
 
-    def train(self, stop_at: int | None = None) -> int:
-        """Run until ``cfg.iters`` (or ``stop_at``, to split a run); returns the iterations done."""
+    def train(self, stop_at: int | None = None, time_budget: float | None = None) -> int:
+        """Run until ``cfg.iters`` (or ``stop_at``, to split a run), or until ``time_budget`` seconds from now
+        would be exceeded by one more iteration plus the final checkpoint; returns the iterations done."""
         stop = min(self.cfg.iters, stop_at or self.cfg.iters)
         if self.iteration >= stop:
             logger.info("nothing to do: already at iteration %d of %d", self.iteration, self.cfg.iters)
             return 0
+        deadline = Deadline(time_budget)
         if self.iteration == 0 and self.cfg.sample_every > 0:
             self.write_samples()
         progress = Progress(self.iteration, self.cfg.iters, self.cfg.log_every)
@@ -381,6 +577,9 @@ class Trainer:
             sec_per_iter = now - tick
             tick = now
             self.wall_s += sec_per_iter
+            deadline.observe_step(sec_per_iter)
+            if self.thread_tuner is not None:
+                self.thread_tuner.observe(sec_per_iter)
             if not math.isfinite(values["total"]):
                 raise FloatingPointError(f"loss became {values['total']} at iteration {self.iteration}")
             row = {"iteration": self.iteration, "sec_per_iter": sec_per_iter, "wall_s": self.wall_s, **values}
@@ -389,10 +588,19 @@ class Trainer:
             self.iteration += 1
             done += 1
             if self.cfg.ckpt_every > 0 and self.iteration % self.cfg.ckpt_every == 0:
+                t0 = time.perf_counter()
                 self.save_checkpoint()
                 plot_log(self.log.rows, self.run_dir / "loss_curves.png", f"{self.cfg.arch} training losses")
+                deadline.observe_checkpoint(time.perf_counter() - t0)
             if self.cfg.sample_every > 0 and self.iteration % self.cfg.sample_every == 0:
                 self.write_samples()
+            if self.stop_requested:
+                logger.info("stop requested: stopping at iteration %d", self.iteration)
+                break
+            if deadline.must_stop():
+                logger.info("time budget: stopping at iteration %d with %.0f s left", self.iteration,
+                            deadline.remaining())
+                break
             tick = time.perf_counter()  # checkpoint/sample time is not training time
         if self.cfg.ckpt_every <= 0 or self.iteration % self.cfg.ckpt_every != 0:
             self.save_checkpoint()
@@ -400,6 +608,33 @@ class Trainer:
         if self.cfg.sample_every > 0 and self.iteration % self.cfg.sample_every != 0:
             self.write_samples()
         return done
+
+
+class Deadline:
+    """Stop before a wall-clock budget: one more step (the slowest recent one, the machine's speed drifts)
+    plus the final checkpoint and samples must still fit."""
+
+    def __init__(self, budget_s: float | None, window: int = 20) -> None:
+        self.end = None if budget_s is None else time.monotonic() + budget_s
+        self.recent: list[float] = []
+        self.window = window
+        self.checkpoint_s = 5.0
+
+    def observe_step(self, seconds: float) -> None:
+        self.recent = [*self.recent, seconds][-self.window:]
+
+    def observe_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_s = max(self.checkpoint_s, seconds)
+
+    def remaining(self) -> float:
+        return math.inf if self.end is None else self.end - time.monotonic()
+
+    def must_stop(self) -> bool:
+        if self.end is None:
+            return False
+        next_step = max(self.recent) if self.recent else 0.0
+        # The final save writes a checkpoint and a sample grid (about one step's worth of forward passes).
+        return self.remaining() < next_step * 2 + self.checkpoint_s
 
 
 # ---------------------------------------------------------------- CLI
@@ -434,6 +669,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-every", type=int, default=defaults.sample_every)
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     parser.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
+    parser.add_argument("--pack", default=None, metavar="DIR",
+                        help="pre-decoded data from `python -m model.pack` (built at --load-size) instead of folders")
+    parser.add_argument("--channels-last", choices=LEVER_CHOICES, default=defaults.channels_last,
+                        help="channels_last memory format (auto: measured at start on CPU, on for CUDA)")
+    parser.add_argument("--bf16", choices=LEVER_CHOICES, default=defaults.bf16,
+                        help="bf16 autocast (auto: CUDA, or a CPU with native bf16; on CPU only the frozen VGG)")
+    parser.add_argument("--no-fused-encode", action="store_true",
+                        help="encode content and style in two encoder calls instead of one batch")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="stop cleanly with a checkpoint before this many seconds have passed")
+    parser.add_argument("--init-weights", default=None, metavar="PT",
+                        help="start from release weights with a fresh optimizer (no training state needed)")
+    parser.add_argument("--warmup-iters", type=int, default=0,
+                        help="linear lr warm-up over this many iterations after --init-weights' fresh optimizer")
+    parser.add_argument("--thread-tuning", action="store_true",
+                        help="CPU: measure 1 thread vs all cores every 50 steps and keep the faster")
+    parser.add_argument("--init-iteration", type=int, default=None,
+                        help="iteration count to continue from with --init-weights (default: the file's meta)")
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
                         help="continue from CKPT (default RUN_DIR/checkpoints/last.pt); --iters may grow")
     parser.add_argument("--export", default=None, metavar="PATH",
@@ -466,6 +719,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sample_every=args.sample_every,
         log_every=args.log_every,
         hflip=not args.no_hflip,
+        pack=args.pack,
+        channels_last=args.channels_last,
+        bf16=args.bf16,
+        fused_encode=not args.no_fused_encode,
+        warmup_iters=args.warmup_iters,
+        thread_tuning=args.thread_tuning,
     )
 
 
@@ -474,7 +733,7 @@ def run(args: argparse.Namespace) -> int:
     from model.export import export_release
 
     cfg = config_from_args(args)
-    for folder in (*cfg.content_dirs, *cfg.style_dirs):
+    for folder in () if cfg.pack else (*cfg.content_dirs, *cfg.style_dirs):
         if not list_images([folder]):
             logger.error("no images in %s", folder)
             return 2
@@ -484,8 +743,11 @@ def run(args: argparse.Namespace) -> int:
         if not resume.exists():
             logger.error("cannot resume: %s does not exist", resume)
             return 2
-    trainer = Trainer(cfg, resume=resume)
-    trainer.train()
+    if resume is not None and args.init_weights:
+        logger.error("--resume and --init-weights exclude each other")
+        return 2
+    trainer = Trainer(cfg, resume=resume, init_weights=args.init_weights, init_iteration=args.init_iteration)
+    trainer.train(time_budget=args.time_budget)
     if args.export:
         sha = export_release(
             trainer.ckpt_dir / "last.pt", args.export, manifest=args.manifest, version=args.version_tag

@@ -13,7 +13,17 @@ from PIL import Image
 
 from model.export import update_manifest
 from model.imageio import tensor_to_pil
-from model.train import TrainConfig, Trainer, add_arguments, config_from_args, learning_rate, main
+from model.train import (
+    Deadline,
+    ThreadTuner,
+    TrainConfig,
+    Trainer,
+    add_arguments,
+    config_from_args,
+    cpu_has_native_bf16,
+    learning_rate,
+    main,
+)
 
 
 def _images(folder: Path, count: int, seed: int) -> Path:
@@ -51,6 +61,9 @@ def _config(run_dir: Path, data_dirs: tuple[str, str], **overrides: object) -> T
         log_every=1,
         sample_contents=2,
         sample_styles=2,
+        # Fixed levers: "auto" measures at start, and a resumed run must take the same path as the straight one.
+        channels_last="off",
+        bf16="off",
     )
     return replace(base, **overrides)
 
@@ -133,3 +146,142 @@ def test_update_manifest_replaces_only_its_line(tmp_path: Path) -> None:
     manifest.write_text("aaa  other.pt\nbbb  mine.pt\n")
     update_manifest(manifest, "mine.pt", "ccc")
     assert manifest.read_text() == "ccc  mine.pt\naaa  other.pt\n"
+
+
+def _grads_after_step(trainer: Trainer, content: torch.Tensor, style: torch.Tensor) -> tuple[dict, dict]:
+    values = trainer.step(content, style)
+    grads = {n: p.grad.detach().clone() for n, p in trainer.net.named_parameters() if p.grad is not None}
+    return values, grads
+
+
+def _fixed_batch(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(torch.stack(t) for t in zip(*(trainer.data[i] for i in range(2)), strict=True))
+
+
+@pytest.mark.parametrize("levers", [{"channels_last": "on", "fused_encode": True},
+                                    {"channels_last": "off", "fused_encode": True},
+                                    {"channels_last": "on", "fused_encode": False}])
+def test_fast_step_computes_the_plain_losses_and_gradients(tmp_path: Path, data_dirs: tuple[str, str],
+                                                           levers: dict) -> None:
+    plain = Trainer(_config(tmp_path / "plain", data_dirs, fused_encode=False))
+    fast = Trainer(_config(tmp_path / "fast", data_dirs, **levers))
+    assert not plain.levers.channels_last and not plain.levers.fused_encode
+    assert fast.levers.channels_last == (levers["channels_last"] == "on")
+    content, style = _fixed_batch(plain)
+    plain_values, plain_grads = _grads_after_step(plain, content, style)
+    fast_values, fast_grads = _grads_after_step(fast, content, style)
+    for key in ("total", "global_style", "a2k"):
+        assert fast_values[key] == pytest.approx(plain_values[key], rel=1e-4), key
+    assert plain_grads.keys() == fast_grads.keys() and len(plain_grads) > 10
+    for name, grad in plain_grads.items():
+        scale = grad.abs().max().clamp_min(1e-12)
+        assert (fast_grads[name] - grad).abs().max() / scale < 1e-2, name  # fp32 summation order
+
+
+def test_bf16_frozen_networks_stay_close_to_fp32(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    plain = Trainer(_config(tmp_path / "plain", data_dirs))
+    bf16 = Trainer(_config(tmp_path / "bf16", data_dirs, bf16="on"))
+    assert bf16.levers.bf16 and not plain.levers.bf16
+    content, style = _fixed_batch(plain)
+    plain_values, plain_grads = _grads_after_step(plain, content, style)
+    bf16_values, bf16_grads = _grads_after_step(bf16, content, style)
+    # bf16 keeps 8 bits of mantissa: the loss terms agree to a few percent, gradients point the same way.
+    for key in ("total", "global_style", "a2k"):
+        assert bf16_values[key] == pytest.approx(plain_values[key], rel=0.05), key
+    flat = torch.cat([g.flatten() for g in plain_grads.values()])
+    flat_bf16 = torch.cat([bf16_grads[n].flatten() for n in plain_grads])
+    assert torch.nn.functional.cosine_similarity(flat, flat_bf16, dim=0) > 0.95
+
+
+def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    trainer = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="auto"))
+    assert trainer.levers.bf16 == cpu_has_native_bf16()
+    described = trainer.levers.describe()
+    assert "channels_last: encoder fwd+bwd" in described and "bf16: CPU" in described
+    state = torch.load(trainer.save_checkpoint(), weights_only=False)
+    assert state["levers"] == described
+
+
+def test_unknown_lever_value_is_rejected() -> None:
+    with pytest.raises(ValueError, match="channels_last must be one of auto, on, off"):
+        TrainConfig(run_dir="x", channels_last="yes")
+
+
+def test_deadline_leaves_room_for_a_step_and_the_checkpoint() -> None:
+    assert not Deadline(None).must_stop()
+    deadline = Deadline(100.0)
+    deadline.observe_step(10.0)
+    assert not deadline.must_stop()
+    deadline.observe_step(60.0)  # the slowest recent step counts: this machine's speed drifts
+    assert deadline.must_stop()
+    assert Deadline(0.0).must_stop()
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    trainer = Trainer(_config(tmp_path / "budget", data_dirs, iters=50, ckpt_every=0))
+    done = trainer.train(time_budget=0.5)
+    assert 1 <= done < 50
+    state = torch.load(tmp_path / "budget/checkpoints/last.pt", weights_only=False)
+    assert state["iteration"] == trainer.iteration == done
+
+
+def test_stop_request_ends_after_the_current_step(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    trainer = Trainer(_config(tmp_path / "stop", data_dirs, iters=50, ckpt_every=0))
+    trainer.stop_requested = True
+    assert trainer.train() == 1
+    assert (tmp_path / "stop/checkpoints/last.pt").exists()
+
+
+def test_init_from_release_weights_continues_the_count_with_a_fresh_optimizer(
+        tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    from model.export import export_release
+
+    first = Trainer(_config(tmp_path / "first", data_dirs, iters=2))
+    first.train()
+    release = tmp_path / "weights" / "r.pt"
+    export_release(tmp_path / "first/checkpoints/last.pt", release, version="r")
+    second = Trainer(_config(tmp_path / "second", data_dirs, iters=4), init_weights=release)
+    assert second.iteration == 2 and "fresh optimizer" in (second.init_note or "")
+    assert not second.optimizer.state  # nothing carried over from the first run's Adam
+    for name, tensor in first.net.trainable_state_dict().items():  # fp16 round trip of the release file
+        torch.testing.assert_close(second.net.trainable_state_dict()[name], tensor, atol=2e-3, rtol=2e-3)
+    second.train()
+    rows = list(csv.DictReader((tmp_path / "second/log.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [2, 3]
+    state = torch.load(tmp_path / "second/checkpoints/last.pt", weights_only=False)
+    assert state["init_note"] == second.init_note
+
+
+def test_train_from_a_pack_equals_training_from_folders(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    from model.pack import build_pack
+
+    pack = build_pack(tmp_path / "pack", (data_dirs[0],), (data_dirs[1],), load_size=72)
+    folders = Trainer(_config(tmp_path / "folders", data_dirs, iters=2))
+    packed = Trainer(_config(tmp_path / "packed", data_dirs, iters=2, pack=str(pack)))
+    folders.train()
+    packed.train()
+    for name, tensor in folders.net.trainable_state_dict().items():
+        assert torch.equal(tensor, packed.net.trainable_state_dict()[name]), name
+
+
+def test_warmup_ramps_the_lr_after_a_fresh_optimizer_only() -> None:
+    cfg = TrainConfig(run_dir="x", iters=1000, lr=1e-3, warmup_iters=10)
+    assert learning_rate(500, cfg) == learning_rate(500, cfg, None)  # resumed Adam: no warm-up
+    assert learning_rate(100, cfg, fresh_optimizer_at=100) == pytest.approx(1e-4)
+    assert learning_rate(104, cfg, fresh_optimizer_at=100) == pytest.approx(5e-4)
+    assert learning_rate(109, cfg, fresh_optimizer_at=100) == pytest.approx(1e-3)
+    assert learning_rate(700, cfg, fresh_optimizer_at=100) == learning_rate(700, cfg)  # schedule unchanged
+
+
+def test_thread_tuner_keeps_the_faster_count_and_probes_again() -> None:
+    threads = torch.get_num_threads()
+    tuner = ThreadTuner((1, 2), probe=2, period=3)
+    seen = []
+    for seconds in (1.0, 1.2, 3.0, 2.8):  # one thread probed first, then two; one thread is faster
+        seen.append(torch.get_num_threads())
+        tuner.observe(seconds)
+    assert seen == [1, 1, 2, 2] and tuner.best == 1 and torch.get_num_threads() == 1
+    for _ in range(3):
+        tuner.observe(1.0)
+    assert torch.get_num_threads() == 1 and tuner.phase_step == 0  # a new probe round starts
+    torch.set_num_threads(threads)

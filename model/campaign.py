@@ -1,0 +1,179 @@
+"""The CPU training campaign: one long A2K run continued across sessions, from a state folder outside the tree.
+
+Each session runs ``python -m model.campaign --time-budget SECONDS`` in the background. The state folder
+(default ``<cache>/campaign-a2k-128``, see `model.pack.default_cache_dir`) holds the run: full checkpoints with
+Adam and RNG state, ``log.csv``, samples, and ``history.jsonl`` with one line per session (start and end
+iteration, how it started, the step's levers, seconds per iteration). When the folder is gone, the campaign
+continues from the newest committed weights with a fresh optimizer, and both the log and the history say so.
+
+The lr schedule is that of one run of ``--iters`` (default 12,000) iterations: constant for 40%, then linear to
+0, evaluated at the campaign's iteration count, so a resume never restarts or stretches it.
+
+    python -m model.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
+    kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking
+    kill -INT <pid>                                      # stop cleanly now (checkpoint at the next step)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from model.checkpoint import default_weights_path
+from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from model.pack import build_pack, default_cache_dir
+from model.train import TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_state_dir(crop_size: int) -> Path:
+    if os.environ.get("STYA2K_CAMPAIGN_DIR"):
+        return Path(os.environ["STYA2K_CAMPAIGN_DIR"])
+    return default_cache_dir() / f"campaign-a2k-{crop_size}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def append_history(state_dir: Path, record: dict[str, object]) -> None:
+    with (state_dir / "history.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_history(state_dir: Path) -> list[dict[str, object]]:
+    path = state_dir / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def campaign_config(args: argparse.Namespace, state_dir: Path, pack: Path | None) -> TrainConfig:
+    return TrainConfig(
+        run_dir=str(state_dir),
+        content_dirs=tuple(args.content_dirs or DEFAULT_CONTENT_DIRS),
+        style_dirs=tuple(args.style_dirs or DEFAULT_STYLE_DIRS),
+        load_size=args.load_size,
+        crop_size=args.crop_size,
+        batch_size=args.batch_size,
+        iters=args.iters,
+        lr=args.lr,
+        workers=0 if pack else 1,
+        threads=args.threads,
+        ckpt_every=args.ckpt_every,
+        keep_checkpoints=4,
+        sample_every=args.sample_every,
+        log_every=10,
+        seed=args.seed,
+        pack=str(pack) if pack else None,
+        warmup_iters=args.warmup_iters,
+        thread_tuning=args.threads is None,
+    )
+
+
+def resolve_pack(args: argparse.Namespace) -> Path | None:
+    if args.no_pack:
+        return None
+    pack = Path(args.pack) if args.pack else default_cache_dir() / f"pack-{args.load_size}"
+    if not (pack / "index.json").is_file():
+        logger.info("no data pack at %s: building it once (decode + resize every image)", pack)
+        build_pack(pack, tuple(args.content_dirs or DEFAULT_CONTENT_DIRS),
+                   tuple(args.style_dirs or DEFAULT_STYLE_DIRS), args.load_size)
+    return pack
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(args.crop_size)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pack = resolve_pack(args)
+    cfg = campaign_config(args, state_dir, pack)
+    last = state_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        trainer = Trainer(cfg, resume=last)
+        how = f"resumed {last}"
+    else:
+        weights = Path(args.init_weights) if args.init_weights else default_weights_path()
+        trainer = Trainer(cfg, init_weights=weights)
+        how = f"no training state in {state_dir}: {trainer.init_note}"
+        logger.warning(how)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping after this step", signum)
+        trainer.stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    start_iter, start_wall, t0 = trainer.iteration, trainer.wall_s, time.monotonic()
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        trainer.train(time_budget=args.time_budget)
+    finally:
+        done = trainer.iteration - start_iter
+        train_s = trainer.wall_s - start_wall
+        append_history(state_dir, {
+            "started": started,
+            "ended": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "how": how,
+            "commit": git_commit(),
+            "start_iteration": start_iter,
+            "end_iteration": trainer.iteration,
+            "iterations": done,
+            "train_s": round(train_s, 1),
+            "elapsed_s": round(time.monotonic() - t0, 1),
+            "sec_per_iter": round(train_s / done, 3) if done else None,
+            "levers": trainer.levers.describe(),
+            "lr_schedule": f"constant {cfg.lr:g} to {int(cfg.iters * cfg.constant_frac)}, linear to 0 at {cfg.iters}",
+            "pack": cfg.pack,
+        })
+    logger.info("campaign at iteration %d (%d this session)", trainer.iteration, done)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m model.campaign", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--time-budget", type=float, required=True, metavar="SECONDS",
+                        help="stop cleanly with a checkpoint before this many seconds")
+    parser.add_argument("--state-dir", default=None,
+                        help="training state folder (default $STYA2K_CAMPAIGN_DIR or <cache>/campaign-a2k-<crop>)")
+    parser.add_argument("--init-weights", default=None,
+                        help="release weights to start from when there is no state (default: the shipped weights)")
+    parser.add_argument("--pack", default=None, help="data pack folder (default <cache>/pack-<load size>)")
+    parser.add_argument("--no-pack", action="store_true", help="decode the image folders on every step")
+    parser.add_argument("--content-dir", action="append", dest="content_dirs", metavar="DIR")
+    parser.add_argument("--style-dir", action="append", dest="style_dirs", metavar="DIR")
+    parser.add_argument("--iters", type=int, default=12_000, help="length of the lr schedule")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--crop-size", type=int, default=128)
+    parser.add_argument("--load-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: measured, 1 vs all cores, again every 50 steps)")
+    parser.add_argument("--warmup-iters", type=int, default=50,
+                        help="linear lr warm-up after starting from release weights with a fresh optimizer")
+    parser.add_argument("--ckpt-every", type=int, default=25)
+    parser.add_argument("--sample-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The training campaign: first session starts from release weights, the next ones resume; history says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.campaign import main, read_history
+from model.imageio import tensor_to_pil
+from model.train import TrainConfig, learning_rate
+
+
+def _images(folder: Path, count: int, seed: int) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        tensor_to_pil(torch.rand(3, 72, 80, generator=gen)).save(folder / f"{i}.png")
+    return str(folder)
+
+
+@pytest.fixture()
+def release(tmp_path: Path) -> Path:
+    from model import ModelConfig, StyA2K
+
+    torch.manual_seed(0)
+    net = StyA2K(ModelConfig())
+    path = tmp_path / "weights" / "start.pt"
+    path.parent.mkdir()
+    net.save_checkpoint(path, meta={"version": "start", "iterations": 40})
+    return path
+
+
+def test_campaign_starts_from_weights_then_resumes(tmp_path: Path, release: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STYA2K_CACHE", str(tmp_path / "cache"))
+    content, style = _images(tmp_path / "c", 4, 1), _images(tmp_path / "s", 3, 2)
+    args = ["--time-budget", "600", "--content-dir", content, "--style-dir", style, "--crop-size", "64",
+            "--load-size", "64", "--batch-size", "2", "--iters", "43", "--threads", "1", "--ckpt-every", "1",
+            "--sample-every", "0", "--init-weights", str(release), "--warmup-iters", "2"]
+    assert main(args) == 0
+    state_dir = tmp_path / "cache" / "campaign-a2k-64"
+    assert (tmp_path / "cache" / "pack-64" / "index.json").is_file()  # the pack is built once, in the cache
+    assert main([*args, "--iters", "45"]) == 0
+    history = read_history(state_dir)
+    assert [h["start_iteration"] for h in history] == [40, 43]
+    assert [h["end_iteration"] for h in history] == [43, 45]
+    assert "no training state" in history[0]["how"] and "fresh optimizer" in history[0]["how"]
+    assert history[1]["how"].startswith("resumed")
+    rows = (state_dir / "log.csv").read_text().splitlines()[1:]
+    lrs = [float(r.split(",")[1]) for r in rows]
+    assert [int(r.split(",")[0]) for r in rows] == [40, 41, 42, 43, 44]
+    first = TrainConfig(run_dir="x", iters=43, lr=2e-4, warmup_iters=2)
+    second = TrainConfig(run_dir="x", iters=45, lr=2e-4, warmup_iters=2)
+    want = [learning_rate(i, first, 40) for i in (40, 41, 42)] + [learning_rate(i, second, 40) for i in (43, 44)]
+    assert lrs == pytest.approx(want, rel=1e-4)
+    assert lrs[0] == pytest.approx(learning_rate(40, first) / 2, rel=1e-4)  # the warm-up of the fresh optimizer
+    state = torch.load(state_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert state["fresh_optimizer_at"] == 40 and json.dumps(history)
