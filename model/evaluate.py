@@ -5,7 +5,12 @@ short side) it reports:
 - content loss: sum over relu4_1, relu5_1 of MSE(mvn(F(out)), mvn(F(content))), mvn = mean-variance norm;
 - style loss: sum over relu1_1..relu5_1 of MSE of channel means + MSE of channel stds, output vs style;
 - LPIPS v0.1 AlexNet between output and content (when the LPIPS weights folder exists);
-- seconds per image (stylize call only).
+- seconds per image (stylize call only);
+- style retrieval: the share of outputs whose global VGG statistics (channel mean/std at relu1_1..relu5_1, the
+  style-loss distance) are nearest to their own style among the N styles (a style-blind model scores ~1/N);
+- style spread: mean LPIPS between the outputs of the same photo under two different styles (style-blind ~0).
+Two references that need no training can be rows too: ``reference:identity`` (the content itself) and
+``reference:color`` (per-channel RGB mean/std colour transfer from the style).
 F is the project's frozen VGG-19 encoder (the same for all weights compared), so absolute values are on our
 encoder's (normalised) feature scale, not the paper's. With ``--video-dir`` it also stylizes each clip frame by
 frame and reports the optical-flow warping error (needs the ``eval`` extra).
@@ -98,6 +103,44 @@ def style_loss(out_feats: dict[str, Tensor], style_feats: dict[str, Tensor]) -> 
     return total
 
 
+def style_distances(out_feats: dict[str, Tensor], style_feats: Sequence[dict[str, Tensor]]) -> list[float]:
+    """The style-loss distance of one output to each style: the basis of style retrieval."""
+    return [style_loss(out_feats, feats) for feats in style_feats]
+
+
+class IdentityReference(torch.nn.Module):
+    """``reference:identity``: returns the content unchanged (the floor of style retrieval and spread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from model.config import ModelConfig
+
+        self.config = ModelConfig(arch="a2k")
+        self.meta: dict[str, Any] = {"reference": "identity"}
+        self.label = "reference (identity)"
+
+    def stylize(self, content: Tensor, style: Tensor) -> Tensor:
+        return content.clone()
+
+
+class ColorTransferReference(IdentityReference):
+    """``reference:color``: per-channel RGB mean/std of the content replaced by the style's (no training)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meta = {"reference": "color"}
+        self.label = "reference (colour transfer)"
+
+    def stylize(self, content: Tensor, style: Tensor) -> Tensor:
+        c_mean, c_std = _mean_std(content)  # (B, 3) each
+        s_mean, s_std = _mean_std(style)
+        out = (content - c_mean[..., None, None]) / c_std[..., None, None] * s_std[..., None, None]
+        return (out + s_mean[..., None, None]).clamp(0, 1)
+
+
+REFERENCES = {"identity": IdentityReference, "color": ColorTransferReference}
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -128,10 +171,12 @@ class Harness:
     def evaluate(self, net: torch.nn.Module, name: str) -> dict[str, Any]:
         net = net.to(self.device).eval()
         c_losses, s_losses, lpips_values, seconds = [], [], [], []
+        hits, spreads = [], []
         content_feats = [self.encoder(c) for c in self.contents]
         style_feats = [self.encoder(s) for s in self.styles]
         net.stylize(self.contents[0], self.styles[0])  # warm-up: first call pays one-off allocations
         for ci, content in enumerate(self.contents):
+            outputs = []
             for si, style in enumerate(self.styles):
                 start = time.perf_counter()
                 out = net.stylize(content, style)  # (1, 3, H, W) in [0, 1]
@@ -140,20 +185,29 @@ class Harness:
                 seconds.append(time.perf_counter() - start)
                 out_feats = self.encoder(out)
                 c_losses.append(content_loss(out_feats, content_feats[ci]))
-                s_losses.append(style_loss(out_feats, style_feats[si]))
+                distances = style_distances(out_feats, style_feats)
+                s_losses.append(distances[si])
+                hits.append(float(min(range(len(distances)), key=distances.__getitem__) == si))
                 if self.lpips is not None:
                     lpips_values.append(float(self.lpips(out, content)))
+                outputs.append(out)
+            if self.lpips is not None:
+                spreads += [float(self.lpips(outputs[a], outputs[b]))
+                            for a in range(len(outputs)) for b in range(a + 1, len(outputs))]
         row: dict[str, Any] = {
             "name": name,
-            "arch": net.config.arch,
+            "arch": "reference" if "reference" in net.meta else net.config.arch,
             "iterations": net.meta.get("iterations"),
             "pairs": len(c_losses),
             "content_loss": _mean(c_losses),
             "style_loss": _mean(s_losses),
             "lpips": _mean(lpips_values) if lpips_values else None,
+            "style_retrieval": _mean(hits),
+            "style_spread": _mean(spreads) if spreads else None,
+            "n_styles": len(self.styles),
             "sec_per_image": _mean(seconds),
         }
-        if self.cfg.video_dir:
+        if self.cfg.video_dir and "reference" not in net.meta:
             row["temporal"] = self.temporal(net)
         return row
 
@@ -177,9 +231,16 @@ class Harness:
 
 
 def load_weights(spec: str) -> tuple[torch.nn.Module, str]:
-    """``path`` -> (model, display name). ``random:<arch>`` gives an untrained model (harness testing)."""
+    """``path`` -> (model, display name). ``random:<arch>`` gives an untrained model (harness testing),
+    ``reference:identity`` / ``reference:color`` the training-free references."""
     from model import ModelConfig, StyA2K
 
+    if spec.startswith("reference:"):
+        kind = spec.split(":", 1)[1]
+        if kind not in REFERENCES:
+            raise ValueError(f"unknown reference {kind!r}; expected one of {', '.join(REFERENCES)}")
+        ref = REFERENCES[kind]()
+        return ref, ref.label
     if spec.startswith("random:"):
         torch.manual_seed(0)
         return StyA2K(ModelConfig(arch=spec.split(":", 1)[1])), spec
@@ -194,23 +255,29 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> str:
         f"{rows[0]['pairs'] if rows else 0} pairs ({cfg.n_content} content x {cfg.n_style} style, seed {cfg.seed}),"
         f" content short side {cfg.size} px, device {cfg.device}.",
         "",
-        "| weights | arch | iterations | content loss ↓ | style loss ↓ | LPIPS ↓ | s / image |",
-        "|---|---|---|---|---|---|---|",
+        f"Style retrieval: share of outputs nearest (style-loss distance) to their own style among the "
+        f"{cfg.n_style}; chance = {1 / max(cfg.n_style, 1):.3f}. Style spread: LPIPS between the same photo "
+        "under two styles. LPIPS: output vs content.",
+        "",
+        "| weights | arch | iterations | content loss ↓ | style loss ↓ | LPIPS ↓ | style retrieval ↑ | "
+        "style spread ↑ | s / image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['arch']} | {fmt(r['iterations'])} | {fmt(r['content_loss'])} | "
-            f"{fmt(r['style_loss'])} | {fmt(r['lpips'])} | {fmt(r['sec_per_image'], 3)} |"
+            f"{fmt(r['style_loss'])} | {fmt(r['lpips'])} | {fmt(r.get('style_retrieval'), 3)} | "
+            f"{fmt(r.get('style_spread'))} | {fmt(r['sec_per_image'], 3)} |"
         )
     clips = sorted({clip for r in rows for clip in r.get("temporal", {})})
     if clips:
         lines += ["", "Warping error (mean squared RGB error on [0, 1], occlusion-masked; lower is steadier):", ""]
         lines.append("| weights | " + " | ".join(clips) + " | mean |")
         lines.append("|---|" + "---|" * (len(clips) + 1))
-        for r in rows:
+        for r in (r for r in rows if "temporal" in r):
             errs = [r["temporal"][c]["warping_error"] for c in clips if c in r.get("temporal", {})]
             lines.append(f"| {r['name']} | " + " | ".join(f"{e:.5f}" for e in errs) + f" | {_mean(errs):.5f} |")
-        first = rows[0]["temporal"]
+        first = next(r["temporal"] for r in rows if "temporal" in r)
         floor = " | ".join(f"{first[c]['input_warping_error']:.5f}" for c in clips)
         lines.append(f"| (input frames) | {floor} | |")
     return "\n".join(lines) + "\n"
@@ -235,7 +302,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stya2k eval`` / ``python -m model.evaluate``."""
     d = EvalConfig(weights=())
     parser.add_argument("--weights", action="append", required=True, metavar="PATH",
-                        help="weights file (repeat to compare side by side); 'random:<arch>' = untrained")
+                        help="weights file (repeat to compare side by side); 'random:<arch>' = untrained; "
+                             "'reference:identity' / 'reference:color' = training-free references")
     parser.add_argument("--content-dir", default=d.content_dir)
     parser.add_argument("--style-dir", default=d.style_dir)
     parser.add_argument("--n-content", type=int, default=d.n_content)

@@ -399,6 +399,8 @@ class Output:
             "X-Total-Ms": f"{self.total_ms:.1f}",
             "X-Batch-Id": str(self.batch_id),
             "X-Batch-Size": str(self.batch_size),
+            # What came back: outputs are never upscaled, so max_side above the content's own size is not met.
+            "X-Output-Size": f"{self.width}x{self.height}",
             "Server-Timing": (
                 f"queue;dur={self.queue_ms:.1f}, compute;dur={self.compute_ms:.1f}, "
                 f"total;dur={self.total_ms:.1f}"
@@ -564,7 +566,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {mime: {} for mime in imaging.OUTPUT_FORMATS.values()},
-        "description": "The stylized image, with X-Queue-Ms, X-Compute-Ms, X-Total-Ms, Server-Timing headers",
+        "description": "The stylized image, with X-Output-Size (WxH; never upscaled), X-Queue-Ms, X-Compute-Ms, "
+        "X-Total-Ms, Server-Timing headers",
     },
     **ERROR_RESPONSES,
 }

@@ -62,3 +62,40 @@ def test_harness_reports_bad_input_as_exit_code(tmp_path: Path) -> None:
                  "--n-content", "5", "--n-style", "1", "--size", "64"]) == 2
     assert main(["--weights", str(tmp_path / "missing.pt"), "--content-dir", content, "--style-dir", content,
                  "--n-content", "1", "--n-style", "1", "--size", "64"]) == 2
+
+
+def _tinted(folder: Path, tints: list[tuple[float, float, float]]) -> str:
+    """Styles that differ clearly in colour statistics (a colour transfer can tell them apart)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(5)
+    for i, tint in enumerate(tints):
+        texture = torch.rand(1, 3, 8, 8, generator=gen)
+        base = torch.nn.functional.interpolate(texture, size=(64, 64), mode="bicubic")[0].clamp(0, 1)
+        tensor_to_pil((0.3 * base + 0.7 * torch.tensor(tint)[:, None, None]).clamp(0, 1)).save(folder / f"{i}.png")
+    return str(folder)
+
+
+def test_references_bound_style_retrieval(tmp_path: Path) -> None:
+    content = _images(tmp_path / "content", 2, seed=1)
+    style = _tinted(tmp_path / "style", [(0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (0.1, 0.2, 0.9)])
+    out_json = tmp_path / "q.json"
+    lpips_dir = Path(__file__).resolve().parents[2].parent / "shared" / "weights" / "lpips"
+    code = main([
+        "--weights", "reference:identity", "--weights", "reference:color", "--content-dir", content,
+        "--style-dir", style, "--n-content", "2", "--n-style", "3", "--size", "64", "--lpips-dir", str(lpips_dir),
+        "--threads", "1", "--out-json", str(out_json), "--out-md", str(tmp_path / "q.md"),
+    ])
+    assert code == 0
+    identity, color = json.loads(out_json.read_text())["results"]
+    assert identity["arch"] == color["arch"] == "reference" and identity["n_styles"] == 3
+    # The identity output is the same for every style, so exactly one style in three is "retrieved".
+    assert identity["style_retrieval"] == pytest.approx(1 / 3)
+    assert identity["content_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert color["style_retrieval"] == 1.0 and color["style_loss"] < identity["style_loss"]
+    if lpips_dir.is_dir():
+        assert identity["style_spread"] == pytest.approx(0.0, abs=1e-6) and color["style_spread"] > 0.05
+    else:
+        assert identity["style_spread"] is None
+    assert "style retrieval" in (tmp_path / "q.md").read_text()
+    assert main(["--weights", "reference:nope", "--content-dir", content, "--style-dir", style,
+                 "--n-content", "1", "--n-style", "1", "--size", "64"]) == 2
