@@ -32,6 +32,7 @@ from bench.common import (
     machine_info,
     machine_line,
     markdown_table,
+    matmul_flops_per_s,
     parse_choice_list,
     parse_int_list,
     select_device,
@@ -79,6 +80,16 @@ def timed_step(trainer: Trainer, item: int, batch_size: int) -> tuple[float, dic
     return time.perf_counter() - t0, values
 
 
+def step_flops(trainer: Trainer, batch_size: int) -> float:
+    """FLOPs of one step (forward + backward, counted by torch's FlopCounterMode: convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        timed_step(trainer, 10_000, batch_size)
+    return float(counter.get_total_flops())
+
+
 def bench_size(args: argparse.Namespace, size: int, variants: list[str], device: torch.device,
                run_root: Path) -> dict[str, Any]:
     load_size = max(args.load_size, size)
@@ -109,7 +120,9 @@ def bench_size(args: argparse.Namespace, size: int, variants: list[str], device:
             "speedup_vs_plain": statistics.median(ratios) if "plain" in samples else None,
             "levers": trainers[v].levers.describe(), "losses": losses[v],
         }
-    return {"crop_size": size, "load_size": load_size, "batch_size": args.batch_size, "variants": rows}
+    flops = step_flops(trainers[variants[0]], args.batch_size)
+    return {"crop_size": size, "load_size": load_size, "batch_size": args.batch_size, "variants": rows,
+            "step_gflop": flops / 1e9}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -118,7 +131,16 @@ def render(result: dict[str, Any]) -> str:
              f"Command: `{result['command']}`", "",
              "One full step (batch load, encoder, A2K, decoder, both losses, backward, Adam) per variant, the "
              "variants taking turns each round; speed-up = median of the per-round ratios plain / variant.", ""]
+    peak = result.get("matmul", {}).get("flops_per_s")
     for size_result in result["sizes"]:
+        gflop = size_result.get("step_gflop")
+        if gflop and peak:
+            floor = gflop * 1e9 / peak
+            best = min(r["median_s"] for r in size_result["variants"].values())
+            lines += [f"{size_result['crop_size']} px: one step is {gflop:.0f} GFLOP (convolutions and matmuls, "
+                      f"FlopCounterMode); at this machine's measured fp32 matmul rate ({peak / 1e9:.0f} GFLOP/s) "
+                      f"that is a floor of {floor:.2f} s/step; the fastest variant ran at {best:.2f} s "
+                      f"({floor / best:.0%} of the floor's speed).", ""]
         rows = []
         for name, r in size_result["variants"].items():
             speed = "-" if r["speedup_vs_plain"] is None else f"{r['speedup_vs_plain']:.2f}x"
@@ -146,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--content-dir", action="append", dest="content_dirs", metavar="DIR")
     parser.add_argument("--style-dir", action="append", dest="style_dirs", metavar="DIR")
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/train-<device>.json)")
-    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
+    parser.add_argument("--doc", type=Path, default=DOC_PATH, help="markdown file whose section to rewrite")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite the markdown file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         results = [bench_size(args, s, variants, device, Path(tmp)) for s in sizes]
     meta = machine_info(device)
     meta["cpu_native_bf16"] = cpu_has_native_bf16()
+    matmul = matmul_flops_per_s(device, torch.float32, 2048 if device.type == "cpu" else 8192)
     result = {"meta": meta, "command": "python -m bench.train " + " ".join(argv or sys.argv[1:]),
-              "sizes": results}
+              "sizes": results, "matmul": matmul}
     out = Path(args.out) if args.out else RESULTS_DIR / f"train-{device.type}.json"
     write_json(out, result)
     if not args.no_doc:
-        update_doc_section(DOC_PATH, SECTION, render(result))
+        update_doc_section(args.doc, SECTION, render(result))
     logger.info("wrote %s", out)
     return 0
 
