@@ -99,6 +99,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "matmul_n": 8192, "weights": "default",
         "experiments": "flops,roofline,throughput,cache,arch,compile",
     },
+    # One GPU lease (bench/gpu/inference_lease.sh, issue 14): the gpu grid cut to fit minutes; the lease
+    # command picks the experiments and sizes of each of its steps.
+    "gpu-lease": {
+        "sizes": "512", "batches": "1,2,4,8,16,32,64", "dtypes": "fp32,bf16,fp16", "main_dtype": "fp16",
+        "max_batch_pixels": 64 * 512 * 512, "cache_sizes": "512,1024", "arch_sizes": "512", "compile_sizes": "512",
+        "compile_batches": "8", "compile_modes": "eager,compile,cudagraph", "thread_counts": "", "warmup": 2,
+        "min_iters": 3, "max_iters": 20, "budget_s": 0.5, "timeout_s": 120.0, "threads": 0,
+        "max_attention_gib": 0.0, "matmul_n": 8192, "weights": "default", "experiments": "flops,roofline,throughput",
+    },
     "smoke": {
         "sizes": "64", "batches": "1", "dtypes": "fp32", "main_dtype": "fp32", "max_batch_pixels": 64 * 64,
         "cache_sizes": "64", "arch_sizes": "64", "compile_sizes": "", "compile_batches": "1",
@@ -510,6 +519,8 @@ def run_experiments(args: argparse.Namespace) -> dict[str, Any]:
             annotate(row, flops, matmul, device)
             result["results"].append(row)
             log(describe(row))
+            if args.out:  # a partial file survives a run stopped at its time limit (one GPU lease, issue 14)
+                common.write_json(args.out, {**result, "partial": True, "wall_s": time.monotonic() - started})
     result["flop_table"] = list(flops.rows.values())
     result["wall_s"] = time.monotonic() - started
     return result

@@ -54,6 +54,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_requests": 4000, "max_seconds": 60.0, "warmup_requests": 64, "max_batch_size": 32,
             "max_wait_ms": 5.0, "threads": 0, "dtype": "bfloat16", "compile": False, "weights": "default",
             "cache_concurrency": "1,16", "model_iters": 50, "ready_timeout_s": 900.0},
+    # One GPU lease (bench/gpu/inference_lease.sh, issue 14): short levels, the shipped default dtype (auto).
+    "gpu-lease": {"size": 512, "style_size": 256, "concurrency": "1,16,64", "rounds": 50, "min_requests": 64,
+                  "max_requests": 3000, "max_seconds": 8.0, "warmup_requests": 32, "max_batch_size": 32,
+                  "max_wait_ms": 5.0, "threads": 0, "dtype": "auto", "compile": False, "weights": "default",
+                  "cache_concurrency": "1,16", "model_iters": 30, "ready_timeout_s": 120.0},
     "smoke": {"size": 64, "style_size": 64, "concurrency": "1,2", "rounds": 1, "min_requests": 2,
               "max_requests": 2, "max_seconds": 60.0, "warmup_requests": 0, "max_batch_size": 4,
               "max_wait_ms": 5.0, "threads": 1, "dtype": "auto", "compile": False, "weights": "random",
@@ -508,6 +513,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for config in server_configs(args):
             if config.concurrency:
                 result["servers"].append(run_server_config(args, config, work, Path(log_dir)))
+                if args.out:  # a partial file survives a run stopped at its time limit (one GPU lease, issue 14)
+                    common.write_json(args.out, {**result, "partial": True, "ratios": ratios(result),
+                                                 "wall_s": time.monotonic() - started})
     result["ratios"] = ratios(result)
     result["wall_s"] = time.monotonic() - started
     return result
