@@ -3,6 +3,8 @@
     python -m bench.gpu.lease_check wheels [--wheel-dir .whl]   # carried wheels resolve offline for the box
     python -m bench.gpu.lease_check size --carry .whl            # the tree that travels fits the 64 MiB
     python -m bench.gpu.lease_check argv bench.model ARGS...     # a step's arguments parse (no run)
+    python -m bench.gpu.lease_check simulate-install             # the box's offline install, rehearsed here
+    python3 -m bench.gpu.lease_check install                     # the offline install itself (on the box)
 
 ``wheels`` reads every carried wheel's metadata: each pin of bench/gpu/requirements-lease.txt must have a
 wheel for the box's CPython (3.12), and every requirement of every carried wheel (markers evaluated for that
@@ -13,27 +15,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from packaging.requirements import Requirement
-from packaging.tags import Tag
-from packaging.utils import canonicalize_name, parse_wheel_filename
-from packaging.version import Version
+if TYPE_CHECKING:  # packaging is imported where used: `install` must run on the box with the stdlib alone
+    from packaging.requirements import Requirement
+    from packaging.tags import Tag
+    from packaging.version import Version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "bench" / "gpu" / "requirements-lease.txt"
 # The lease box's python3 (/work/.library/device/KINDS.md: Python 3.12.3 with CUDA torch 2.11).
 BOX_PYTHON = "3.12"
-# Held by the box's image and deliberately not carried: the CUDA torch build and its own pillow.
-BOX_PROVIDES = frozenset({"torch", "pillow"})
+# Held by the box's image and deliberately not carried: the CUDA torch build and its own pillow and numpy
+# (compiled and large: numpy alone would be 16 MiB of the 64).
+BOX_PROVIDES = frozenset({"torch", "pillow", "numpy"})
 CARRY_LIMIT_BYTES = 64 * 2**20  # what may travel to the device machine in one call
 CARRY_MARGIN_BYTES = 4 * 2**20  # others commit meanwhile: keep room
 
@@ -48,6 +54,9 @@ class Wheel:
 
 
 def read_wheel(path: Path) -> Wheel:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
     name, version, _, tags = parse_wheel_filename(path.name)
     with zipfile.ZipFile(path) as archive:
         meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
@@ -79,6 +88,9 @@ def marker_env(python: str = BOX_PYTHON) -> dict[str, str]:
 
 
 def read_pins(path: Path = REQUIREMENTS) -> dict[str, Version]:
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
     pins: dict[str, Version] = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -93,6 +105,8 @@ def read_pins(path: Path = REQUIREMENTS) -> dict[str, Version]:
 
 def check_wheels(wheel_dir: Path, requirements: Path = REQUIREMENTS, python: str = BOX_PYTHON) -> list[str]:
     """Problems that would stop the offline install on the box (empty = it resolves)."""
+    from packaging.utils import canonicalize_name
+
     pins = read_pins(requirements)
     wheels = [read_wheel(p) for p in sorted(wheel_dir.glob("*.whl"))]
     usable = [w for w in wheels if box_supports(w.tags, python)]
@@ -137,6 +151,68 @@ def travelling_bytes(carry: list[str], root: Path = REPO_ROOT) -> tuple[int, dic
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
         parts[item] = sum(p.stat().st_size for p in files)
     return sum(parts.values()), parts
+
+
+PIP_INSTALL = ("-m", "pip", "install", "-q", "--no-index", "--no-cache-dir", "--no-compile",
+               "--disable-pip-version-check")
+# What the service stack must import once installed (PIL and torch are the box's own).
+STACK_IMPORTS = "import fastapi, fastapi_offline, starlette, uvicorn, pydantic, multipart, prometheus_client, httpx"
+
+
+def install(python: str, wheel_dir: Path, requirements: Path = REQUIREMENTS,
+            fallback_target: Path | None = None) -> int:
+    """The lease's offline install. Into ``python``'s own environment first, so pip resolves against what the box
+    holds and takes only missing or differently pinned packages from ``wheel_dir``; if that environment is not
+    writable, every carried pin goes into ``fallback_target`` (to be put on PYTHONPATH)."""
+    env = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore"}  # the box runs as root; an env var: old pips lack the flag
+    command = [python, *PIP_INSTALL, "--find-links", str(wheel_dir), "-r", str(requirements)]
+    if subprocess.run(command, env=env).returncode == 0:
+        return 0
+    if fallback_target is None:
+        return 1
+    sys.stderr.write(f"install: in-place install failed; installing every pin into {fallback_target}\n")
+    return subprocess.run([*command, "--no-deps", "--target", str(fallback_target)], env=env).returncode
+
+
+def fake_box_packages(site_packages: Path, versions: dict[str, str]) -> None:
+    """Register the box's own packages (metadata only) in a stand-in environment, so pip sees them installed."""
+    for name, version in versions.items():
+        info = site_packages / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "INSTALLER").write_text("box\n")
+        (info / "RECORD").write_text("")
+
+
+def find_python(version: str = BOX_PYTHON) -> str | None:
+    """A working CPython ``version`` interpreter on this machine (PATH, then pyenv's versions), if any."""
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}"))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def simulate_install(python: str | None, wheel_dir: Path, requirements: Path = REQUIREMENTS) -> int:
+    """Rehearse the lease's install here: a fresh venv of the box's CPython version holding (as metadata) the
+    box's torch / pillow / numpy, then the same offline install and the service stack's imports."""
+    python = python or find_python()
+    if python is None:
+        sys.stderr.write(f"simulate-install: no CPython {BOX_PYTHON} here; the offline install is not rehearsed\n")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="lease-box-") as tmp:
+        venv = Path(tmp) / "venv"
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        box_python = str(venv / "bin" / "python")
+        site = subprocess.run([box_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        fake_box_packages(Path(site), {"torch": "2.11.0", "pillow": "12.0.0", "numpy": "2.5.2"})
+        if install(box_python, wheel_dir, requirements) != 0:
+            return 1
+        return subprocess.run([box_python, "-c", STACK_IMPORTS]).returncode
 
 
 def check_argv(module: str, argv: list[str]) -> None:
@@ -224,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     wheels.add_argument("--python", default=BOX_PYTHON)
     size = sub.add_parser("size", help="what travels fits the device call's limit")
     size.add_argument("--carry", action="append", default=[])
+    for command, text in (("install", "the lease's offline install (on the box)"),
+                          ("simulate-install", "that install in a stand-in venv of the box's python (here)")):
+        cmd = sub.add_parser(command, help=text)
+        cmd.add_argument("--wheel-dir", type=Path, default=REPO_ROOT / ".whl")
+        cmd.add_argument("--requirements", type=Path, default=REQUIREMENTS)
+        cmd.add_argument("--python", default=sys.executable if command == "install" else None)
+        cmd.add_argument("--fallback-target", type=Path)
     plan_cmd = sub.add_parser("plan", help="verify a dry run's plan file (inference_lease.sh --dry-run)")
     plan_cmd.add_argument("plan", type=Path)
     args_cmd = sub.add_parser("argv", help="a step's arguments parse")
@@ -247,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         limit = CARRY_LIMIT_BYTES - CARRY_MARGIN_BYTES
         sys.stderr.write(f"size: {total / 2**20:.1f} MiB travels ({detail}); limit {limit / 2**20:.0f} MiB\n")
         return 0 if total <= limit else 1
+    if args.command == "install":
+        return install(args.python, args.wheel_dir, args.requirements, args.fallback_target)
+    if args.command == "simulate-install":
+        return simulate_install(args.python, args.wheel_dir, args.requirements)
     if args.command == "plan":
         problems = check_plan(args.plan)
         for problem in problems:

@@ -1,8 +1,8 @@
 """Fixtures of the CUDA tests (marker ``gpu``): the device, the sizes, LPIPS and the JSON report.
 
-Without CUDA every test here skips with a reason. ``STYA2K_GPU_REHEARSE=1`` runs them on the CPU at tiny
+Without CUDA every test here skips with a reason. ``GPU_LEASE_REHEARSE=1`` runs them on the CPU at tiny
 sizes instead (the CUDA-only parts still skip), so the GPU lease command cannot fail on a typo
-(bench/gpu/inference_lease.sh --rehearse). ``STYA2K_GPU_REPORT=path.json`` writes every measured figure
+(bench/gpu/inference_lease.sh --rehearse). ``GPU_LEASE_REPORT=path.json`` writes every measured figure
 and every test's outcome there at the end of the session.
 """
 
@@ -23,9 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # the bench package is not installed; the box has no editable install
     sys.path.insert(0, str(REPO_ROOT))
 
-REHEARSE_ENV = "STYA2K_GPU_REHEARSE"
-REPORT_ENV = "STYA2K_GPU_REPORT"
-LPIPS_ENV = "STYA2K_LPIPS_WEIGHTS"
+REHEARSE_ENV = "GPU_LEASE_REHEARSE"
+REPORT_ENV = "GPU_LEASE_REPORT"
+LPIPS_ENV = "GPU_LEASE_LPIPS"
 # Where LPIPS weights may be: the folder the lease carries (.whl/lpips, filled by bench/gpu/fetch_wheels.sh),
 # then the shared data beside the checkout.
 LPIPS_CANDIDATES = (REPO_ROOT / ".whl" / "lpips", REPO_ROOT.parent / "shared" / "weights" / "lpips")
@@ -46,14 +46,6 @@ def device() -> torch.device:
     if rehearsing():
         return torch.device("cpu")
     pytest.skip(NO_CUDA)
-
-
-@pytest.fixture
-def cuda_only() -> None:
-    """For tests (or parts) that only exist on a CUDA device: skipped in the CPU rehearsal too."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA (inductor GPU backend / device memory); skipped in the CPU rehearsal"
-                    if rehearsing() else NO_CUDA)
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +76,7 @@ def lpips_metric(device: torch.device) -> Any | None:
 
 @pytest.fixture(scope="session")
 def gpu_report() -> dict[str, Any]:
-    """Named records of measured figures; written to $STYA2K_GPU_REPORT with the test outcomes."""
+    """Named records of measured figures; written to $GPU_LEASE_REPORT with the test outcomes."""
     return _REPORT["records"]
 
 
