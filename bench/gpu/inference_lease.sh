@@ -166,6 +166,7 @@ if torch.cuda.is_available():
           "bf16", torch.cuda.is_bf16_supported(), "cudnn", torch.backends.cudnn.version())
 PY
     uname -a; nproc; free -g | head -2
+    command -v gcc >/dev/null && gcc --version | head -1  # inductor / Triton build their launchers with it
 }
 
 step_install() {

@@ -135,6 +135,9 @@ def render(folder: Path) -> str:
     service = load(folder, "service-gpu.json")
     if service:
         lines += [f"- Machine: {common.machine_line(service['meta'])}", ""]
+    partial = [name for name in RESULT_FILES if (load(folder, name) or {}).get("partial")]
+    if partial:
+        lines += [f"- **Partial** (the step was stopped at its timeout; rows so far kept): {', '.join(partial)}", ""]
     lines += ["Targets:", "", common.markdown_table(["target", "status"], targets(folder)), ""]
     lines += test_lines(load(folder, "gpu-tests.json"))
     lines.append("Full tables: the `bench/model.py` and `bench/service.py` sections (files `*-gpu-lease*.json`).")
