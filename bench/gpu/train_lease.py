@@ -207,6 +207,18 @@ def device_facts(device: Any) -> dict[str, Any]:
     return facts
 
 
+def read_release_meta(path: Path) -> dict[str, Any]:
+    """Meta of a release file plus its sha256, without building a model; its tensors must match their digest."""
+    import torch
+
+    from model.checkpoint import CheckpointError, sha256_file, state_digest
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("state_sha256") != state_digest(payload.get("state_dict", {})):
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the digest stored at save time")
+    return {**payload.get("meta", {}), "sha256": sha256_file(path)}
+
+
 def images_seen_before(meta: dict[str, Any]) -> int:
     """What the starting weights had seen: their own record, else iterations x batch of their recipe."""
     if isinstance(meta.get("images_seen"), int):
@@ -218,7 +230,7 @@ def train(cfg: LeaseConfig) -> dict[str, Any]:
     """Probe, fit the schedule to the budget, train, export, split; returns the summary (also in $OUT)."""
     import torch
 
-    from model.checkpoint import default_weights_path, load_checkpoint
+    from model.checkpoint import default_weights_path
     from model.train import TrainConfig, Trainer
 
     t_start = time.monotonic()
@@ -226,7 +238,7 @@ def train(cfg: LeaseConfig) -> dict[str, Any]:
     if cfg.crop > data["load_size"]:
         raise LeaseError(f"crop {cfg.crop} exceeds the pack's load size {data['load_size']}")
     weights = cfg.weights or default_weights_path()
-    start_meta = load_checkpoint(weights).meta  # verifies the MANIFEST sha256 and the tensor digest
+    start_meta = read_release_meta(weights)  # the Trainer verifies the file in full when it loads it
     workers, workers_note = pick_workers(cfg.workers, cfg.batch, cfg.crop)
     lr = scaled_lr(cfg.batch)
     train_cfg = TrainConfig(
@@ -259,6 +271,8 @@ def train(cfg: LeaseConfig) -> dict[str, Any]:
 
     t_train = time.monotonic()
     deadline = t_train + cfg.budget_s
+    logger.info("train: probe of %d iterations to measure s/it (the total it shows is a placeholder)",
+                cfg.probe_iters)
     trainer.train(stop_at=start_iter + cfg.probe_iters)
     step_s = median_step_s(trainer.log.rows, skip=min(10, cfg.probe_iters // 2))
     probe_done = trainer.iteration - start_iter
@@ -307,7 +321,6 @@ def export_and_split(cfg: LeaseConfig, checkpoint: Path, rows: list[dict[str, st
     summary and the log there."""
     import torch
 
-    from model.checkpoint import load_checkpoint
     from model.export import export_release
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -334,8 +347,7 @@ def export_and_split(cfg: LeaseConfig, checkpoint: Path, rows: list[dict[str, st
     weights_path = export_dir / WEIGHTS_NAME
     sha = export_release(checkpoint, weights_path, manifest=export_dir / "MANIFEST", version=cfg.version,
                          extra_meta=extra_meta)
-    meta = load_checkpoint(weights_path).meta  # the file reads back (MANIFEST beside it, tensor digest)
-    meta.pop("path", None)
+    meta = read_release_meta(weights_path)  # the file reads back with weights_only and its tensor digest
     record = parts.split_file(weights_path, cfg.out, cfg.part_bytes)
     if record["sha256"] != sha:
         raise LeaseError(f"{weights_path} changed between export ({sha}) and split ({record['sha256']})")
