@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PROBE_INTERVAL_S = 0.05
 PROBE_TIMEOUT_S = 5.0
+REPEAT_S = 8.0  # body attacks are repeated back to back for this long: enough probes land while one is handled
 LIVE_REQUEST = b"GET /health/live HTTP/1.1\r\nHost: probe\r\n\r\n"
 
 
@@ -304,17 +305,24 @@ MULTIPART = "multipart/form-data; boundary=stya2kbench"
 
 
 # ---------------------------------------------------------------------------------------------- attacks
-def send_body_attack(port: int, path: str, body: bytes, content_type: str, copies: int = 1) -> dict[str, Any]:
-    """``copies`` concurrent requests with this body; their statuses and durations."""
+def send_body_attack(
+    port: int, path: str, body: bytes, content_type: str, copies: int = 1, repeat_for_s: float = 0.0
+) -> dict[str, Any]:
+    """``copies`` concurrent senders of this body, each repeating it until ``repeat_for_s`` has passed (at
+    least once), so the probe samples the server while it handles them; statuses and durations."""
     results: list[tuple[int | str, float]] = []
+    until = time.monotonic() + repeat_for_s
 
     def one() -> None:
-        started = time.monotonic()
-        try:
-            status, _ = http_request(port, post(path, body, content_type), timeout_s=300)
-            results.append((status, time.monotonic() - started))
-        except OSError as exc:
-            results.append((type(exc).__name__, time.monotonic() - started))
+        while True:
+            started = time.monotonic()
+            try:
+                status, _ = http_request(port, post(path, body, content_type), timeout_s=300)
+                results.append((status, time.monotonic() - started))
+            except OSError as exc:
+                results.append((type(exc).__name__, time.monotonic() - started))
+            if time.monotonic() >= until:
+                return
 
     threads = [threading.Thread(target=one) for _ in range(copies)]
     for thread in threads:
@@ -323,6 +331,7 @@ def send_body_attack(port: int, path: str, body: bytes, content_type: str, copie
         thread.join()
     return {
         "statuses": sorted(str(s) for s, _ in results),
+        "requests": len(results),
         "max_request_s": round(max(t for _, t in results), 2),
         "body_bytes": len(body),
     }
@@ -416,24 +425,25 @@ def attacks(full: bool) -> list[Attack]:
                lambda s: (time.sleep(5), {"statuses": ["-"], "max_request_s": 0, "body_bytes": 0})[1]),
         Attack("json_keys", "JSON body with 1,000,000 extra keys (12.9 MB)", {},
                lambda s: send_body_attack(s.port, "/v1/stylize/json", json_many_keys(1_000_000 // scale),
-                                          "application/json")),
+                                          "application/json", repeat_for_s=REPEAT_S)),
         Attack("json_nulls", "JSON weights: [null x 3,000,000] (15 MB)", {},
                lambda s: send_body_attack(s.port, "/v1/interpolate/json", json_many_nulls(3_000_000 // scale),
-                                          "application/json")),
+                                          "application/json", repeat_for_s=REPEAT_S)),
         Attack("json_deep", "JSON nested 1,000,000 arrays deep", {},
                lambda s: send_body_attack(s.port, "/v1/stylize/json", json_deep(1_000_000 // scale),
-                                          "application/json")),
+                                          "application/json", repeat_for_s=REPEAT_S)),
         Attack("json_big_string", "JSON with one 19 MB base64 string (not an image)", {},
                lambda s: send_body_attack(s.port, "/v1/stylize/json", json_big_string(19_000_000 // scale),
-                                          "application/json")),
+                                          "application/json", repeat_for_s=REPEAT_S)),
         Attack("multipart_big", "multipart with a 19 MB file part (not an image) x 2 concurrent", {},
                lambda s: send_body_attack(s.port, "/v1/stylize", multipart_body(
                    [("content", os.urandom(19_000_000 // scale), True), ("style", small_png(), True)]), MULTIPART,
-                   copies=2)),
+                   copies=2, repeat_for_s=REPEAT_S)),
         Attack("weights_text", "multipart weights='1,1,...' with 3,000,000 numbers", {},
                lambda s: send_body_attack(s.port, "/v1/interpolate", multipart_body(
                    [("content", small_png(), True), ("style", small_png(), True), ("style", small_png(), True),
-                    ("weights", b",".join([b"1"] * (3_000_000 // scale)), False)]), MULTIPART)),
+                    ("weights", b",".join([b"1"] * (3_000_000 // scale)), False)]), MULTIPART,
+                   repeat_for_s=REPEAT_S)),
         Attack("idle", "300 connections that send nothing (open-files limit 256)", fast_timeouts,
                lambda s: connection_attack(s.port, 300, b"", wait_s=30), nofile=256),
         Attack("half_header", "300 connections that send half a header (open-files limit 256)", fast_timeouts,
@@ -450,6 +460,7 @@ def attacks(full: bool) -> list[Attack]:
 
 def run_attack(attack: Attack, repo: Path, log_dir: Path | None = None) -> dict[str, Any]:
     with running_server(attack.env, nofile=attack.nofile, repo=repo, log_dir=log_dir) as server:
+        warm_up(server)  # the first transfer's one-off allocations are not the attack's
         time.sleep(0.5)
         before = server.rss_bytes()
         with RSSSampler(server) as rss, Probe(server.port) as probe:
@@ -477,6 +488,14 @@ def run_attack(attack: Attack, repo: Path, log_dir: Path | None = None) -> dict[
     }
 
 
+def warm_up(server: ServerProcess) -> None:
+    """One ordinary transfer at the default output size: the model's first-use memory is in the baseline."""
+    body = multipart_body([("content", png_bytes(1024, 1024), True), ("style", small_png(), True)])
+    status, answer = http_request(server.port, post("/v1/stylize", body, MULTIPART), timeout_s=120)
+    if status != 200:
+        raise RuntimeError(f"warm-up request failed with {status}: {answer[:200]!r}")
+
+
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Measured {meta['date_utc']} on {meta['machine']}; command: `{meta['command']}`; code: {meta['repo']}.",
@@ -488,7 +507,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         live = r["liveness"]
         outcome = r["outcome"]
         if "statuses" in outcome:
-            shown = f"{', '.join(sorted(set(outcome['statuses'])))} in {outcome['max_request_s']} s"
+            shown = (f"{outcome.get('requests', 1)} x {', '.join(sorted(set(outcome['statuses'])))}, "
+                     f"slowest {outcome['max_request_s']} s")
         else:
             shown = (f"{outcome['closed_by_server']}/{outcome['connections']} closed by the server "
                      f"(last after {outcome['last_closed_after_s']} s), answers {outcome['answers']}")

@@ -83,6 +83,7 @@ KNOWN_PATHS = TRANSFER_PATHS | {
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # served on the connections' probe slots
+BODY_STATE_KEY = "stya2k_body"  # scope["state"]: the body the gateway buffered
 # On every response: no MIME sniffing of the API's bytes, no framing of the pages (clickjacking).
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
@@ -252,7 +253,9 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        return _replay(b"".join(chunks), receive)
+        body = b"".join(chunks)
+        scope["state"][BODY_STATE_KEY] = body
+        return _replay(body, receive)
 
     async def _reject(self, scope: Scope, error: ServiceError, send: Send, request_id: str) -> None:
         scope["state"]["error"] = error
@@ -830,30 +833,36 @@ def _add_json_schemas(app: FastAPI) -> None:
 async def _json_transfer(request: Request, model: type[JSONRequest]) -> pipeline.TransferRequest:
     """Read the body on the loop (cheap), check, parse, validate and base64-decode it in a worker thread."""
     state: ServiceState = request.app.state.service
-    body = await request.body()
+    body = request.scope["state"].get(BODY_STATE_KEY)  # buffered by the gateway: no second 20 MB join
+    if not isinstance(body, bytes):
+        body = await request.body()
     return await _in_pool(state, _parse_json_transfer, body, model, state.settings)
 
 
 def _parse_json_transfer(body: bytes, model: type[JSONRequest], settings: Settings) -> pipeline.TransferRequest:
-    parsed = parse_json_body(body, model, JSONLimits(settings.max_json_items, settings.max_json_depth))
+    parsed, raw = parse_json_body(body, model, JSONLimits(settings.max_json_items, settings.max_json_depth))
+
+    def decode(value: str, field: str) -> bytes:
+        return decode_base64(raw.get(value, value), field)
+
     common: dict[str, Any] = {
-        "content": decode_base64(parsed.content, "content"),
+        "content": decode(parsed.content, "content"),
         "alpha": parsed.alpha,
         "preserve_color": parsed.preserve_color,
         "max_side": parsed.max_side,
         "format": parsed.format.value,
     }
     if isinstance(parsed, StylizeJSON):
-        return pipeline.TransferRequest("stylize", styles=[decode_base64(parsed.style, "style")], **common)
+        return pipeline.TransferRequest("stylize", styles=[decode(parsed.style, "style")], **common)
     assert isinstance(parsed, InterpolateJSON | MultistyleJSON)
-    styles = [decode_base64(s, f"style[{i}]") for i, s in enumerate(parsed.style)]
+    styles = [decode(s, f"style[{i}]") for i, s in enumerate(parsed.style)]
     if isinstance(parsed, InterpolateJSON):
         return pipeline.TransferRequest("interpolate", styles=styles, weights=list(parsed.weights), **common)
     return pipeline.TransferRequest(
         "multistyle",
         styles=styles,
-        masks=[decode_base64(m, f"masks[{i}]") for i, m in enumerate(parsed.masks)] if parsed.masks else None,
-        labels=decode_base64(parsed.labels, "labels") if parsed.labels is not None else None,
+        masks=[decode(m, f"masks[{i}]") for i, m in enumerate(parsed.masks)] if parsed.masks else None,
+        labels=decode(parsed.labels, "labels") if parsed.labels is not None else None,
         feather=parsed.feather,
         **common,
     )

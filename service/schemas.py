@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import binascii
 import math
+import os
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, TypeVar
@@ -96,15 +98,24 @@ class ErrorResponse(BaseModel):
 B64_SLICE = 1 << 20
 
 
-def decode_base64(value: str, field: str) -> bytes:
-    """Base64 (optionally a ``data:...;base64,`` URL) to bytes; 422 naming the field when it is not base64."""
-    text = value.strip()
-    if text.startswith("data:"):
-        header, comma, text = text.partition(",")
-        if not comma:
+def decode_base64(value: str | bytes | memoryview, field: str) -> bytes:
+    """Base64 (optionally a ``data:...;base64,`` URL) to bytes; 422 naming the field when it is not base64.
+
+    ``value``: the JSON string, or for long ones the raw bytes of its content (see :func:`parse_json_body`).
+    """
+    text: str | bytes | memoryview = value.strip() if isinstance(value, str) else value
+    if isinstance(text, memoryview) and (bytes(text[:1]).isspace() or bytes(text[-1:]).isspace()):
+        text = bytes(text).strip()  # rare: copied only when there is whitespace to strip
+    if bytes(text[:5]) == b"data:" if not isinstance(text, str) else text.startswith("data:"):
+        head = text[:512] if isinstance(text, str) else bytes(text[:512]).decode("ascii", "replace")
+        comma = head.find(",")
+        if comma < 0:
             raise InvalidParameter(field, "a data: URL needs a comma before its data (data:image/png;base64,...)")
-        if not header.endswith(";base64"):
-            raise InvalidParameter(field, f"{header[:60]!r}: only base64 data: URLs are accepted (data:...;base64,)")
+        if not head[:comma].endswith(";base64"):
+            raise InvalidParameter(
+                field, f"{head[:min(comma, 60)]!r}: only base64 data: URLs are accepted (data:...;base64,)"
+            )
+        text = text[comma + 1 :]
     if len(text) % 4:
         raise InvalidParameter(field, f"not valid base64: {len(text)} characters is not a multiple of 4")
     try:
@@ -162,14 +173,16 @@ class JSONLimits:
     max_depth: int  # nesting of arrays / objects
 
 
-def check_json_structure(body: bytes, limits: JSONLimits) -> None:
+def check_json_structure(body: bytes, limits: JSONLimits, big: int | None = None) -> list[tuple[int, int, bool]]:
     """Refuse a JSON body whose structure is too big, before any parser builds it (413).
 
     Strings are skipped with ``bytes.find`` (memchr speed, no copy); what lies between them (numbers,
     literals, punctuation) is collected without whitespace and must stay small, so a million keys or a list of
     three million nulls is refused after scanning, not after building millions of objects and error entries.
-    Not a JSON validator: syntax errors are left to the parser.
+    Not a JSON validator: syntax errors are left to the parser. Returns the (start, end, escaped) spans of the
+    contents of strings of at least ``big`` bytes.
     """
+    spans: list[tuple[int, int, bool]] = []
     outside = bytearray()
     outside_limit = limits.max_items * STRUCTURE_BYTES_PER_ITEM
     strings = 0
@@ -183,7 +196,9 @@ def check_json_structure(body: bytes, limits: JSONLimits) -> None:
                 raise _too_many(limits)
         if quote < 0:
             break
-        position = _string_end(body, quote + 1)
+        position, escaped = _string_end(body, quote + 1)
+        if big is not None and position - quote - 2 >= big:
+            spans.append((quote + 1, position - 1, escaped))
         strings += 1
         outside += b'"'  # one placeholder byte per string keeps the order of values for the depth scan
         if strings > limits.max_items:
@@ -194,19 +209,23 @@ def check_json_structure(body: bytes, limits: JSONLimits) -> None:
     if items > limits.max_items:
         raise _too_many(limits)
     _check_depth(bytes(outside), limits.max_depth)
+    return spans
 
 
-def _string_end(body: bytes, position: int) -> int:
-    """Index just past the string whose content starts at ``position`` (or the end of an unterminated one)."""
+def _string_end(body: bytes, position: int) -> tuple[int, bool]:
+    """Index just past the string whose content starts at ``position`` (or the end of an unterminated one),
+    and whether it holds an escape."""
+    escaped = False
     quote = body.find(b'"', position)
     while quote >= 0:
         backslash = body.find(b"\\", position, quote)
         if backslash < 0:
-            return quote + 1
+            return quote + 1, escaped
+        escaped = True
         position = backslash + 2  # an escape: skip the escaped character (which may be this quote)
         if position > quote:  # searched again only when passed: linear even with many escapes
             quote = body.find(b'"', position)
-    return len(body)
+    return len(body), escaped
 
 
 def _check_depth(outside: bytes, max_depth: int) -> None:
@@ -229,15 +248,35 @@ def _too_many(limits: JSONLimits) -> ServiceError:
     )
 
 
-def parse_json_body(body: bytes, model: type[M], limits: JSONLimits) -> M:
+BIG_STRING = 64 * 1024  # JSON strings this long (images) are cut out before validation and decoded in place
+_NOT_SPACE = re.compile(rb"[^ \t\r\n]")
+
+
+def parse_json_body(body: bytes, model: type[M], limits: JSONLimits) -> tuple[M, dict[str, bytes | memoryview]]:
     """Check the structure, then parse and validate strictly (blocking: run it in a worker thread).
 
-    Strict: ``true`` is not a number, ``"0.5"`` is not a float, ``64.0`` is not an integer.
+    Strict: ``true`` is not a number, ``"0.5"`` is not a float, ``64.0`` is not an integer. Long strings (the
+    base64 images) are replaced by short placeholders before pydantic sees the body: validating a 19 MB
+    string holds the GIL for 30-70 ms in one call, long enough to delay health probes. Returns the model and
+    placeholder -> the raw JSON string content (a view into the body, no copy), for :func:`decode_base64`.
     """
-    if not body.strip():
+    if _NOT_SPACE.search(body) is None:
         raise BadRequest("request body is empty; send a JSON object (see GET /docs)")
-    check_json_structure(body, limits)
+    spans = check_json_structure(body, limits, big=BIG_STRING)
+    view = memoryview(body)
+    raw: dict[str, bytes | memoryview] = {}
+    pieces: list[bytes | memoryview] = []
+    token = os.urandom(4).hex()
+    previous = 0
+    for start, end, escaped in spans:
+        placeholder = f"<{end - start}-byte string {token}-{len(raw)}>"
+        content = view[start:end]
+        # JSON may escape "/" as "\/" (PHP does): the only escape base64 can need.
+        raw[placeholder] = bytes(content).replace(b"\\/", b"/") if escaped else content
+        pieces += [view[previous:start], placeholder.encode()]
+        previous = end
+    skeleton = b"".join([*pieces, view[previous:]]) if spans else body
     try:
-        return model.model_validate_json(body, strict=True)
+        return model.model_validate_json(skeleton, strict=True), raw
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False)) from None

@@ -339,3 +339,26 @@ def test_start_up_errors_say_what_is_wrong(tmp_path: Path) -> None:
         assert expected in message, message
         for internal in ("ZeroDivisionError", "KeyError", "IndexError", "weights_only=False"):
             assert internal not in message, message
+
+
+def test_long_base64_strings_are_decoded_in_place(guarded: ServerProcess) -> None:
+    """Images over 64 KiB skip pydantic (placeholders) and are decoded from the body: a data: URL and the
+    escaped slashes some JSON encoders write must still work."""
+    import base64
+    import os as _os
+
+    noise = Image.frombytes("RGB", (160, 160), _os.urandom(160 * 160 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    assert len(encoded) > 64 * 1024 and "/" in encoded
+    escaped = encoded.replace("/", "\\/")
+    body = ('{"content":"data:image/png;base64,' + encoded + '","style":"' + escaped + '","max_side":64}').encode()
+    response = httpx.post(guarded.url + "/v1/stylize/json", content=body,
+                          headers={"Content-Type": "application/json"}, timeout=120)  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.json()["width"] == 64
+    broken = body.replace(b"iVBOR", b"iV!OR", 1)
+    response = httpx.post(guarded.url + "/v1/stylize/json", content=broken,
+                          headers={"Content-Type": "application/json"}, timeout=120)  # fmt: skip
+    assert response.status_code == 422 and response.json()["error"]["message"].startswith("content: not valid base64")
