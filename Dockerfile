@@ -11,18 +11,18 @@ ARG VARIANT=cuda
 ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm
 
-# --- GPU base: NVIDIA's CUDA runtime image; torch's CUDA build from the matching wheel index.
+# --- GPU base: NVIDIA's CUDA runtime image; torch's CUDA build from the matching wheel index (the build
+# argument TORCH_INDEX_URL overrides it). The default is a plain ENV, not an ENV filled from an ARG: buildah
+# reuses a cached `ENV X=${ARG}` layer even when the argument's value changed.
 FROM ${CUDA_BASE_IMAGE} AS base-cuda
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-ENV TORCH_INDEX_URL=${TORCH_INDEX_URL}
+ENV TORCH_DEFAULT_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
 # --- CPU base: slim Python; torch's CPU build (no CUDA libraries, a fraction of the size).
 FROM ${CPU_BASE_IMAGE} AS base-cpu
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV TORCH_INDEX_URL=${TORCH_INDEX_URL}
+ENV TORCH_DEFAULT_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 FROM base-${VARIANT} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -33,22 +33,26 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # --- The pins, read from pyproject.toml so the image runs exactly the versions the tests ran. A stage of
 # its own: the deps stage copies only the extracted list, so an edit elsewhere in pyproject.toml (tool
-# settings, test markers) leaves the dependency layers cached.
+# settings, test markers) leaves the dependency layers cached. The list gets a fixed mtime because buildah
+# keys the COPY --from cache on the file's metadata as well as its content.
 FROM base AS requirements
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && grep -q '^torch==' /tmp/requirements.txt
+    && grep -q '^torch==' /tmp/requirements.txt \
+    && touch -d @0 /tmp/requirements.txt
 
 # --- Dependencies: rebuilt only when the pins change. torch comes first, alone (--no-deps), from the
 # variant's index: that index then only has to hold torch itself (a local mirror of one wheel will do,
 # docs/DEPLOY.md). The second install takes everything else from PyPI, torch's own dependencies included
 # (the installed torch satisfies the `torch==` pin and brings its requirements into the resolution).
 FROM base AS deps
+# Empty = the variant's default index. Used in the RUN itself, so its value is part of that layer's cache key.
+ARG TORCH_INDEX_URL
 RUN python3 -m venv /opt/venv
 COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
+    pip install --no-deps --index-url "${TORCH_INDEX_URL:-$TORCH_DEFAULT_INDEX_URL}" "$(grep '^torch==' /tmp/requirements.txt)" \
     && pip install -r /tmp/requirements.txt \
     && pip check
 # What a serving image never runs, removed before the venv is copied into the runtime stage: torch's C++

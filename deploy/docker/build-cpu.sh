@@ -15,6 +15,7 @@
 #
 #   STYA2K_CPU_BASE_IMAGE   use this base image as it is (skips the pull / local base)
 #   STYA2K_TORCH_WHEELS     directory holding torch-<pin>+cpu-*.whl
+#   STYA2K_TORCH_INDEX_PORT port of the local index on 127.0.0.1 (default 47819)
 #   STYA2K_REGISTRY_TIMEOUT seconds to wait for a registry pull (default 60)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,11 +74,19 @@ if [ -n "$wheel" ]; then
     index_dir=$(mktemp -d)
     mkdir -p "$index_dir/simple/torch"
     ln -s "$wheel" "$index_dir/simple/torch/"
-    port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    # A fixed port, so the TORCH_INDEX_URL build argument (and with it every layer's cache key) is the same on
+    # every build; a free random one only when that port is taken.
+    port=${STYA2K_TORCH_INDEX_PORT:-47819}
+    # (SO_REUSEADDR as http.server sets it: a port in TIME_WAIT from the previous build is free for it.)
+    if ! python3 -c "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
+        port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+        log "port ${STYA2K_TORCH_INDEX_PORT:-47819} is taken: local index on $port (the dependency layers may rebuild)"
+    fi
     python3 -m http.server --bind 127.0.0.1 --directory "$index_dir" "$port" >/dev/null 2>&1 &
     server_pid=$!
-    for _ in $(seq 50); do
+    for attempt in $(seq 50); do
         python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/simple/torch/')" 2>/dev/null && break
+        [ "$attempt" != 50 ] || { log "the local torch index on 127.0.0.1:$port did not come up"; exit 1; }
         sleep 0.1
     done
     build_args+=(--build-arg "TORCH_INDEX_URL=http://127.0.0.1:$port/simple")

@@ -184,13 +184,16 @@ def test_gpu_is_default_and_cpu_is_a_build_argument(dockerfile: Dockerfile) -> N
     assert dockerfile.stage("base-cpu").base == "${CPU_BASE_IMAGE}"
 
     def torch_index(stage: str) -> str:
-        (arg,) = [a for a in dockerfile.stage(stage).all("ARG") if a.startswith("TORCH_INDEX_URL=")]
-        return arg.split("=", 1)[1]
+        env: dict[str, str] = {}
+        for args in dockerfile.stage(stage).all("ENV"):
+            env.update(_env_pairs(args))
+        return env["TORCH_DEFAULT_INDEX_URL"]
 
     assert re.search(r"/whl/cu\d+$", torch_index("base-cuda")), "the GPU image must get torch's CUDA build"
     assert torch_index("base-cpu").endswith("/whl/cpu"), "the CPU image must get torch's CPU build"
     deps_runs = " ".join(dockerfile.stage("deps").all("RUN"))
-    assert '--no-deps --index-url "$TORCH_INDEX_URL"' in deps_runs, (
+    assert "TORCH_INDEX_URL" in dockerfile.stage("deps").all("ARG"), "the index is a build argument"
+    assert '--no-deps --index-url "${TORCH_INDEX_URL:-$TORCH_DEFAULT_INDEX_URL}"' in deps_runs, (
         "torch alone from its index (--no-deps), so a substitute index needs to hold only torch"
     )
     assert "pip install -r /tmp/requirements.txt" in deps_runs, "everything else, torch's dependencies too, from PyPI"
