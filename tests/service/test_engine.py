@@ -3,15 +3,21 @@ away), warm-up shapes and the start-up timings, as /v1/info reports them."""
 
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from service_helpers import RunningServer
+from service_helpers import RunningServer, image_bytes
 
 from service import engine as engine_module
+from service.client import Client
 from service.engine import AUTO_BATCH, Engine, cpu_flags, process_uptime_s
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -101,11 +107,8 @@ def test_info_reports_the_runtime_choices(server_factory: Callable[..., RunningS
 
 def test_openmp_threads_sleep_when_idle() -> None:
     """Importing the service before torch makes idle OpenMP threads passive (a user's own choice wins)."""
-    import subprocess
-    import sys
-
     code = "import os, service, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert done.stdout.strip() == "PASSIVE", done.stderr
     env["OMP_WAIT_POLICY"] = "ACTIVE"
@@ -116,10 +119,6 @@ def test_openmp_threads_sleep_when_idle() -> None:
 def test_service_imports_without_warnings() -> None:
     """No "Failed to initialize NumPy" (or any other warning) when the service and torch load: numpy is a
     declared dependency, so a plain install has it."""
-    import subprocess
-    import sys
-    import tomllib
-
     repo = Path(__file__).resolve().parents[2]
     dependencies = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("numpy==") for d in dependencies)
@@ -127,3 +126,17 @@ def test_service_imports_without_warnings() -> None:
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=repo, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr[-2000:]
+
+
+def test_output_size_header_says_it_was_not_upscaled(server_factory: Callable[..., RunningServer]) -> None:
+    running = server_factory(max_side=1024, default_side=512)
+    with Client(running.url, timeout_s=60) as client:
+        result = client.stylize(image_bytes((80, 60)), image_bytes((64, 64)), max_side=768)
+    assert result.size == (80, 60)  # a smaller content keeps its size
+    response = httpx.post(running.url + "/v1/stylize", files={"content": ("c.png", image_bytes((80, 60))),
+                          "style": ("s.png", image_bytes((64, 64)))}, data={"max_side": "768"}, timeout=60)  # fmt: skip
+    assert response.status_code == 200 and response.headers["x-output-size"] == "80x60"
+    json_response = httpx.post(running.url + "/v1/stylize/json", timeout=60, json={
+        "content": base64.b64encode(image_bytes((80, 60))).decode(),
+        "style": base64.b64encode(image_bytes((64, 64))).decode(), "max_side": 768})  # fmt: skip
+    assert json_response.headers["x-output-size"] == "80x60" and json_response.json()["width"] == 80
