@@ -79,6 +79,12 @@ class Replica:
     def ready_status(self) -> int:
         return httpx.get(f"http://{self.address}/health/ready", timeout=5).status_code
 
+    def in_flight(self) -> int:
+        """Transfer requests this replica is handling now (its stya2k_requests_in_flight gauge)."""
+        text = httpx.get(f"http://{self.address}/metrics", timeout=5).text
+        match = re.search(r"^stya2k_requests_in_flight (\S+)$", text, re.MULTILINE)
+        return int(float(match.group(1))) if match else 0
+
 
 @dataclass
 class Cluster:
@@ -280,7 +286,12 @@ def test_spread_then_sigterm_drain_with_readiness_removal(tmp_path: Path, nginx_
             # The orchestrator's part: readiness 503 -> out of the balancer (k8s: endpoints; here: reload).
             _wait_until(lambda: first.ready_status() == 503, 5, "readiness 503 after SIGTERM")
             cluster.reload_without(first)
-            time.sleep(0.8)  # old nginx workers finish the requests they had sent to `first`
+            # Old nginx workers finish the requests they had sent to `first` (on a busy machine one can take
+            # longer than a fixed pause): wait until `first` has none in flight, leaving time to watch.
+            time.sleep(0.3)
+            settle_by = grace_ends - 1.3
+            while first.in_flight() > 0 and time.monotonic() < settle_by:
+                time.sleep(0.05)
             drained_at, other_at = first.served(), second.served()
             watch = grace_ends - 0.7 - time.monotonic()  # `first` still accepts connections until grace_ends
             assert watch > 0.5, "readiness took too long to observe; the grace period is nearly over"
