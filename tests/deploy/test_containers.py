@@ -64,6 +64,8 @@ pytestmark = [
 ]
 
 REPORT: dict[str, Any] = {}
+# Why the image could not be had, once known: every later test fails or skips at once instead of rebuilding.
+_BUILD_PROBLEM: dict[str, str] = {}
 
 
 def _record(key: str, value: Any) -> None:
@@ -178,6 +180,21 @@ class Built:
 @pytest.fixture(scope="module")
 def built() -> Built:
     """The CPU image, built by deploy/docker/build-cpu.sh (layer cache and local base reused when warm)."""
+    if "skip" in _BUILD_PROBLEM:
+        pytest.skip(_BUILD_PROBLEM["skip"])
+    if "fail" in _BUILD_PROBLEM:
+        pytest.fail(_BUILD_PROBLEM["fail"])
+    try:
+        return _build()
+    except pytest.skip.Exception as exc:
+        _BUILD_PROBLEM["skip"] = str(exc.msg)
+        raise
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
+        _BUILD_PROBLEM["fail"] = f"building or probing the image failed (see the first error): {str(exc)[:300]}"
+        raise
+
+
+def _build() -> Built:
     info = podman("info", timeout=120, check=False)
     if info.returncode != 0:
         pytest.skip(f"podman cannot run here: {info.stderr.strip()[-500:]}")
