@@ -105,7 +105,7 @@ def test_compose_replica_settings_are_valid_and_drain_fits_the_stop_grace(compos
         unknown = set(env) - KNOWN_SETTINGS
         assert not unknown, f"{name}: the service refuses unknown settings {unknown}"
         assert replica["deploy"]["mode"] == "replicated", f"{name}: podman-compose ignores replicas without it"
-        assert seconds(replica["healthcheck"]["start_period"]) >= 240, "two CPU replicas took up to 163 s to be ready"
+        assert seconds(replica["healthcheck"]["start_period"]) >= 240, "two CPU replicas took up to 183 s to be ready"
         settings = Settings.from_env(env)
         assert settings.host == "0.0.0.0"
         drain = settings.drain_grace_s + settings.drain_timeout_s

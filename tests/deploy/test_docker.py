@@ -237,7 +237,7 @@ def test_runtime_runs_as_non_root_with_health_check_and_drain(dockerfile: Docker
     assert "/app/deploy/docker/healthcheck.py" in command
     assert "/health/ready" in (REPO_ROOT / "deploy/docker/healthcheck.py").read_text()
     start_period = re.search(r"--start-period=(\d+)s", healthcheck)
-    # Two replicas on a shared 2-core host took up to 163 s to become ready (docs/DEPLOY.md).
+    # Two replicas on a shared 2-core host took up to 183 s to become ready (docs/DEPLOY.md).
     assert start_period and int(start_period.group(1)) >= 240, "loading + warm-up needs a start period"
 
     env: dict[str, str] = {}
