@@ -43,6 +43,7 @@ from model.imageio import quantize
 from service import imaging
 
 SECTION = "bench/service.py"
+INHERITED_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # before anything of ours could set it
 STYLIZE = "/v1/stylize"
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,6 +60,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "max_requests": 3000, "max_seconds": 8.0, "warmup_requests": 32, "max_batch_size": 32,
                   "max_wait_ms": 5.0, "threads": 0, "dtype": "auto", "compile": False, "weights": "default",
                   "cache_concurrency": "1,16", "model_iters": 30, "ready_timeout_s": 120.0},
+    # Paired before/after (--baseline-tree): each tree's defaults at the README's 512 px, concurrency 1 and 4.
+    "paired-cpu": {"size": 512, "style_size": 256, "concurrency": "1,4", "rounds": 2, "min_requests": 3,
+                   "max_requests": 8, "max_seconds": 240.0, "warmup_requests": 0, "max_batch_size": 8,
+                   "max_wait_ms": 10.0, "threads": 0, "dtype": "auto", "compile": False, "weights": "default",
+                   "cache_concurrency": "", "model_iters": 1, "ready_timeout_s": 600.0},
     "smoke": {"size": 64, "style_size": 64, "concurrency": "1,2", "rounds": 1, "min_requests": 2,
               "max_requests": 2, "max_seconds": 60.0, "warmup_requests": 0, "max_batch_size": 4,
               "max_wait_ms": 5.0, "threads": 1, "dtype": "auto", "compile": False, "weights": "random",
@@ -165,14 +171,19 @@ def server_env(args: argparse.Namespace, overrides: dict[str, str], port: int) -
 
 
 @contextlib.contextmanager
-def running_server(args: argparse.Namespace, overrides: dict[str, str], log_dir: Path) -> Iterator[Server]:
-    """Start `python -m service`, wait for /health/ready, always stop it (SIGTERM, then SIGKILL)."""
+def running_server(args: argparse.Namespace, overrides: dict[str, str], log_dir: Path,
+                   cwd: Path = common.REPO_ROOT, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start `python -m service` in ``cwd`` (a source tree), wait for /health/ready, always stop it.
+
+    ``env``: the server's whole environment (paired mode: each tree's own defaults); else server_env().
+    """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     started = time.monotonic()
+    environment = server_env(args, overrides, port) if env is None else {**env, "STYA2K_PORT": str(port)}
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "service"], cwd=common.REPO_ROOT,
-                                   env=server_env(args, overrides, port), stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "service"], cwd=cwd, env=environment, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
         wait_ready(server, args.ready_timeout_s)
@@ -399,6 +410,142 @@ def precision(engine: Any) -> contextlib.AbstractContextManager:
     return torch.autocast(engine.device.type, dtype=engine.autocast_dtype)
 
 
+# ------------------------------------------------------------------------------------------------ paired
+def paired_env(args: argparse.Namespace) -> dict[str, str]:
+    """Each tree's own defaults: only what a benchmark must pin (address, output size, nothing refused or expired).
+
+    OMP_WAIT_POLICY is dropped unless it was set before this script started: importing our service package sets
+    it, and the baseline tree must run as its users ran it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STYA2K_")}
+    if not INHERITED_OMP_WAIT_POLICY:
+        env.pop("OMP_WAIT_POLICY", None)
+    env.update({
+        "STYA2K_HOST": "127.0.0.1", "STYA2K_DEFAULT_SIDE": str(args.size), "STYA2K_MAX_SIDE": str(max(args.size, 1024)),
+        "STYA2K_QUEUE_SIZE": str(max(1024, 4 * max(args.concurrency))), "STYA2K_DEADLINE_MS": "3600000",
+        "STYA2K_DRAIN_GRACE_S": "0", "STYA2K_LOG_LEVEL": "info",
+    })
+    if args.weights != "default":
+        env["STYA2K_WEIGHTS"] = args.weights
+    return env
+
+
+def first_requests(base_url: str, work: Workload, count: int) -> list[float]:
+    """Latency (s) of the first ``count`` requests after ready, one at a time (a slow first request shows here)."""
+
+    async def go() -> list[float]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(3600.0)) as client:
+            samples = [await one_request(client, work) for _ in range(count)]
+        if any(s.status != 200 for s in samples):
+            raise RuntimeError(f"first requests failed: {[s.status for s in samples]}")
+        return [s.latency_s for s in samples]
+
+    return asyncio.run(go())
+
+
+def run_paired_server(args: argparse.Namespace, label: str, cwd: Path, work: Workload, log_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"label": label, "tree": str(cwd), "levels": []}
+    with running_server(args, {}, log_dir, cwd=cwd, env=paired_env(args)) as server:
+        out["startup_s"] = server.startup_s
+        out["info"] = httpx.get(server.base_url + "/v1/info", timeout=10).json()
+        out["first_requests_s"] = first_requests(server.base_url, work, args.first_requests)
+        for concurrency in args.concurrency:
+            level = asyncio.run(run_level(server.base_url, work, concurrency, requests_for(args, concurrency),
+                                          args.max_seconds, args.level_warmup * concurrency))
+            out["levels"].append(level)
+            log(f"[{label}] c={concurrency}: {level['ok']}/{level['requests']} ok, "
+                f"{level['throughput_rps'] or 0:.3f} req/s, p50 {level['p50_ms'] or 0:.0f} ms, "
+                f"mean batch {level['server']['mean_batch_size']}")
+        out["ready_log"] = ready_log_line(server.log_path)
+    log(f"[{label}] ready after {out['startup_s']:.1f} s; first requests {out['first_requests_s']}")
+    return out
+
+
+def ready_log_line(path: Path) -> dict[str, Any] | None:
+    """The server's own "ready" log record (start-up step timings, where the tree logs them)."""
+    import json
+
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and "ready" in (record.get("msg"), record.get("message")):
+                return record
+    return None
+
+
+@contextlib.contextmanager
+def paused(pid_file: Path | None) -> Iterator[None]:
+    """SIGSTOP the process whose pid ``pid_file`` holds (a background job on the same cores) for one server run,
+    SIGCONT it afterwards whatever happens; nothing without a pid file."""
+    pid = None
+    if pid_file is not None and pid_file.is_file():
+        with contextlib.suppress(ValueError):
+            pid = int(pid_file.read_text().strip())
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pid = None
+    try:
+        yield
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def run_paired(args: argparse.Namespace) -> dict[str, Any]:
+    """Today's tree (``--baseline-tree``) and this one, each with its own defaults, alternated ``--rounds`` times
+    in one run so both see the same machine load; ratios are after / before medians over the rounds."""
+    device = common.select_device(args.device)
+    work = Workload(synthetic_image(args.size, args.size, 1, "JPEG"), synthetic_image(512, 512, 2, "JPEG"),
+                    args.size, args.format)
+    result: dict[str, Any] = {
+        "mode": "paired", "meta": common.machine_info(device),
+        "command": "python -m bench.service " + " ".join(sys.argv[1:]),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "baseline": {"tree": str(args.baseline_tree), "git": args.baseline_git},
+        "content_bytes": len(work.content), "style_bytes": len(work.style), "servers": [],
+    }
+    started = time.monotonic()
+    trees = (("before", Path(args.baseline_tree)), ("after", common.REPO_ROOT))
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as log_dir:
+        for round_index in range(args.pairs):
+            order = trees if round_index % 2 == 0 else trees[::-1]  # ABBA: neither side always runs first
+            for label, cwd in order:
+                with paused(args.pause_pid_file):
+                    entry = run_paired_server(args, label, cwd, work, Path(log_dir))
+                entry["round"] = round_index
+                result["servers"].append(entry)
+                if args.out:  # partial results survive a later failure
+                    common.write_json(args.out.with_suffix(".partial.json"), result)
+    result["paired"] = paired_summary(result["servers"], args.concurrency)
+    result["wall_s"] = time.monotonic() - started
+    return result
+
+
+def paired_summary(servers: list[dict[str, Any]], levels: list[int]) -> dict[str, Any]:
+    def median(values: list[float]) -> float | None:
+        return common.percentile(values, 50) if values else None
+
+    out: dict[str, Any] = {}
+    for label in ("before", "after"):
+        runs = [s for s in servers if s["label"] == label]
+        out[label] = {
+            "startup_s": median([s["startup_s"] for s in runs]),
+            "first_request_s": median([s["first_requests_s"][0] for s in runs]),
+            "second_request_s": median([s["first_requests_s"][1] for s in runs if len(s["first_requests_s"]) > 1]),
+            "throughput": {str(c): median([lvl["throughput_rps"] for s in runs for lvl in s["levels"]
+                                           if lvl["concurrency"] == c and lvl["throughput_rps"]]) for c in levels},
+            "p50_ms": {str(c): median([lvl["p50_ms"] for s in runs for lvl in s["levels"]
+                                       if lvl["concurrency"] == c and lvl["p50_ms"]]) for c in levels},
+        }
+    before, after = out["before"], out["after"]
+    out["speedup"] = {c: (after["throughput"][c] / before["throughput"][c])
+                      if after["throughput"][c] and before["throughput"][c] else None for c in after["throughput"]}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def server_configs(args: argparse.Namespace) -> list[ServerConfig]:
     return [
@@ -476,6 +623,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", default="png", choices=("png", "jpeg", "webp"), help="output format")
     parser.add_argument("--model-iters", type=int, help="timed calls of the model-only reference")
     parser.add_argument("--ready-timeout-s", type=float)
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="paired mode: a source tree of the version to compare with (e.g. `git archive` of a "
+                             "commit, extracted); both run with their own defaults, alternated --pairs times")
+    parser.add_argument("--pairs", type=int, default=2, help="paired mode: before/after rounds (ABBA order)")
+    parser.add_argument("--pause-pid-file", type=Path, default=None,
+                        help="paired mode: SIGSTOP this pid (e.g. a training job) during each server run, SIGCONT "
+                             "after it")
+    parser.add_argument("--first-requests", type=int, default=2,
+                        help="paired mode: sequential requests timed right after ready (a slow first one shows)")
+    parser.add_argument("--baseline-git", default="", help="paired mode: the baseline's commit, for the record")
     parser.add_argument("--out", type=Path, help="JSON results (default bench/results/service-<device>.json)")
     parser.add_argument("--doc", type=Path, default=common.DOC_PATH)
     parser.add_argument("--no-doc", action="store_true")
@@ -541,7 +698,7 @@ def render_section(runs: list[tuple[Path, dict[str, Any]]]) -> str:
 
 
 def targets_block(runs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    gpu = [d for _, d in runs if d["meta"].get("gpu") and d["settings"]["size"] == 512]
+    gpu = [d for _, d in runs if d["meta"].get("gpu") and d["settings"]["size"] == 512 and d.get("mode") != "paired"]
     levels = [lvl for d in gpu for s in d["servers"] if s["label"] == "batched" for lvl in s["levels"]]
     best = max((lvl["throughput_rps"] or 0 for lvl in levels), default=None)
     c16 = [lvl for lvl in levels if lvl["concurrency"] == 16]
@@ -558,7 +715,48 @@ def targets_block(runs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
         "python -m bench.service --preset gpu --format jpeg --out bench/results/service-gpu-jpeg.json", "```", ""]
 
 
+def render_paired(path: Path, data: dict[str, Any]) -> list[str]:
+    s, summary = data["settings"], data["paired"]
+    before_git = data["baseline"]["git"] or data["baseline"]["tree"]
+    lines = [f"### `{path.name}`: before / after, paired", "", f"- Machine: {common.machine_line(data['meta'])}",
+             f"- Command: `{data['command']}` (wall {data.get('wall_s', 0) / 60:.1f} min)",
+             f"- before = git {before_git}, after = git {data['meta']['git']}; each tree's own defaults (only host, "
+             f"port, output side {s['size']}, queue and deadline pinned), alternated {s['pairs']} rounds (ABBA) in "
+             f"one run; content {s['size']}x{s['size']} JPEG, style 512x512 JPEG, output {s['format']}. Values are "
+             "medians over the rounds.", ""]
+    headers = ["", "ready after", "1st request", "2nd request",
+               *[f"img/s c={c}" for c in summary["after"]["throughput"]],
+               *[f"p50 c={c}" for c in summary["after"]["p50_ms"]]]
+    rows = []
+    for label in ("before", "after"):
+        row = summary[label]
+        rows.append([label, common.fmt_seconds(row["startup_s"]), common.fmt_seconds(row["first_request_s"]),
+                     common.fmt_seconds(row["second_request_s"]),
+                     *[f"{v:.3f}" if v else "-" for v in row["throughput"].values()],
+                     *[f"{v / 1000:.2f} s" if v else "-" for v in row["p50_ms"].values()]])
+    lines += [common.markdown_table(headers, rows), ""]
+    speedups = ", ".join(f"c={c}: **{v:.2f}x**" for c, v in summary["speedup"].items() if v)
+    lines.append(f"- Throughput after / before: {speedups}")
+    after_info = next((x["info"] for x in data["servers"] if x["label"] == "after"), {})
+    runtime = after_info.get("runtime")
+    if runtime:
+        lines.append(f"- after's runtime choice (/v1/info): dtype {runtime['dtype']} ({runtime['dtype_reason']}); "
+                     f"max batch {runtime['max_batch_size']} ({runtime['max_batch_size_setting']}); threads "
+                     f"{runtime['threads']}; start-up steps {runtime['startup_s']}")
+    before_info = next((x["info"] for x in data["servers"] if x["label"] == "before"), {})
+    if before_info:
+        lines.append(f"- before: dtype {before_info.get('dtype')}, max batch "
+                     f"{before_info.get('batching', {}).get('max_batch_size')}")
+    per_round = "; ".join(
+        f"{x['label']}#{x['round']}: " + ", ".join(f"c={lvl['concurrency']} {lvl['throughput_rps'] or 0:.3f}"
+                                                   for lvl in x["levels"]) for x in data["servers"])
+    lines.append(f"- Every run (img/s): {per_round}")
+    return [*lines, ""]
+
+
 def render_run(path: Path, data: dict[str, Any]) -> list[str]:
+    if data.get("mode") == "paired":
+        return render_paired(path, data)
     s = data["settings"]
     model = data["model_only"]
     lines = [f"### `{path.name}`", "", f"- Machine: {common.machine_line(data['meta'])}",
@@ -616,9 +814,11 @@ def render_run(path: Path, data: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C: the servers are stopped and a paused job resumed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     device = common.select_device(args.device)
     out = args.out or common.RESULTS_DIR / f"service-{device.type}.json"
-    result = run(args)
+    result = run_paired(args) if args.baseline_tree else run(args)
     common.write_json(out, result)
     log(f"wrote {out}")
     if not args.no_doc:

@@ -66,3 +66,39 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
     assert ratios["cache_gain"]["1"]["p50_latency_off_over_on"] > 0
     assert data["model_only"]["model_s"] > 0
     assert "<!-- BEGIN bench/service.py -->" in doc and "NOT MEASURED" in doc
+
+
+@pytest.mark.slow
+def test_service_benchmark_paired_before_after(tmp_path: Path) -> None:
+    """Paired mode: two trees (here the same one twice) with their own defaults, alternated in one run."""
+    out, doc = tmp_path / "service-paired.json", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.service", "--preset", "smoke", "--device", "cpu",
+                           "--baseline-tree", str(REPO_ROOT), "--baseline-git", "HEAD", "--pairs", "1",
+                           "--first-requests", "1", "--out", str(out), "--doc", str(doc)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["mode"] == "paired" and [s["label"] for s in data["servers"]] == ["before", "after"]
+    for server in data["servers"]:
+        assert server["startup_s"] > 0 and len(server["first_requests_s"]) == 1
+        assert all(level["ok"] == level["requests"] >= 2 for level in server["levels"])
+        assert server["info"]["runtime"]["max_batch_size_setting"] == "auto"  # each tree's own defaults
+    assert set(data["paired"]["speedup"]) == {"1", "2"} and all(v > 0 for v in data["paired"]["speedup"].values())
+    assert "before / after, paired" in doc.read_text()
+
+
+@pytest.mark.slow
+def test_levers_benchmark_smoke(tmp_path: Path) -> None:
+    out, doc = tmp_path / "levers-smoke.json", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.levers", "--preset", "smoke", "--size", "32",
+                           "--levers", "channels_last,omp_passive", "--out", str(out), "--doc", str(doc)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {row["lever"]: row for row in data["levers"]}
+    assert set(rows) == {"channels_last", "omp_passive"}
+    assert rows["omp_passive"]["pairs"][0]["lever"]["omp_wait_policy"] == "PASSIVE"
+    assert rows["omp_passive"]["pairs"][0]["fp32"]["omp_wait_policy"] is None  # the reference really differs
+    for row in rows.values():
+        assert row["speedup"] > 0 and row["difference"]["max_abs"] == 0  # exact levers: same pixels as fp32
+    assert "<!-- BEGIN bench/levers.py -->" in doc.read_text()
