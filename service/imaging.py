@@ -342,7 +342,11 @@ def decode_labels(
     never becomes a full-size int64 tensor.
     """
     probe = _open(data, field, limits)
-    with _reserved(limits, _estimate(probe, 1, 8), field):
+    width, height = probe.size
+    out_pixels = size[0] * size[1] if size is not None else width * height
+    # decoded map + one mode conversion (at most 4 bytes per pixel) + the int64 labels (and a copy)
+    nbytes = width * height * (pixel_bytes(probe.mode) + 4) + out_pixels * 8 * 2
+    with _reserved(limits, nbytes, field):
         return _decode_labels(_load(probe, field), field, num_labels, size)
 
 
