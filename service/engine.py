@@ -358,12 +358,12 @@ class Engine:
         """Content shapes to run before reporting ready.
 
         GPU: the padded shapes most requests land in (the default side at 1:1, 4:3 and 3:4), for cuDNN's
-        per-shape autotuning and the allocator. CPU: one small shape. oneDNN's per-shape set-up is cheap next to
+        per-shape autotuning and the allocator. CPU: one small shape (every kernel runs once before ready). oneDNN's per-shape set-up is cheap next to
         a CPU forward pass (a first 512 px request measured as fast as the next ones, docs/BENCHMARKS.md), so
         the three full-size passes (14 s on 2 cores) only delayed readiness.
         """
         if self.device.type == "cpu":
-            side = self.settings.bucket_px * max(1, 128 // self.settings.bucket_px)
+            side = self.settings.bucket_px
             return [(side, side)]
         side = self.settings.default_side
         short = max(imaging.MIN_SIDE, round(side * 3 / 4))
@@ -375,7 +375,7 @@ class Engine:
         """Run each common shape once (allocator, cuDNN autotune, compile) before reporting ready."""
         started = time.monotonic()
         # CPU: a small style too; a request's own style is encoded on arrival anyway, this only runs each kernel once.
-        size = self.settings.style_size if self.device.type == "cuda" else min(self.settings.style_size, 128)
+        size = self.settings.style_size if self.device.type == "cuda" else min(self.settings.style_size, 64)
         generator = torch.Generator().manual_seed(0)
         style = torch.rand(1, 3, size, size, generator=generator)
         try:

@@ -79,7 +79,7 @@ def test_probe_measures_a_real_ratio() -> None:
 
 def test_cpu_warms_one_small_shape_and_times_start_up() -> None:
     engine = loaded(default_side=512, max_side=1024, style_size=64)
-    assert engine.warm_shapes() == [(128, 128)]
+    assert engine.warm_shapes() == [(64, 64)]  # one bucket
     engine.warm_up()
     assert engine.startup["load_s"] > 0 and engine.startup["warmup_s"] > 0
 
