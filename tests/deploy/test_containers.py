@@ -448,6 +448,7 @@ def topology(built: Built, nginx_render: ModuleType, tmp_path_factory: pytest.Te
     network = f"stya2k-test-{os.getpid()}"
     lb_image = _lb_image()
     subnet = _create_network(network)
+    mac_tail = "{:02x}:{:02x}".format(*(int(part) for part in subnet.split(".")[1:]))
     containers: list[Container] = []
     try:
         replicas: dict[str, Container] = {}
@@ -457,7 +458,9 @@ def topology(built: Built, nginx_render: ModuleType, tmp_path_factory: pytest.Te
             env = {**REPLICA_ENV, "REPLICAS_PER_HOST": "2"}  # the entry point sizes threads = CPUs / 2
             container = run_container(
                 f"stya2k-test-r{index}-{os.getpid()}", built.image, env=env, publish=8000,
-                extra=["--network", network, "--ip", address],
+                # A fixed MAC too: restarted with the same address but a new MAC, the replica was unreachable
+                # from nginx until nginx's neighbour (ARP) entry for the address went stale (cold run, 40 s+).
+                extra=["--network", network, "--ip", address, "--mac-address", f"02:42:0a:{mac_tail}:{index:02x}"],
             )  # fmt: skip
             containers.append(container)
             replicas[f"{address}:8000"] = container
@@ -578,8 +581,11 @@ def test_requests_spread_and_a_sigterm_drain_costs_no_request(topology: Topology
     wait_ready(topology.replica_urls[second], topology.replicas[second])
     # nginx took it out for fail_timeout (10 s) when its connections were refused; wait until it serves again.
     rejoined = topology.served_by()
-    with Load(topology.url, max_seconds=40) as load:
-        _wait(lambda: second in _since(rejoined, topology.served_by()), 40, "the restarted replica to serve again")
+    with Load(topology.url, max_seconds=60) as load:
+        try:
+            _wait(lambda: second in _since(rejoined, topology.served_by()), 60, "the restarted replica to serve again")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; nginx's last lines:\n{topology.lb.logs()[-2000:]}") from None
     assert load.failures() == []
 
 
