@@ -58,9 +58,18 @@ def concurrent_processes(pattern: str = "model.train") -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if pattern in cmdline:
+        if pattern in cmdline and not _is_stopped(proc):
             found.append(cmdline[:200])
     return found
+
+
+def _is_stopped(proc: Path) -> bool:
+    """A process paused with SIGSTOP (state T) does not compete for the CPU."""
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].startswith(("T", "t"))
 
 
 def git_revision() -> str:

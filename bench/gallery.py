@@ -26,11 +26,14 @@ STYLES = (
     "deb-gcompris__details.rcc_000a6442.jpg",
     "deb-gcompris__details.rcc_00031161.jpg",
     "deb-gcompris__details.rcc_0011beca.jpg",
+    "deb-gcompris__details.rcc_000c6b92.jpg",
+    "deb-gcompris__details.rcc_0016bbe2.jpg",
 )
 CONTENTS = (
     "dreambooth__dataset_cat_00.jpg",
     "dreambooth__dataset_berry_bowl_02.jpg",
     "dreambooth__dataset_backpack_dog_00.jpg",
+    "dreambooth__dataset_bear_plushie_00.jpg",
 )
 
 

@@ -10,7 +10,8 @@ The lr schedule is that of one run of ``--iters`` (default 12,000) iterations: c
 0, evaluated at the campaign's iteration count, so a resume never restarts or stretches it.
 
     python -m model.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
-    kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking
+    kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking (a paused step's time
+                                                         # is kept out of the thread tuning and deadline)
     kill -INT <pid>                                      # stop cleanly now (checkpoint at the next step)
 """
 
@@ -118,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         logger.info("signal %d: stopping after this step", signum)
         trainer.stop_requested = True
 
+    def note_resume(_signum: int, _frame: FrameType | None) -> None:
+        trainer.resumed_during_step = True
+
+    signal.signal(signal.SIGCONT, note_resume)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     start_iter, start_wall, t0 = trainer.iteration, trainer.wall_s, time.monotonic()

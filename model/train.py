@@ -368,6 +368,7 @@ class Trainer:
         self.init_note: str | None = None
         self.stop_requested = False  # set from a signal handler: stop cleanly after the current step
         self.fresh_optimizer_at: int | None = None
+        self.resumed_during_step = False  # set by a SIGCONT handler (model.campaign): the step was paused
         if resume is not None:
             self._restore(Path(resume))
         elif init_weights is not None:
@@ -577,9 +578,11 @@ class Trainer:
             sec_per_iter = now - tick
             tick = now
             self.wall_s += sec_per_iter
-            deadline.observe_step(sec_per_iter)
-            if self.thread_tuner is not None:
-                self.thread_tuner.observe(sec_per_iter)
+            if not self.resumed_during_step:  # a SIGSTOP pause is not the step's speed
+                deadline.observe_step(sec_per_iter)
+                if self.thread_tuner is not None:
+                    self.thread_tuner.observe(sec_per_iter)
+            self.resumed_during_step = False
             if not math.isfinite(values["total"]):
                 raise FloatingPointError(f"loss became {values['total']} at iteration {self.iteration}")
             row = {"iteration": self.iteration, "sec_per_iter": sec_per_iter, "wall_s": self.wall_s, **values}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,4 +285,24 @@ def test_thread_tuner_keeps_the_faster_count_and_probes_again() -> None:
     for _ in range(3):
         tuner.observe(1.0)
     assert torch.get_num_threads() == 1 and tuner.phase_step == 0  # a new probe round starts
+    torch.set_num_threads(threads)
+
+
+def test_a_paused_step_is_kept_out_of_thread_tuning(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    trainer = Trainer(_config(tmp_path / "paused", data_dirs, iters=2, ckpt_every=0, threads=None,
+                              thread_tuning=True))
+    assert trainer.thread_tuner is not None or len(os.sched_getaffinity(0)) == 1
+    if trainer.thread_tuner is None:
+        pytest.skip("one core: no thread tuning")
+    real_step = trainer.step
+
+    def paused_step(content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
+        values = real_step(content, style)
+        trainer.resumed_during_step = True  # what model.campaign's SIGCONT handler does
+        return values
+
+    trainer.step = paused_step  # type: ignore[method-assign]
+    threads = torch.get_num_threads()
+    trainer.train()
+    assert trainer.thread_tuner.phase_step == 0 and not trainer.resumed_during_step
     torch.set_num_threads(threads)
