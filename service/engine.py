@@ -358,9 +358,9 @@ class Engine:
         """Content shapes to run before reporting ready.
 
         GPU: the padded shapes most requests land in (the default side at 1:1, 4:3 and 3:4), for cuDNN's
-        per-shape autotuning and the allocator. CPU: one small shape (every kernel runs once before ready). oneDNN's per-shape set-up is cheap next to
-        a CPU forward pass (a first 512 px request measured as fast as the next ones, docs/BENCHMARKS.md), so
-        the three full-size passes (14 s on 2 cores) only delayed readiness.
+        per-shape autotuning and the allocator. CPU: one small shape, so every kernel runs once before ready;
+        oneDNN's per-shape set-up is small next to a multi-second CPU forward pass, so the three full-size passes
+        (14 s on 2 cores) mostly delayed readiness. (A first request also encodes its own, uncached style.)
         """
         if self.device.type == "cpu":
             side = self.settings.bucket_px
