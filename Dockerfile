@@ -97,9 +97,9 @@ EXPOSE 8000
 # STYA2K_DRAIN_TIMEOUT_S for in-flight requests. The orchestrator's stop timeout must be longer than
 # their sum (docker-compose.yml: stop_grace_period 45s; k8s: terminationGracePeriodSeconds 45).
 STOPSIGNAL SIGTERM
-# Start period from a measurement (docs/DEPLOY.md): loading + warm-up took 106 s for one replica and 159-183 s
-# for two replicas started together on a shared 2-core CPU host (one torch thread each); 300 s leaves room
-# for a slower or busier host. A check that passes ends the start period at once.
+# Start period from a measurement (docs/DEPLOY.md): two replicas started together on a shared 2-core CPU host
+# (one torch thread each) took up to 183 s with the earlier warm-up, ~20 s with today's; 300 s covers the slowest
+# and a torch.compile warm-up (STYA2K_COMPILE). A check that passes ends the start period at once.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
     CMD ["python3", "/app/deploy/docker/healthcheck.py"]
 ENTRYPOINT ["/app/deploy/docker/entrypoint.sh"]
