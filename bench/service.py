@@ -518,7 +518,7 @@ def run_paired(args: argparse.Namespace) -> dict[str, Any]:
                 entry["round"] = round_index
                 result["servers"].append(entry)
                 if args.out:  # partial results survive a later failure
-                    common.write_json(args.out.with_suffix(".partial.json"), result)
+                    common.write_json(args.out.with_name(args.out.name + ".partial"), result)  # not *.json: no report
     result["paired"] = paired_summary(result["servers"], args.concurrency)
     result["wall_s"] = time.monotonic() - started
     return result
