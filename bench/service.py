@@ -391,8 +391,7 @@ def _model_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
     with torch.inference_mode(), precision(engine):
         height, width = imaging.bucket_shape(cached_job.height, cached_job.width, settings.bucket_px)
         content = imaging.pad_to(cached_job.content[None], height, width).to(device)  # (1, 3, Hb, Wb)
-        if device.type == "cuda":
-            content = content.contiguous(memory_format=torch.channels_last)
+        content = content.contiguous(memory_format=torch.channels_last)  # as the engine feeds it, on every device
         features = cached_job.styles[0].features
         alpha = torch.ones(1, device=device)
         model_timing = common.time_calls(lambda: net.stylize_from_features(content, [features], None, alpha),
