@@ -446,6 +446,8 @@ def attacks(full: bool) -> list[Attack]:
                    repeat_for_s=REPEAT_S)),
         Attack("idle", "300 connections that send nothing (open-files limit 256)", fast_timeouts,
                lambda s: connection_attack(s.port, 300, b"", wait_s=30), nofile=256),
+        Attack("idle_flood", "3000 connections that send nothing (open-files limit 4096, 1000 connections)",
+               fast_timeouts, lambda s: connection_attack(s.port, 3000, b"", wait_s=30), nofile=4096),
         Attack("half_header", "300 connections that send half a header (open-files limit 256)", fast_timeouts,
                lambda s: connection_attack(s.port, 300, HALF_HEADER, wait_s=30), nofile=256),
         Attack("half_body", "300 connections that send the header and 80 bytes of a 100 kB body (limit 256)",

@@ -42,10 +42,14 @@ LINGER_S = 1.0  # a refused connection is kept this long to read what the client
 MAX_LINGERING = 32  # beyond this many, refused connections are closed at once (no fd pile-up under a flood)
 # asyncio accepts up to `backlog` connections in one burst before any protocol sees them (and before an
 # evicted connection's descriptor is closed), so the burst must fit in the descriptors kept free as well.
-ACCEPT_BACKLOG = 64
+# A short listen queue drops SYNs under a connect burst (the client retries after 1 s), so it is as long as
+# the open-files limit allows: a quarter of it, 64..2048.
+MIN_BACKLOG, MAX_BACKLOG = 64, 2048
 # Connections accepted beyond the limit when every connection is busy: they may only ask for the health and
 # metrics endpoints (a probe must not fail because slow clients hold every slot), others get 503.
 PROBE_SLOTS = 16
+# An idle connection younger than this is not evicted: a client that just connected has its header in flight.
+EVICT_GRACE_S = 0.25
 PROBE_HEADER_TIMEOUT_S = 2.0
 OVERFLOW_STATE_KEY = "stya2k_overflow"  # in scope["state"]: the gateway answers only probes on such connections
 
@@ -83,7 +87,7 @@ class ConnectionGuard:
         self.overflow = 0
         self.lingering = 0
         # Insertion-ordered, so the first key is the connection that has been idle the longest.
-        self.idle: dict[GuardedH11Protocol, None] = {}
+        self.idle: dict[GuardedH11Protocol, float] = {}  # -> monotonic time it became idle
 
     def count(self, what: str) -> None:
         if self.metrics is not None:
@@ -169,7 +173,7 @@ class GuardedH11Protocol(H11Protocol):
         guard = self.guard
         if self._waiting_for_header():
             if self not in guard.idle and not self._overflow:
-                guard.idle[self] = None
+                guard.idle[self] = time.monotonic()
             # uvicorn's keep-alive timer covers the silence after a response; once bytes arrive (or on a
             # fresh connection) the header must be complete within the header timeout.
             if self.timeout_keep_alive_task is None and self._header_timer is None:
@@ -221,7 +225,9 @@ class GuardedH11Protocol(H11Protocol):
     def _evict_oldest_idle(self) -> bool:
         guard = self.guard
         while guard.idle:
-            victim = next(iter(guard.idle))
+            victim, since = next(iter(guard.idle.items()))
+            if time.monotonic() - since < EVICT_GRACE_S:
+                return False  # the oldest idle one is young: a client that connected a moment ago is still sending
             del guard.idle[victim]
             if victim.transport is None or victim.transport.is_closing():
                 continue
@@ -264,14 +270,21 @@ def guarded_protocol(limits: ConnectionLimits, metrics: ServiceMetrics | None) -
 
 
 # ---------------------------------------------------------------------------------------------- fds
-def fit_connection_limit(wanted: int) -> int:
-    """Raise the soft open-files limit towards the hard one if needed; return the connection limit that fits.
+@dataclass(frozen=True)
+class Fitted:
+    max_connections: int
+    backlog: int
+
+
+def fit_connection_limit(wanted: int) -> Fitted:
+    """Raise the soft open-files limit towards the hard one if needed; return the connection limit and listen
+    backlog that fit.
 
     A connection limit above what the descriptors allow would let accept() fail (EMFILE) instead of our
     clean refusal, so the limit is lowered (with a warning) when the process may not open enough files.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = wanted + _reserve(wanted)
+    needed = wanted + _reserve(wanted, MAX_BACKLOG)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
@@ -280,8 +293,9 @@ def fit_connection_limit(wanted: int) -> int:
         except (ValueError, OSError):
             log.warning("could not raise the open-files limit from %d", soft)
     if soft == resource.RLIM_INFINITY:
-        return wanted
-    fitting = max(1, min(wanted, soft - _reserve(soft)))
+        return Fitted(wanted, MAX_BACKLOG)
+    backlog = min(MAX_BACKLOG, max(MIN_BACKLOG, soft // 4))
+    fitting = max(1, min(wanted, soft - _reserve(soft, backlog)))
     if fitting < wanted:
         log.warning(
             "open-files limit %d allows only %d connections (STYA2K_MAX_CONNECTIONS=%d); using %d",
@@ -290,11 +304,11 @@ def fit_connection_limit(wanted: int) -> int:
             wanted,
             fitting,
         )
-    return fitting
+    return Fitted(fitting, backlog)
 
 
-def _reserve(connections: int) -> int:
-    return max(FD_RESERVE_MIN, connections // 10) + ACCEPT_BACKLOG + MAX_LINGERING + PROBE_SLOTS
+def _reserve(files: int, backlog: int) -> int:
+    return max(FD_RESERVE_MIN, files // 10) + backlog + MAX_LINGERING + PROBE_SLOTS
 
 
 # ---------------------------------------------------------------------------------------------- logging

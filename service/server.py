@@ -18,13 +18,7 @@ from types import FrameType
 import uvicorn
 
 from service.app import ServiceState, create_app
-from service.connections import (
-    ACCEPT_BACKLOG,
-    ConnectionLimits,
-    fit_connection_limit,
-    guarded_protocol,
-    install_resource_log_filter,
-)
+from service.connections import ConnectionLimits, fit_connection_limit, guarded_protocol, install_resource_log_filter
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -73,10 +67,8 @@ MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets uvicorn's 40
 def build_server(settings: Settings) -> DrainingServer:
     app = create_app(settings)
     state: ServiceState = app.state.service
-    limits = ConnectionLimits(
-        max_connections=fit_connection_limit(settings.max_connections),
-        header_timeout_s=settings.header_timeout_s,
-    )
+    fitted = fit_connection_limit(settings.max_connections)
+    limits = ConnectionLimits(max_connections=fitted.max_connections, header_timeout_s=settings.header_timeout_s)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -84,7 +76,7 @@ def build_server(settings: Settings) -> DrainingServer:
         http=guarded_protocol(limits, state.metrics),  # header timeout + connection limit (connections.py)
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works: call_later
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        backlog=ACCEPT_BACKLOG,  # also asyncio's accept burst, which the open-files reserve must cover
+        backlog=fitted.backlog,  # also asyncio's accept burst, which the open-files reserve must cover
         log_config=None,  # our JSON logging, configured by serve()
         access_log=False,  # the gateway middleware logs each request with its id
         lifespan="on",

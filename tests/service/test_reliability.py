@@ -69,10 +69,13 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield server
 
 
-def assert_live(probe: Probe) -> None:
+def assert_live(probe: Probe, refusals_allowed: int = 0) -> None:
+    """Every probe answered in time; under a connection flood a few may get the clean 503 refusal (never a
+    timeout or a reset)."""
     summary = probe.summary()
     assert summary["probes"] >= 3, summary
-    assert summary["failures"] == 0, summary
+    assert all(f == "status 503" for f in probe.failures), summary
+    assert summary["failures"] <= refusals_allowed, summary
     assert summary["max_ms"] is not None and summary["max_ms"] < STALL_S * 1000, summary
 
 
@@ -136,8 +139,8 @@ def test_idle_connections_are_evicted_or_closed_and_liveness_answers(guarded: Se
         sockets = open_sockets(guarded.port, 300, b"")
         result = closed_by_server(sockets, wait_s=HEADER_TIMEOUT_S + 8)
     assert result["connections"] == 300 and result["still_open"] == 0, result
-    assert set(result["answers"]) == {"closed"}, result  # silent connections are closed without an answer
-    assert_live(probe)
+    assert set(result["answers"]) <= {"closed", "503"}, result  # silent ones are closed, or refused
+    assert_live(probe, refusals_allowed=3)  # a probe landing in the first quarter second of the burst
     log = guarded.log_text()
     assert log.count("out of system resource") <= 1, log[-2000:]
     assert "Traceback" not in log
