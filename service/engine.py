@@ -381,7 +381,7 @@ class Engine:
         try:
             self._warm(style, generator)
         except Exception as exc:
-            if self._transfer is self.net.stylize_from_features:
+            if self._transfer == self.net.stylize_from_features:  # bound methods: a new object per access
                 raise
             log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
             self._transfer = self.net.stylize_from_features

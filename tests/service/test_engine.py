@@ -140,3 +140,17 @@ def test_output_size_header_says_it_was_not_upscaled(server_factory: Callable[..
         "content": base64.b64encode(image_bytes((80, 60))).decode(),
         "style": base64.b64encode(image_bytes((64, 64))).decode(), "max_side": 768})  # fmt: skip
     assert json_response.headers["x-output-size"] == "80x60" and json_response.json()["width"] == 80
+
+
+def test_an_eager_warm_up_failure_is_raised_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = loaded()
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(engine, "_warm", broken)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        engine.warm_up()
+    assert len(calls) == 1  # eager already: no "torch.compile failed" fallback and second try
