@@ -180,6 +180,7 @@ class Probe:
     interval_s: float = PROBE_INTERVAL_S
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    failure_times: list[float] = field(default_factory=list)  # time.monotonic() of each failed probe's start
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -202,8 +203,10 @@ class Probe:
                     self.latencies.append(time.monotonic() - started)
                 else:
                     self.failures.append(f"status {status}")
+                    self.failure_times.append(started)
             except OSError as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
+                self.failure_times.append(started)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def summary(self) -> dict[str, Any]:

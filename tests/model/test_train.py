@@ -174,9 +174,16 @@ def test_fast_step_computes_the_plain_losses_and_gradients(tmp_path: Path, data_
     for key in ("total", "global_style", "a2k"):
         assert fast_values[key] == pytest.approx(plain_values[key], rel=1e-4), key
     assert plain_grads.keys() == fast_grads.keys() and len(plain_grads) > 10
+    # Against the gradient's overall scale: some tensors' true gradient is ~0 (a key bias shifts every score of
+    # a query alike, which softmax ignores), so their own relative error is pure fp32 rounding noise.
+    flat = torch.cat([g.flatten() for g in plain_grads.values()])
+    flat_fast = torch.cat([fast_grads[n].flatten() for n in plain_grads])
+    # channels_last runs other oneDNN kernels: ~1e-3 relative, and an argmax of the progressive attention's
+    # block matching can flip between near-tied blocks. A wrong step would be off by O(1).
+    assert (flat_fast - flat).norm() / flat.norm() < 1e-2
+    assert torch.nn.functional.cosine_similarity(flat_fast, flat, dim=0) > 0.9999
     for name, grad in plain_grads.items():
-        scale = grad.abs().max().clamp_min(1e-12)
-        assert (fast_grads[name] - grad).abs().max() / scale < 1e-2, name  # fp32 summation order
+        assert (fast_grads[name] - grad).abs().max() <= 1e-2 * flat.abs().max() + 2e-2 * grad.abs().max(), name
 
 
 def test_bf16_frozen_networks_stay_close_to_fp32(tmp_path: Path, data_dirs: tuple[str, str]) -> None:

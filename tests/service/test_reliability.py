@@ -69,13 +69,18 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield server
 
 
-def assert_live(probe: Probe, refusals_allowed: int = 0) -> None:
-    """Every probe answered in time; under a connection flood a few may get the clean 503 refusal (never a
-    timeout or a reset)."""
+def assert_live(probe: Probe, burst_at: float | None = None, burst_window_s: float = 1.0) -> None:
+    """Every probe answered in time; under a connection flood (started at ``burst_at``) probes may get the
+    clean 503 refusal while the burst is being accepted, never a timeout or a reset and never later: a
+    kubelet probing every few seconds sees at most one refusal."""
     summary = probe.summary()
     assert summary["probes"] >= 3, summary
     assert all(f == "status 503" for f in probe.failures), summary
-    assert summary["failures"] <= refusals_allowed, summary
+    if burst_at is None:
+        assert summary["failures"] == 0, summary
+    else:
+        late = [round(t - burst_at, 2) for t in probe.failure_times if t - burst_at > burst_window_s]
+        assert not late, {"refused_after_s": late, **summary}
     assert summary["max_ms"] is not None and summary["max_ms"] < STALL_S * 1000, summary
 
 
@@ -136,11 +141,13 @@ def test_idle_connections_are_evicted_or_closed_and_liveness_answers(guarded: Se
     """300 silent connections against a 40-connection limit and 256 open files: the oldest idle ones are
     closed to make room, the rest after the header timeout; no accept() error floods the log."""
     with Probe(guarded.port) as probe:
+        burst_at = time.monotonic()
         sockets = open_sockets(guarded.port, 300, b"")
+        burst_s = time.monotonic() - burst_at
         result = closed_by_server(sockets, wait_s=HEADER_TIMEOUT_S + 8)
     assert result["connections"] == 300 and result["still_open"] == 0, result
     assert set(result["answers"]) <= {"closed", "503"}, result  # silent ones are closed, or refused
-    assert_live(probe, refusals_allowed=3)  # a probe landing in the first quarter second of the burst
+    assert_live(probe, burst_at=burst_at, burst_window_s=burst_s + 1.0)  # refusals only during the burst
     log = guarded.log_text()
     assert log.count("out of system resource") <= 1, log[-2000:]
     assert "Traceback" not in log
