@@ -208,6 +208,13 @@ class Page:
 
     def click(self, selector: str) -> None:
         x, y = self.center(selector)
+        # A click at stale coordinates (the layout moved) silently hits another element: fail loudly instead.
+        hit = self.evaluate(
+            f"(() => {{ const el = document.elementFromPoint({x}, {y});"
+            f" return Boolean(el && document.querySelector({json.dumps(selector)}).contains(el)); }})()"
+        )
+        if not hit:
+            raise AssertionError(f"{selector!r} is not the element under its own centre ({x:.0f}, {y:.0f})")
         self.mouse("mousePressed", x, y, buttons=1)
         self.mouse("mouseReleased", x, y)
 
@@ -335,12 +342,13 @@ def test_upload_two_images_and_stylize(page: Page, tmp_path: Path) -> None:
 
 def test_samples_interpolation_and_painted_regions(page: Page, tmp_path: Path) -> None:
     page.click("[data-content-sample=landscape]")
+    # The preview appears asynchronously and pushes the style rows ~200 px down: like a user, look before clicking on.
+    page.wait_for("document.getElementById('content-preview').naturalWidth === 384")
     page.click(".style-row [data-style-sample=waves]")
     page.click("#add-style")
     page.click(".style-row:nth-child(2) [data-style-sample=mosaic]")
     page.wait_for("document.querySelectorAll('.style-row img').length === 2 && "
                   "[...document.querySelectorAll('.style-row img')].every((i) => i.naturalWidth > 0)")  # fmt: skip
-    page.wait_for("document.getElementById('content-preview').naturalWidth === 384")
 
     page.evaluate("document.getElementById('mode').value = 'interpolate';"
                   "document.getElementById('mode').dispatchEvent(new Event('change'))")  # fmt: skip
