@@ -139,6 +139,24 @@ class PairDataConfig:
     balance_style_dirs: bool = True
 
 
+class EpochPermutation:
+    """Which pool file item ``index`` uses: a fresh seeded permutation of the pool each epoch (the current
+    epoch's is cached). The folder dataset and the pack (`model.pack`) share it, so both see one order."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self._epoch = -1
+        self._perm: list[int] = []
+
+    def __call__(self, index: int) -> int:
+        epoch, offset = divmod(index, self.size)
+        if epoch != self._epoch:
+            perm = list(range(self.size))
+            random.Random(f"{self.seed}-perm-{epoch}").shuffle(perm)
+            self._perm, self._epoch = perm, epoch
+        return self._perm[offset]
+
+
 class ContentStylePairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item ``i`` -> (content crop (3, S, S), style crop (3, S, S)), a pure function of (seed, i).
 
@@ -156,19 +174,10 @@ class ContentStylePairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if not cfg.balance_style_dirs:
             style_groups = [sorted(f for g in style_groups for f in g)]
         self.style_groups = [RobustImagePool(g, "style") for g in style_groups]
-        self._perm_epoch = -1
-        self._perm: list[int] = []
+        self._content_index = EpochPermutation(len(self.content), cfg.seed)
 
     def __len__(self) -> int:
         return len(self.content)
-
-    def _content_index(self, index: int) -> int:
-        epoch, offset = divmod(index, len(self.content))
-        if epoch != self._perm_epoch:
-            perm = list(range(len(self.content)))
-            random.Random(f"{self.cfg.seed}-perm-{epoch}").shuffle(perm)
-            self._perm, self._perm_epoch = perm, epoch
-        return self._perm[offset]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = random.Random(f"{self.cfg.seed}-item-{index}")

@@ -30,7 +30,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS, list_images, load_rgb, resize_short_side
+from model.data import (
+    DEFAULT_CONTENT_DIRS,
+    DEFAULT_STYLE_DIRS,
+    EpochPermutation,
+    list_images,
+    load_rgb,
+    resize_short_side,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,20 +166,10 @@ class PackedPairs(Dataset[tuple[Tensor, Tensor]]):
         self.content = PackPool(root / "content.u8", pools["content"]["entries"], pools["content"]["files"])
         names = sorted((n for n in pools if n.startswith("style-")), key=lambda n: int(n.split("-")[1]))
         self.style_groups = [PackPool(root / f"{n}.u8", pools[n]["entries"], pools[n]["files"]) for n in names]
-        self._perm_epoch = -1
-        self._perm: list[int] = []
+        self._content_index = EpochPermutation(len(self.content), seed)
 
     def __len__(self) -> int:
         return len(self.content)
-
-    def _content_index(self, index: int) -> int:
-        # The same per-epoch permutation as ContentStylePairs._content_index.
-        epoch, offset = divmod(index, len(self.content))
-        if epoch != self._perm_epoch:
-            perm = list(range(len(self.content)))
-            random.Random(f"{self.seed}-perm-{epoch}").shuffle(perm)
-            self._perm, self._perm_epoch = perm, epoch
-        return self._perm[offset]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         rng = random.Random(f"{self.seed}-item-{index}")
