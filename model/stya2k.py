@@ -118,19 +118,27 @@ class StyA2K(nn.Module):
         return self.decoder(merged, transferred["relu3_1"])
 
     # ---------------------------------------------------------------------------------------------- training
-    def forward_with_features(self, content: Tensor,
-                              style: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        """Training pass. content (B, 3, H, W) with H, W multiples of 16 (>= 32); style any size >= 32.
-
-        Returns the unclamped output and every tap of content and style (computed without grad, for the losses).
-        """
+    def encode_pair(self, content: Tensor, style: Tensor,
+                    fused: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Training: every tap of content and style, without grad. content (B, 3, H, W) with H, W multiples of
+        16 (>= 32); style any size >= 32. ``fused`` sends both through the encoder as one batch when their
+        shapes match (one call instead of two; the features are the same)."""
         h, w = content.shape[-2:]
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < MIN_SIDE:
             raise ValueError(
                 f"training content must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIDE} px, got {h}x{w}")
         with torch.no_grad():
-            c_feats = self.encoder(content)
-            s_feats = self.encoder(pad_image(style)[0])
+            if fused and content.shape == style.shape:
+                both = self.encoder(torch.cat([content, style]))  # (2B, C, h, w) per tap
+                b = content.shape[0]
+                return {k: v[:b] for k, v in both.items()}, {k: v[b:] for k, v in both.items()}
+            return self.encoder(content), self.encoder(pad_image(style)[0])
+
+    def forward_with_features(self, content: Tensor,
+                              style: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Training pass (sizes as `encode_pair`). Returns the unclamped output and every tap of content and
+        style (computed without grad, for the losses)."""
+        c_feats, s_feats = self.encode_pair(content, style)
         return self.decode(self.transfer(c_feats, s_feats)), c_feats, s_feats
 
     def forward(self, content: Tensor, style: Tensor) -> Tensor:

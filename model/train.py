@@ -41,7 +41,6 @@ from model.data import (
 )
 from model.pack import PackedPairs
 from model.plotting import image_grid, plot_curves
-from model.stya2k import MIN_SIDE, SIZE_MULTIPLE, pad_image
 
 logger = logging.getLogger(__name__)
 
@@ -520,19 +519,11 @@ class Trainer:
 
     def features(self, content: torch.Tensor, style: torch.Tensor) -> tuple[dict[str, torch.Tensor],
                                                                             dict[str, torch.Tensor]]:
-        """Every tap of content and style through the frozen encoder, without autograd.
-
-        content, style: (B, 3, S, S) training crops of one size (a multiple of 16) -> {tap: (B, C, h, w)} each.
-        """
-        with torch.no_grad(), self._encoder_autocast():
-            if self.levers.fused_encode and content.shape == style.shape:
-                both = self.net.encoder(torch.cat([content, style]))  # (2B, C, h, w) per tap
-                c_feats = {k: v[: content.shape[0]].float() for k, v in both.items()}
-                s_feats = {k: v[content.shape[0]:].float() for k, v in both.items()}
-            else:
-                c_feats = {k: v.float() for k, v in self.net.encoder(content).items()}
-                s_feats = {k: v.float() for k, v in self.net.encoder(pad_image(style)[0]).items()}
-        return c_feats, s_feats
+        """Every tap of content and style through the frozen encoder (`StyA2K.encode_pair`) under the levers,
+        as fp32: {tap: (B, C, h, w)} each."""
+        with self._encoder_autocast():
+            c_feats, s_feats = self.net.encode_pair(content, style, fused=self.levers.fused_encode)
+        return {k: v.float() for k, v in c_feats.items()}, {k: v.float() for k, v in s_feats.items()}
 
     def step(self, content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss terms as floats."""
@@ -541,10 +532,6 @@ class Trainer:
             group["lr"] = lr
         content = content.to(self.device, non_blocking=True)  # (B, 3, S, S)
         style = style.to(self.device, non_blocking=True)  # (B, 3, S, S)
-        h, w = content.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < MIN_SIDE:
-            raise ValueError(
-                f"training content must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIDE} px, got {h}x{w}")
         if self.levers.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
             style = style.contiguous(memory_format=torch.channels_last)
