@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from model import hardware
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOC_PATH = REPO_ROOT / "docs" / "BENCHMARKS.md"
@@ -30,16 +32,6 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
 
 
 # ------------------------------------------------------------------------------------------------ machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -87,7 +79,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": socket.gethostname(),
-        "cpu": cpu_model(),
+        "cpu": hardware.cpu_model(),
         "cores": usable_cores(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
@@ -117,11 +109,12 @@ def machine_line(meta: dict[str, Any]) -> str:
 
 
 def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name} but CUDA is not available on this machine")
-    return torch.device(name)
+    """`model.hardware.select_device` for a benchmark's ``--device``: a missing GPU ends the script with the
+    message, not a traceback."""
+    try:
+        return hardware.select_device(name)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------------ timing

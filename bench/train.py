@@ -41,8 +41,9 @@ from bench.common import (
     write_json,
 )
 from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from model.hardware import has_native_bf16
 from model.pack import default_cache_dir
-from model.train import TrainConfig, Trainer, cpu_has_native_bf16
+from model.train import TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results = [bench_size(args, s, variants, device, Path(tmp)) for s in sizes]
     meta = machine_info(device)
-    meta["cpu_native_bf16"] = cpu_has_native_bf16()
+    meta["cpu_native_bf16"] = has_native_bf16()
     matmul = matmul_flops_per_s(device, torch.float32, 2048 if device.type == "cpu" else 8192)
     result = {"meta": meta, "command": "python -m bench.train " + " ".join(argv or sys.argv[1:]),
               "sizes": results, "matmul": matmul}

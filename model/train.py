@@ -39,6 +39,7 @@ from model.data import (
     list_images,
     load_fixed_images,
 )
+from model.hardware import has_native_bf16, select_device
 from model.pack import PackedPairs
 from model.plotting import image_grid, plot_curves
 
@@ -161,12 +162,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @dataclass(frozen=True)
 class StepLevers:
     """How the training step runs on this machine; the loss it computes is the same either way."""
@@ -179,15 +174,6 @@ class StepLevers:
     def describe(self) -> str:
         flags = f"channels_last={self.channels_last} bf16={self.bf16} fused_encode={self.fused_encode}"
         return flags + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them bf16 convolutions are emulated (measured 6-20x slower on AVX2)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def _time_encoder(encoder: torch.nn.Module, x: torch.Tensor, reps: int = 2) -> float:
@@ -206,7 +192,7 @@ def choose_levers(cfg: TrainConfig, device: torch.device, encoder: torch.nn.Modu
     """Resolve "auto" per machine: capability for bf16, a short measurement for channels_last (CPU)."""
     reasons: list[str] = []
     if cfg.bf16 == "auto":
-        bf16 = device.type == "cuda" or cpu_has_native_bf16()
+        bf16 = device.type == "cuda" or has_native_bf16()
         reasons.append("bf16: CUDA" if device.type == "cuda" else
                        f"bf16: CPU {'has' if bf16 else 'lacks'} native bf16 (avx512_bf16/amx)")
     else:
@@ -340,7 +326,7 @@ class Trainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = pick_device(cfg.device)
+        self.device = select_device(cfg.device)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.thread_tuner = (ThreadTuner((1, cores)) if cfg.thread_tuning and self.device.type == "cpu"
                              and cores > 1 and not cfg.threads else None)

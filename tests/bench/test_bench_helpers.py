@@ -24,6 +24,13 @@ def test_doc_section_rewrites_only_its_own_block(tmp_path: Path) -> None:
     assert text.count("<!-- BEGIN a -->") == 1 and text.startswith("# Benchmarks")
 
 
+def test_missing_gpu_ends_a_benchmark_with_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert common.select_device("auto") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="--device cuda but CUDA is not available"):
+        common.select_device("cuda")
+
+
 def test_percentile_interpolates() -> None:
     values = [float(v) for v in range(1, 101)]
     assert common.percentile(values, 50) == pytest.approx(50.5)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from model.export import update_manifest
+from model.hardware import has_native_bf16
 from model.imageio import tensor_to_pil
 from model.train import (
     Deadline,
@@ -21,7 +22,6 @@ from model.train import (
     Trainer,
     add_arguments,
     config_from_args,
-    cpu_has_native_bf16,
     learning_rate,
     main,
 )
@@ -203,7 +203,7 @@ def test_bf16_frozen_networks_stay_close_to_fp32(tmp_path: Path, data_dirs: tupl
 
 def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
     trainer = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="auto"))
-    assert trainer.levers.bf16 == cpu_has_native_bf16()
+    assert trainer.levers.bf16 == has_native_bf16()
     described = trainer.levers.describe()
     assert "channels_last: encoder fwd+bwd" in described and "bf16: CPU" in described
     state = torch.load(trainer.save_checkpoint(), weights_only=False)
