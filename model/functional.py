@@ -35,19 +35,29 @@ def adain(content: Tensor, style: Tensor) -> Tensor:
     return mean_variance_norm(content) * s_std + s_mean
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad the bottom/right of (B, C, H, W) so H and W are multiples of `multiple`.
+def pad_to(x: Tensor, height: int, width: int) -> Tensor:
+    """Pad (..., C, h, w) at the bottom/right to (..., C, height, width).
 
-    Reflection keeps padded regions statistically like their surroundings, so no block sees artificial zeros;
-    when a side is too small to reflect (pad >= size) we replicate instead. Returns the padded tensor and the
-    original (H, W) so callers can crop back.
+    Reflection keeps padded regions statistically like their surroundings, so no block or conv sees artificial
+    zeros; when a side is too small to reflect (its pad >= its size) both sides replicate instead.
     """
     h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    pad_h, pad_w = height - h, width - w
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"pad_to cannot shrink {h}x{w} to {height}x{width}")
     if pad_h == 0 and pad_w == 0:
-        return x, (h, w)
+        return x
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad the bottom/right of (B, C, H, W) so H and W are multiples of `multiple` (`pad_to`'s rule).
+
+    Returns the padded tensor and the original (H, W) so callers can crop back.
+    """
+    h, w = x.shape[-2:]
+    return pad_to(x, h + (-h) % multiple, w + (-w) % multiple), (h, w)
 
 
 def block(x: Tensor, p: int) -> Tensor:

@@ -126,6 +126,36 @@ def test_pad_to_multiple_replicates_when_too_small_to_reflect():
     torch.testing.assert_close(padded[..., :3, :5], x)
 
 
+def test_pad_to_reflects_when_every_pad_is_smaller_than_its_side():
+    x = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(1, 2, 4, 6)
+    padded = fn.pad_to(x, 7, 9)  # pads 3 < 4 and 3 < 6
+    assert padded.shape == (1, 2, 7, 9)
+    torch.testing.assert_close(padded, F.pad(x, (0, 3, 0, 3), mode="reflect"))
+    assert fn.pad_to(x, 4, 6) is x  # nothing to pad: the same tensor
+
+
+def test_pad_to_replicates_both_sides_when_one_pad_is_too_big():
+    x = torch.randn(1, 3, 4, 10)
+    # width pad 2 could reflect, height pad 4 (== its side) cannot: the rule replicates both, not a mix.
+    torch.testing.assert_close(fn.pad_to(x, 8, 12), F.pad(x, (0, 2, 0, 4), mode="replicate"))
+    maps = torch.rand(2, 3, 5)  # (N, h, w) weight maps without a batch dimension pad the same way
+    torch.testing.assert_close(fn.pad_to(maps, 5, 6), F.pad(maps[None], (0, 1, 0, 2), mode="reflect")[0])
+
+
+def test_pad_to_refuses_to_shrink():
+    with pytest.raises(ValueError, match="cannot shrink 4x6 to 3x8"):
+        fn.pad_to(torch.zeros(1, 1, 4, 6), 3, 8)
+
+
+def test_pad_to_multiple_is_pad_to_the_next_multiple():
+    for hw in ((13, 22), (3, 5), (16, 32), (17, 1)):
+        x = torch.randn(1, 2, *hw)
+        padded, size = fn.pad_to_multiple(x, 8)
+        want = (-(-hw[0] // 8) * 8, -(-hw[1] // 8) * 8)
+        assert size == hw and padded.shape[-2:] == want
+        torch.testing.assert_close(padded, fn.pad_to(x, *want))
+
+
 def test_all_to_all_matches_softmax_reference():
     q, k, v = random_maps(c=16, hw=(6, 5), hw_s=(4, 7))
     out = fn.all_to_all(q, k, v, heads=4)
@@ -146,3 +176,19 @@ def test_mean_variance_norm_and_adain_statistics():
     torch.testing.assert_close(sd, ssd, atol=1e-3, rtol=1e-3)
     # A single position has no variance: must stay finite.
     assert torch.isfinite(fn.mean_variance_norm(torch.randn(1, 2, 1, 1))).all()
+
+
+def test_preserve_color_takes_luma_from_stylized_and_chroma_from_content() -> None:
+    generator = torch.Generator().manual_seed(0)
+    content = 0.25 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)  # mid-tones: no clamping
+    stylized = 0.25 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)
+    mixed = fn.preserve_color(stylized, content)
+    ycc = fn._RGB_TO_YCC
+
+    def to_ycc(x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ij,bjhw->bihw", ycc, x)
+
+    assert torch.allclose(to_ycc(mixed)[:, 0], to_ycc(stylized)[:, 0], atol=1e-4)
+    in_gamut = ((to_ycc(mixed) - to_ycc(content))[:, 1:].abs() < 1e-4).float().mean()
+    assert in_gamut > 0.9  # chroma equals the content's wherever the result is not clamped
+    assert torch.allclose(fn.preserve_color(content, content), content, atol=1e-5)
