@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from model.imageio import pil_to_tensor
+from model.imageio import IMAGE_SUFFIXES, pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_CONTENT_DIRS = (str(SHARED_DATA / "train" / "content"),)
 DEFAULT_STYLE_DIRS = (str(SHARED_DATA / "train" / "style"), str(SHARED_DATA / "train" / "style_lowres"))
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 # Images smaller than this on their short side are too degraded to learn from, even upscaled.
 MIN_SHORT_SIDE = 32
 # How many other files to try when a sampled file turns out corrupt or tiny.

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+# The file names that count as images wherever a folder is listed (training and calibration data, the CLI's
+# batch folders). A GIF decodes to its first frame, a normal RGB image, so it is one too.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 

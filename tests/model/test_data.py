@@ -59,6 +59,20 @@ def test_list_images_filters_suffixes_and_errors_on_missing(tmp_path: Path) -> N
         list_images([tmp_path / "missing"])
 
 
+def test_one_image_suffix_list_and_a_gif_is_an_image(tmp_path: Path) -> None:
+    from model import calibrate, data, imageio
+
+    assert data.IMAGE_SUFFIXES is imageio.IMAGE_SUFFIXES is calibrate.IMAGE_SUFFIXES  # one definition
+    folder = tmp_path / "mixed"
+    _make_folder(folder, 1, seed=0)
+    frames = [_gradient_image(48, 40, seed=s).convert("P") for s in (1, 2)]
+    frames[0].save(folder / "anim.GIF", save_all=True, append_images=frames[1:])
+    assert [p.name for p in list_images([folder])] == ["anim.GIF", "img_00.png"]
+    first = load_rgb(folder / "anim.GIF")  # the first frame, as RGB
+    assert first.mode == "RGB" and first.size == (48, 40)
+    assert [p.name for p in calibrate.select_images(folder, 8)] == ["anim.GIF", "img_00.png"]
+
+
 def test_load_rgb_rejects_corrupt_and_tiny(tmp_path: Path) -> None:
     corrupt = tmp_path / "bad.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff garbage")
