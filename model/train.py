@@ -42,6 +42,7 @@ from model.data import (
 from model.hardware import has_native_bf16, select_device
 from model.pack import PackedPairs
 from model.plotting import image_grid, plot_curves
+from model.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -281,34 +282,10 @@ def plot_log(rows: list[dict[str, str]], path: Path, title: str) -> Path | None:
     return plot_curves(steps, series, path, title=title, smooth=max(1, len(rows) // 25))
 
 
-class Progress:
-    """One-line progress bar on a TTY (loss and it/s), plain log lines otherwise."""
-
-    def __init__(self, start: int, total: int, log_every: int) -> None:
-        self.start, self.total, self.log_every = start, total, log_every
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-
-    def update(self, iteration: int, loss: float, sec_per_iter: float) -> None:
-        done = iteration + 1
-        rate = 1.0 / sec_per_iter if sec_per_iter > 0 else 0.0
-        eta = (self.total - done) * sec_per_iter
-        if self.tty:
-            width = 30
-            filled = int(width * done / self.total)
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(
-                f"\r[{bar}] {done}/{self.total} loss {loss:.4f} {rate:.2f} it/s eta {eta / 60:.1f} min  "
-            )
-            sys.stderr.flush()
-            if done == self.total:
-                sys.stderr.write("\n")
-        elif done % self.log_every == 0 or done == self.total:
-            logger.info(
-                "iter %d/%d loss %.4f %.3f it/s (%.2f s/it) eta %.1f min",
-                done, self.total, loss, rate, sec_per_iter, eta / 60,
-            )
-
+def step_label(loss: float, sec_per_iter: float) -> str:
+    """What a progress line says about the last step: its loss and speed."""
+    rate = 1.0 / sec_per_iter if sec_per_iter > 0 else 0.0
+    return f"loss {loss:.4f} {rate:.3f} it/s ({sec_per_iter:.2f} s/it)"
 
 
 class Trainer:
@@ -542,7 +519,7 @@ class Trainer:
         deadline = Deadline(time_budget)
         if self.iteration == 0 and self.cfg.sample_every > 0:
             self.write_samples()
-        progress = Progress(self.iteration, self.cfg.iters, self.cfg.log_every)
+        progress = Progress(self.cfg.iters, sys.stderr, start=self.iteration, every=self.cfg.log_every, logger=logger)
         done = 0
         tick = time.perf_counter()
         for content, style in self._loader(stop):
@@ -560,7 +537,7 @@ class Trainer:
                 raise FloatingPointError(f"loss became {values['total']} at iteration {self.iteration}")
             row = {"iteration": self.iteration, "sec_per_iter": sec_per_iter, "wall_s": self.wall_s, **values}
             self.log.append(row)
-            progress.update(self.iteration, values["total"], sec_per_iter)
+            progress.step(step_label(values["total"], sec_per_iter))
             self.iteration += 1
             done += 1
             if self.cfg.ckpt_every > 0 and self.iteration % self.cfg.ckpt_every == 0:
