@@ -202,3 +202,22 @@ def all_to_all(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
 
     out = F.scaled_dot_product_attention(tokens(q), tokens(k), tokens(v), scale=1.0)  # (B, h, H*W, dv)
     return out.transpose(-1, -2).reshape(b, cv, hh, ww)
+
+
+# BT.601 full-range RGB <-> YCbCr (what JPEG uses); the chroma offset 0.5 is irrelevant here.
+_RGB_TO_YCC = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+)  # (3, 3)
+
+
+def preserve_color(stylized: Tensor, content: Tensor) -> Tensor:
+    """Colour preservation by luminance transfer: the stylized image's luma with the content's chroma.
+
+    stylized, content: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+    """
+    forward = _RGB_TO_YCC.to(stylized.device, torch.float32)
+    inverse = torch.linalg.inv(forward)
+    stylized_ycc = torch.einsum("ij,bjhw->bihw", forward, stylized.float())  # (B, 3, H, W)
+    content_ycc = torch.einsum("ij,bjhw->bihw", forward, content.float())
+    mixed = torch.cat([stylized_ycc[:, :1], content_ycc[:, 1:]], dim=1)  # (B, 3, H, W)
+    return torch.einsum("ij,bjhw->bihw", inverse, mixed).clamp_(0.0, 1.0).to(stylized.dtype)

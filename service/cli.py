@@ -2,7 +2,7 @@
 
 Transfers run the model in this process (``--weights``, ``--device``) or, with ``--url``, on a running
 server through :mod:`service.client`. Local mode uses the service's own decode / resize / encode path
-(:mod:`service.pipeline`, :mod:`service.imaging`) and engine, so a local result equals the server's.
+(:func:`service.transfer.run_transfer`) and engine, so a local result equals the server's.
 
 Exit codes: 0 success, 1 failure (bad image, model or server error), 2 usage error.
 """
@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 failure (bad image, model or server error), 2 usage err
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import importlib
 import logging
@@ -20,6 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from service.contract import (
+    ALPHA,
+    DEFAULT_ALPHA,
+    DEFAULT_FEATHER,
+    FEATHER,
+    MAX_SIDE,
+    Mode,
+    OutputFormat,
+    Range,
+    TransferRequest,
+)
 
 log = logging.getLogger("service.cli")
 
@@ -41,36 +54,19 @@ class Failure(Exception):
 
 # ---------------------------------------------------------------------------------------------- backends
 @dataclass(frozen=True)
-class Transfer:
-    """One transfer to run, as file bytes plus the API's options."""
-
-    mode: str  # stylize | interpolate | multistyle
-    content: bytes
-    styles: list[bytes]
-    alpha: float
-    preserve_color: bool
-    max_side: int | None
-    format: str
-    weights: list[float] | None = None
-    masks: list[bytes] | None = None
-    labels: bytes | None = None
-    feather: float = 8.0
-
-
-@dataclass(frozen=True)
 class Output:
     data: bytes
     milliseconds: float
 
 
 class Backend(Protocol):
-    def run(self, transfer: Transfer) -> Output: ...
+    def run(self, transfer: TransferRequest) -> Output: ...
 
     def close(self) -> None: ...
 
 
 class LocalBackend:
-    """The model in this process, through the service's engine and pipeline (identical results)."""
+    """The model in this process: the service's own :func:`~service.transfer.run_transfer` and engine."""
 
     def __init__(self, weights: str | None, device: str, threads: int) -> None:
         from service.engine import Engine
@@ -94,27 +90,16 @@ class LocalBackend:
         except Exception as exc:  # missing / corrupt weights, no CUDA, ...: a clear one-line failure
             raise Failure(f"cannot load the model: {exc}") from None
 
-    def run(self, transfer: Transfer) -> Output:
-        from service import pipeline
+    def run(self, transfer: TransferRequest) -> Output:
         from service.errors import ServiceError
+        from service.transfer import EngineRunner, run_transfer
 
         started = time.monotonic()
-        request = pipeline.TransferRequest(**dataclasses.asdict(transfer))
         try:
-            pipeline.validate(request, self.settings)
-            job = pipeline.prepare(request, self.settings, self.engine.lookup_style)
+            outcome = asyncio.run(run_transfer(transfer, self.settings, EngineRunner(self.engine)))
         except ServiceError as exc:
             raise Failure(exc.message) from None
-        except Exception as exc:  # a decoder failure on odd input is still a bad input, not a crash
-            raise Failure(f"the image could not be decoded ({type(exc).__name__}: {exc})") from None
-        try:
-            result = self.engine.run_batch([job])[0]
-        except Exception as exc:
-            result = exc
-        if isinstance(result, BaseException):
-            raise Failure(self.engine.failure(job, result).message)
-        data = pipeline.encode(result, transfer.format)
-        return Output(data, (time.monotonic() - started) * 1000)
+        return Output(outcome.body, (time.monotonic() - started) * 1000)
 
     def close(self) -> None:
         return None
@@ -128,20 +113,20 @@ class RemoteBackend:
 
         self.client = Client(url, api_key=api_key, timeout_s=timeout_s)
 
-    def run(self, transfer: Transfer) -> Output:
+    def run(self, transfer: TransferRequest) -> Output:
         from service.client import StyA2KError
 
         options: dict[str, Any] = {
             "alpha": transfer.alpha,
             "preserve_color": transfer.preserve_color,
             "max_side": transfer.max_side,
-            "format": transfer.format,
+            "format": str(transfer.format),
         }
         started = time.monotonic()
         try:
-            if transfer.mode == "stylize":
+            if transfer.mode is Mode.stylize:
                 result = self.client.stylize(transfer.content, transfer.styles[0], **options)
-            elif transfer.mode == "interpolate":
+            elif transfer.mode is Mode.interpolate:
                 result = self.client.interpolate(transfer.content, transfer.styles, transfer.weights or [], **options)
             else:
                 result = self.client.multistyle(
@@ -220,14 +205,14 @@ def read_file(path: Path, what: str) -> bytes:
         raise Failure(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def output_format(requested: str | None, out: Path, is_folder: bool) -> str:
+def output_format(requested: str | None, out: Path, is_folder: bool) -> OutputFormat:
     """--format, else the output file's suffix, else png; a conflict between the two is a usage error."""
     from_suffix = None if is_folder else FORMAT_BY_SUFFIX.get(out.suffix.lower())
     if not is_folder and out.suffix and from_suffix is None:
         raise UsageError(f"output {out}: unknown suffix {out.suffix!r}; use .png, .jpg, .jpeg or .webp")
     if requested and from_suffix and requested != from_suffix:
         raise UsageError(f"--format {requested} contradicts the output file name {out.name}")
-    return requested or from_suffix or "png"
+    return OutputFormat(requested or from_suffix or OutputFormat.png)
 
 
 def parse_weights(values: Sequence[str]) -> list[float]:
@@ -263,14 +248,14 @@ def run_stylize(args: argparse.Namespace) -> int:
     try:
         for content_path, style_path in pairs:
             target = out / f"{content_path.stem}__{style_path.stem}{SUFFIX_BY_FORMAT[fmt]}" if many else out
-            transfer = Transfer(
-                "stylize",
-                read_file(content_path, "content"),
-                [read_file(style_path, "style")],
-                args.alpha,
-                args.preserve_color,
-                args.max_side,
-                fmt,
+            transfer = TransferRequest(
+                mode=Mode.stylize,
+                content=read_file(content_path, "content"),
+                styles=[read_file(style_path, "style")],
+                alpha=args.alpha,
+                preserve_color=args.preserve_color,
+                max_side=args.max_side,
+                format=fmt,
             )
             try:
                 result = backend.run(transfer)
@@ -293,7 +278,7 @@ def run_stylize(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failures else EXIT_OK
 
 
-def _single_transfer(args: argparse.Namespace, transfer_for: Callable[[str], Transfer]) -> int:
+def _single_transfer(args: argparse.Namespace, transfer_for: Callable[[OutputFormat], TransferRequest]) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give the output file name")
@@ -322,15 +307,15 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UsageError("--weights must be >= 0 and not all zero")
 
-    def transfer(fmt: str) -> Transfer:
-        return Transfer(
-            "interpolate",
-            read_file(Path(args.content), "content"),
-            [read_file(Path(s), "style") for s in args.styles],
-            args.alpha,
-            args.preserve_color,
-            args.max_side,
-            fmt,
+    def transfer(fmt: OutputFormat) -> TransferRequest:
+        return TransferRequest(
+            mode=Mode.interpolate,
+            content=read_file(Path(args.content), "content"),
+            styles=[read_file(Path(s), "style") for s in args.styles],
+            alpha=args.alpha,
+            preserve_color=args.preserve_color,
+            max_side=args.max_side,
+            format=fmt,
             weights=weights,
         )
 
@@ -342,15 +327,15 @@ def run_multistyle(args: argparse.Namespace) -> int:
     if args.masks and len(args.masks) != len(args.styles):
         raise UsageError(f"--masks: {len(args.masks)} masks for {len(args.styles)} styles; give one per style")
 
-    def transfer(fmt: str) -> Transfer:
-        return Transfer(
-            "multistyle",
-            read_file(Path(args.content), "content"),
-            [read_file(Path(s), "style") for s in args.styles],
-            args.alpha,
-            args.preserve_color,
-            args.max_side,
-            fmt,
+    def transfer(fmt: OutputFormat) -> TransferRequest:
+        return TransferRequest(
+            mode=Mode.multistyle,
+            content=read_file(Path(args.content), "content"),
+            styles=[read_file(Path(s), "style") for s in args.styles],
+            alpha=args.alpha,
+            preserve_color=args.preserve_color,
+            max_side=args.max_side,
+            format=fmt,
             masks=[read_file(Path(m), "mask") for m in args.masks] if args.masks else None,
             labels=read_file(Path(args.labels), "labels") if args.labels else None,
             feather=args.feather,
@@ -363,7 +348,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.server import serve
     from service.settings import Settings, SettingsError
 
-    overrides = {name: getattr(args, name) for name in SERVE_FLAGS if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in serve_flags() if getattr(args, name) is not None}
     try:
         settings = Settings.from_env().replace(**overrides)
     except SettingsError as exc:
@@ -390,48 +375,17 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
-# Flags of ``stya2k serve``: one per Settings field; the help says what each does (env var in brackets).
-SERVE_HELP: dict[str, str] = {
-    "weights": "weights file (.pt); default: the shipped weights; 'random' = untrained model (tests only)",
-    "device": "auto | cpu | cuda | cuda:N (auto: the GPU when there is one)",
-    "dtype": "auto | float32 | bfloat16 | float16: autocast precision (auto: float16 on GPU; on CPU bfloat16 only "
-    "where the CPU has native bf16 and a start-up probe measures it faster, else float32; float32 = exact)",
-    "compile": "torch.compile the transfer path (GPU; slower start-up, faster requests)",
-    "warmup": "run the common shapes once before reporting ready",
-    "threads": "torch intra-op threads on CPU; 0 = torch's default",
-    "workers": "threads that decode, resize and encode images off the event loop",
-    "max_batch_size": "most requests combined into one forward pass; 0 = auto: 1 on CPU, 8 on GPU",
-    "max_wait_ms": "longest time a request waits for others to fill a batch",
-    "queue_size": "requests waiting for the model before new ones get 429",
-    "deadline_ms": "per-request deadline, arrival to answer; later ones get 504",
-    "bucket_px": "content sizes are padded up to a multiple of this so requests can share a batch",
-    "max_body_bytes": "largest request body; larger ones get 413",
-    "max_input_pixels": "largest decoded input image (width x height); larger ones get 413",
-    "max_side": "largest output side a client may ask for (max_side field)",
-    "default_side": "output side when the client does not ask",
-    "style_size": "styles are resized (short side) and centre-cropped to this square",
-    "max_styles": "most styles in one interpolate / multistyle request",
-    "cache_bytes": "memory for cached style features (repeated styles skip the encoder)",
-    "decode_budget_bytes": "decoded-image bytes held by all decodes at once; an image needing more alone gets 413",
-    "max_json_items": "JSON bodies: most values + object keys (a string of any length counts once); more gets 413",
-    "max_json_depth": "JSON bodies: deepest nesting of arrays / objects; deeper gets 413",
-    "max_connections": "open client connections; at the limit the oldest idle one is closed, else 503",
-    "keep_alive_s": "seconds an idle keep-alive connection stays open after a response",
-    "header_timeout_s": "seconds a client has to send a complete request header (408 / close after)",
-    "body_timeout_s": "longest pause in seconds while a client sends the body (408 after)",
-    "api_key": "require this X-API-Key header on /v1/* (prefer the env var: flags show in `ps`)",
-    "metrics_require_key": "with an API key set, /metrics needs it too (--no-metrics-require-key: open)",
-    "host": "address to listen on (0.0.0.0 = every interface)",
-    "port": "TCP port",
-    "drain_grace_s": "after SIGTERM: seconds of 503 readiness while still serving, before closing",
-    "drain_timeout_s": "after closing: seconds to finish in-flight requests",
-    "log_level": "debug | info | warning | error | critical",
-}
-SERVE_FLAGS = tuple(SERVE_HELP)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
+
+
+def serve_flags() -> tuple[str, ...]:
+    """``stya2k serve`` has one flag per Settings field (help text from the field itself)."""
+    from service.settings import Settings
+
+    return tuple(field.name for field in dataclasses.fields(Settings))
 
 
 def _add_serve_parser(sub: Any) -> None:
@@ -444,11 +398,10 @@ def _add_serve_parser(sub: Any) -> None:
         "overrides the default shown.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    defaults = Settings.__dataclass_fields__
-    for name, text in SERVE_HELP.items():
-        field = defaults[name]
+    for field in dataclasses.fields(Settings):
+        name = field.name
         flag = "--" + name.replace("_", "-")
-        help_text = f"{text} [env STYA2K_{name.upper()}; default {field.default!r}]"
+        help_text = f"{Settings.help(name)} [env STYA2K_{name.upper()}; default {field.default!r}]"
         kind = str(field.type)
         if kind == "bool":
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -458,34 +411,21 @@ def _add_serve_parser(sub: Any) -> None:
     parser.set_defaults(handler=run_serve)
 
 
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; allowed 0..1")
-    return value
+def _number_in(allowed: Range, kind: type[float] | type[int]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` within ``allowed`` (the API's own range, service.contract)."""
+    noun = "an integer" if kind is int else "a number"
 
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not allowed.contains(value):
+            bound = f"allowed {allowed.text()}" if allowed.high is not None else f"at least {allowed.low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; {bound}")
+        return value
 
-def _side(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 64:
-        raise argparse.ArgumentTypeError(f"{value} is too small; at least 64")
-    return value
-
-
-def _feather(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 64.0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; allowed 0..64")
-    return value
+    return parse
 
 
 def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
@@ -493,13 +433,21 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", required=True, metavar="OUT", default=argparse.SUPPRESS, help="output image file (required)"
     )
-    parser.add_argument("--alpha", type=_alpha, default=1.0, help="style strength: 0 = content only, 1 = full style")
+    parser.add_argument(
+        "--alpha",
+        type=_number_in(ALPHA, float),
+        default=DEFAULT_ALPHA,
+        help=f"style strength {ALPHA.text()}: 0 = content only, 1 = full style",
+    )
     parser.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance transfer)")
     parser.add_argument(
-        "--max-side", type=_side, default=None, help="longest output side in px (never upscaled); default 512"
+        "--max-side",
+        type=_number_in(MAX_SIDE, int),
+        default=None,
+        help=f"longest output side in px, at least {MAX_SIDE.low:g} (never upscaled); default 512",
     )
     parser.add_argument(
-        "--format", choices=("png", "jpeg", "webp"), default=None, help="output encoding; default: from OUT's suffix"
+        "--format", choices=list(OutputFormat), default=None, help="output encoding; default: from OUT's suffix"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     where = parser.add_argument_group("where the model runs (default: in this process)")
@@ -564,7 +512,12 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
     regions = multistyle.add_mutually_exclusive_group(required=True)
     regions.add_argument("--masks", nargs="+", metavar="MASK", help="one grayscale mask per style (white = region)")
     regions.add_argument("--labels", metavar="FILE", help="label map: pixel value i -> style i")
-    multistyle.add_argument("--feather", type=_feather, default=8.0, help="soft border width in output px (0..64)")
+    multistyle.add_argument(
+        "--feather",
+        type=_number_in(FEATHER, float),
+        default=DEFAULT_FEATHER,
+        help=f"soft border width in output px ({FEATHER.text()})",
+    )
     _add_transfer_options(multistyle)
     multistyle.set_defaults(handler=run_multistyle)
 

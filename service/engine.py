@@ -12,22 +12,25 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import model
+from model.checkpoint import sha256_file
+from model.functional import preserve_color
 from model.imageio import quantize
-from service import imaging
+from service.contract import BatchKey, Mode, TransferJob
 from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
+from service.geometry import MIN_SIDE, bucket_shape, pad_to
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
 
-MODES = ("stylize", "interpolate", "multistyle")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # STYA2K_MAX_BATCH_SIZE=0 (auto), per device. CPU: measured batched / unbatched throughput 0.55-0.87x and more
 # time per image at batch 4 than at batch 1 (docs/BENCHMARKS.md): a CPU's convolutions are already saturated by
@@ -39,51 +42,19 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.25  # CPU auto picks bfloat16 only when the start-up probe measured at least this gain
 
 
-@dataclass(frozen=True)
-class StyleInput:
-    """One style of a request: either already-encoded features (cache hit) or a prepared image tensor."""
-
-    key: str  # sha256 of the uploaded bytes + style size
-    image: torch.Tensor | None  # (3, S, S) float in [0, 1], when not cached
-    features: Any | None  # model.StyleFeatures of batch size 1, when cached
-
-
-@dataclass(frozen=True)
-class TransferJob:
-    """A decoded, validated request ready for the model."""
-
-    mode: str  # stylize | interpolate | multistyle
-    content: torch.Tensor  # (3, h, w) float in [0, 1] at output size
-    styles: tuple[StyleInput, ...]
-    weights: torch.Tensor | None  # None (stylize) | (N,) interpolation | (N, h, w) soft region weights
-    alpha: float
-    preserve_color: bool
-
-    @property
-    def height(self) -> int:
-        return int(self.content.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.content.shape[2])
-
-
-BatchKey = tuple[str, int, int, int]  # (mode, padded height, padded width, number of styles)
-
-
 class StyleCache:
     """LRU of encoded style features bounded by bytes; thread-safe."""
 
     def __init__(self, max_bytes: int, metrics: ServiceMetrics) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: OrderedDict[str, model.StyleFeatures] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._metrics = metrics
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> model.StyleFeatures | None:
         with self._lock:
             features = self._items.get(key)
             if features is None:
@@ -95,12 +66,12 @@ class StyleCache:
             self._metrics.style_cache_hits.inc()
             return features
 
-    def peek(self, key: str) -> Any | None:
+    def peek(self, key: str) -> model.StyleFeatures | None:
         """Lookup without counting (used inside a batch after the request was already counted)."""
         with self._lock:
             return self._items.get(key)
 
-    def put(self, key: str, features: Any) -> None:
+    def put(self, key: str, features: model.StyleFeatures) -> None:
         size = int(features.nbytes)
         with self._lock:
             if size > self.max_bytes or key in self._items:
@@ -172,7 +143,7 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.cache = StyleCache(settings.cache_bytes, metrics)
-        self.net: Any = None
+        self.net: model.StyA2K | None = None
         self.device = torch.device("cpu")
         self.autocast_dtype: torch.dtype | None = None
         self.precision_reason = ""
@@ -180,14 +151,12 @@ class Engine:
         self.startup: dict[str, float | None] = {}  # seconds of each start-up step
         self.weights_label = ""
         self.weights_sha256: str | None = None
-        self._transfer: Any = None
+        self._transfer: Callable[..., torch.Tensor] | None = None
         self._largest_ok_pixels = 0  # padded pixels of the largest item computed: OOM below it is transient
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         """Select the device, load the weights, set precision; runs once, in the model thread."""
-        import model  # deferred: the package is heavy and settings/imaging tests must not need it
-
         self.device = self._select_device()
         if self.device.type == "cpu" and self.settings.threads:
             torch.set_num_threads(self.settings.threads)
@@ -200,8 +169,6 @@ class Engine:
         else:
             path = Path(self.settings.weights) if self.settings.weights else model.DEFAULT_WEIGHTS
             net = model.load_model(path, device="cpu")
-            from model.checkpoint import sha256_file
-
             self.weights_label, self.weights_sha256 = str(path), sha256_file(Path(path))
         net.eval().requires_grad_(False)
         net = net.to(self.device)
@@ -279,7 +246,7 @@ class Engine:
             with torch.inference_mode(), context:
                 for _ in range(calls):
                     started = time.perf_counter()
-                    self.net.encoder(image)
+                    self.network.encoder(image)
                     times.append(time.perf_counter() - started)
             return times
 
@@ -293,6 +260,19 @@ class Engine:
     @property
     def dtype_name(self) -> str:
         return "float32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
+
+    @property
+    def network(self) -> model.StyA2K:
+        if self.net is None:
+            raise RuntimeError("the model is not loaded yet (Engine.load)")
+        return self.net
+
+    @property
+    def transfer(self) -> Callable[..., torch.Tensor]:
+        """The network's feature-level transfer, compiled when STYA2K_COMPILE is on."""
+        if self._transfer is None:
+            raise RuntimeError("the model is not loaded yet (Engine.load)")
+        return self._transfer
 
     @property
     def loaded(self) -> bool:
@@ -311,6 +291,13 @@ class Engine:
             if net is not None else 0,
             "encoder_parameters": sum(p.numel() for p in net.encoder.parameters()) if net is not None else 0,
         }
+
+    def public_info(self) -> dict[str, Any]:
+        """:meth:`info` with the weights' file name only: the server's paths are nobody's business."""
+        info = self.info()
+        if info.get("weights"):
+            info["weights"] = Path(str(info["weights"])).name
+        return info
 
     def runtime_info(self) -> dict[str, Any]:
         """How this machine runs the model, as chosen at start-up (the /v1/info "runtime" block)."""
@@ -366,10 +353,10 @@ class Engine:
             side = self.settings.bucket_px
             return [(side, side)]
         side = self.settings.default_side
-        short = max(imaging.MIN_SIDE, round(side * 3 / 4))
+        short = max(MIN_SIDE, round(side * 3 / 4))
         step = self.settings.bucket_px
         sizes = ((side, side), (short, side), (side, short))
-        return sorted({imaging.bucket_shape(h, w, step) for h, w in sizes})
+        return sorted({bucket_shape(h, w, step) for h, w in sizes})
 
     def warm_up(self) -> None:
         """Run each common shape once (allocator, cuDNN autotune, compile) before reporting ready."""
@@ -381,30 +368,30 @@ class Engine:
         try:
             self._warm(style, generator)
         except Exception as exc:
-            if self._transfer == self.net.stylize_from_features:  # bound methods: a new object per access
+            if self._transfer == self.network.stylize_from_features:  # bound methods: a new object per access
                 raise
             log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
-            self._transfer = self.net.stylize_from_features
+            self._transfer = self.network.stylize_from_features
             self._warm(style, generator)
         self.startup["warmup_s"] = round(time.monotonic() - started, 3)
         log.info("warm-up done", extra={"seconds": self.startup["warmup_s"], "shapes": self.warm_shapes()})
 
     def _warm(self, style: torch.Tensor, generator: torch.Generator) -> None:
         with self._inference():
-            features = self.net.encode_style(self._to_device(style))
+            features = self.network.encode_style(self._to_device(style))
             for height, width in self.warm_shapes():
                 content = self._to_device(torch.rand(1, 3, height, width, generator=generator))
                 content = content.contiguous(memory_format=torch.channels_last)
-                self._transfer(content, [features], None, 1.0)
+                self.transfer(content, [features], None, 1.0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ batching
     def batch_key(self, job: TransferJob) -> BatchKey:
-        height, width = imaging.bucket_shape(job.height, job.width, self.settings.bucket_px)
+        height, width = bucket_shape(job.height, job.width, self.settings.bucket_px)
         return (job.mode, height, width, len(job.styles))
 
-    def lookup_style(self, key: str) -> Any | None:
+    def lookup_style(self, key: str) -> model.StyleFeatures | None:
         return self.cache.get(key)
 
     def run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]:
@@ -424,23 +411,23 @@ class Engine:
         mode, height, width, count = self.batch_key(jobs[0])
         with self._inference():
             encoded = self._encode_missing_styles(jobs)
-            content = torch.stack([imaging.pad_to(job.content[None], height, width)[0] for job in jobs])
+            content = torch.stack([pad_to(job.content[None], height, width)[0] for job in jobs])
             content = self._to_device(content).contiguous(memory_format=torch.channels_last)  # (B, 3, Hb, Wb)
             styles = [self._style_batch(jobs, n, encoded) for n in range(count)]
             weights = self._weights_batch(jobs, mode, height, width)
             alpha = torch.tensor([job.alpha for job in jobs], device=self.device)  # (B,)
-            stylized = self._transfer(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
+            stylized = self.transfer(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
             results: list[torch.Tensor | BaseException] = []
             for index, job in enumerate(jobs):
                 crop = (slice(index, index + 1), slice(None), slice(0, job.height), slice(0, job.width))
                 image = stylized[crop].float()  # (1, 3, h, w)
                 if job.preserve_color:
-                    image = imaging.preserve_color(image, content[crop].float())
+                    image = preserve_color(image, content[crop].float())
                 results.append(self._to_host(quantize(image[0])))  # (3, h, w) uint8
         self._largest_ok_pixels = max(self._largest_ok_pixels, height * width)
         return results
 
-    def _encode_missing_styles(self, jobs: Sequence[TransferJob]) -> dict[str, Any]:
+    def _encode_missing_styles(self, jobs: Sequence[TransferJob]) -> dict[str, model.StyleFeatures]:
         """Encode each uncached style of the batch once (deduplicated by key); cache and return them.
 
         The returned dict keeps them usable for this batch even when the cache is too small to hold them.
@@ -452,13 +439,13 @@ class Engine:
                     if style.image is None:
                         raise RuntimeError(f"style {style.key[:12]} has neither features nor an image")
                     missing[style.key] = style.image
-        encoded: dict[str, Any] = {}
+        encoded: dict[str, model.StyleFeatures] = {}
         keys = list(missing)
         chunk = self.max_batch_size
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, S, S)
-            features = self.net.encode_style(images)
+            features = self.network.encode_style(images)
             for index, key in enumerate(part):
                 single = features[index]
                 # clone: a cached entry must not pin the whole batched tensor
@@ -467,9 +454,9 @@ class Engine:
                 self.cache.put(key, single)
         return encoded
 
-    def _style_batch(self, jobs: Sequence[TransferJob], n: int, encoded: dict[str, Any]) -> Any:
-        import model
-
+    def _style_batch(
+        self, jobs: Sequence[TransferJob], n: int, encoded: dict[str, model.StyleFeatures]
+    ) -> model.StyleFeatures:
         items = []
         for job in jobs:
             style = job.styles[n]
@@ -477,15 +464,17 @@ class Engine:
             items.append(features.to(self.device))
         return model.StyleFeatures.cat(items)
 
-    def _weights_batch(self, jobs: Sequence[TransferJob], mode: str, height: int, width: int) -> Any:
-        weights = [job.weights for job in jobs]
-        if mode == "stylize":
+    def _weights_batch(
+        self, jobs: Sequence[TransferJob], mode: Mode, height: int, width: int
+    ) -> torch.Tensor | None:
+        if mode is Mode.stylize:
             return None
+        weights = [job.weights for job in jobs]
         if any(w is None for w in weights):
             raise RuntimeError(f"{mode} job without weights")
-        if mode == "interpolate":
+        if mode is Mode.interpolate:
             return self._to_device(torch.stack(weights))  # (B, N)
-        maps = [imaging.pad_to(w[None], height, width)[0] for w in weights]  # each (N, Hb, Wb)
+        maps = [pad_to(w[None], height, width)[0] for w in weights]  # each (N, Hb, Wb)
         return self._to_device(torch.stack(maps))  # (B, N, Hb, Wb)
 
     # ------------------------------------------------------------------ failures
@@ -494,7 +483,7 @@ class Engine:
         if isinstance(exc, ServiceError):
             return exc
         if _is_oom(exc):
-            height, width = imaging.bucket_shape(job.height, job.width, self.settings.bucket_px)
+            height, width = bucket_shape(job.height, job.width, self.settings.bucket_px)
             if height * width <= self._largest_ok_pixels:
                 return OutOfMemory(
                     "device memory was short for this request at the moment; retry shortly", retry_after_s=1

@@ -1,20 +1,13 @@
-"""Every error the service can answer with, and the one place mapping them to HTTP responses.
+"""Every error the service can answer with: its code, HTTP status, metric reason and message.
 
-Each error is JSON ``{"error": {"code": ..., "message": ...}}``; FastAPI's own 404/405/422 and
-Starlette's 400s are rewritten into the same shape.
+Plain Python, so decoding, batching, the engine and the command line raise them without knowing the web
+framework; ``service.api.errors`` is the one place turning them (and FastAPI's own errors) into responses.
+Each is answered as JSON ``{"error": {"code": ..., "message": ...}}``.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("service.errors")
 
 
 class ServiceError(Exception):
@@ -129,22 +122,10 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def error_response(error: ServiceError, request_id: str | None = None) -> JSONResponse:
-    headers = error.headers()
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    return JSONResponse(error_body(error.code, error.message), status_code=error.status, headers=headers)
-
-
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
     # ("body", "alpha") -> "alpha"; ("header", "x-deadline-ms") -> "x-deadline-ms"; lists keep their index.
     parts = [str(p) for p in location if p not in ("body", "query", "path", "form", "file")]
     return ".".join(parts) or "body"
-
-
-def from_validation_error(exc: RequestValidationError) -> ServiceError:
-    """The first validation problem, phrased with the field it concerns."""
-    return validation_error(list(exc.errors()))
 
 
 # FastAPI / pydantic phrasings that leak Python internals, and what they mean for a client.
@@ -172,68 +153,3 @@ def validation_error(errors: list[Any]) -> ServiceError:
     if more:
         message += f"; and {more} more problem(s)"
     return InvalidParameter(field, message)
-
-
-def from_http_exception(exc: StarletteHTTPException) -> ServiceError:
-    detail = str(exc.detail) if exc.detail else ""
-    by_status: dict[int, type[ServiceError]] = {
-        400: BadRequest,
-        401: Unauthorized,
-        404: NotFound,
-        405: MethodNotAllowed,
-        413: BodyTooLarge,
-        415: UnsupportedMediaType,
-    }
-    cls = by_status.get(exc.status_code)
-    if cls is None:
-        error = ServiceError(detail or "error")
-        error.status = exc.status_code  # type: ignore[misc]
-        return error
-    messages = {
-        NotFound: "no such endpoint; see GET /docs for the API",
-        MethodNotAllowed: "method not allowed on this endpoint; see GET /docs for the API",
-    }
-    message = messages.get(cls, detail or cls.code)
-    return cls(message)
-
-
-def _request_id(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception type through :func:`error_response` (the single mapping to HTTP)."""
-
-    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        request.state.error = exc
-        return error_response(exc, _request_id(request))
-
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        error = from_validation_error(exc)
-        request.state.error = error
-        return error_response(error, _request_id(request))
-
-    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        error = from_http_exception(exc)
-        path = request.url.path
-        if isinstance(error, NotFound) and len(path) > 1 and path.endswith("/"):
-            error = NotFound(f"no such endpoint; did you mean {path.rstrip('/')!r} (no trailing slash)?")
-        request.state.error = error
-        response = error_response(error, _request_id(request))
-        if exc.headers:
-            response.headers.update(exc.headers)
-        return response
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": _request_id(request)})
-        error = Internal("internal server error; the request id identifies it in the server log")
-        request.state.error = error
-        return error_response(error, _request_id(request))
-
-    app.add_exception_handler(ServiceError, on_service_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_exception)
-    app.add_exception_handler(Exception, on_unexpected)

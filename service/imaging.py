@@ -1,8 +1,7 @@
-"""Image decoding, validation, conversions and encoding (PIL <-> torch without numpy).
+"""Image files <-> tensors: decoding, validation, conversions, resizing and encoding (PIL, no numpy).
 
-Everything that touches pixels outside the network lives here: limits and decompression-bomb guard,
-EXIF orientation, mode conversions, resizing, output encoding, colour preservation and the soft
-per-style region weights of multi-style transfer.
+The decode memory budget and decompression-bomb guard, EXIF orientation, mode conversions, the style crop
+and output encoding. Sizes are worked out in :mod:`service.geometry`, region weights in :mod:`service.regions`.
 """
 
 from __future__ import annotations
@@ -15,24 +14,23 @@ import math
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from model.imageio import pil_to_tensor, uint8_to_pil
+from service.contract import OUTPUT_FORMATS
 from service.errors import ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedMediaType
+from service.geometry import MIN_SIDE, fit_within
 
 # MPO is how PIL names the multi-picture JPEGs many phone cameras write.
 Image.init()  # register every plugin now: Image.open(formats=...) only consults registered ones
 READ_FORMATS: tuple[str, ...] = tuple(
     f for f in ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF") if f in Image.OPEN
 )
-OUTPUT_FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-MIN_SIDE = 16  # the encoder downsamples by 16; smaller inputs carry no usable content
 WHITE = (255, 255, 255)
 
 
@@ -390,12 +388,6 @@ def pil_channel_to_long(img: Image.Image) -> torch.Tensor:
     return flat.view(height, width).long()
 
 
-def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """Output size: longest side at most ``max_side`` (never upscaled), aspect kept, sides >= MIN_SIDE."""
-    scale = min(1.0, max_side / max(width, height))
-    return max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale))
-
-
 def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     if img.size == size:
         return img
@@ -446,85 +438,3 @@ def encode_image(img: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-# BT.601 full-range RGB <-> YCbCr (what JPEG uses); the chroma offset 0.5 is irrelevant here.
-_RGB_TO_YCC = torch.tensor(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
-)  # (3, 3)
-
-
-def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """Luminance transfer: the stylized image's luma with the content's chroma.
-
-    stylized, content: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
-    """
-    forward = _RGB_TO_YCC.to(stylized.device, torch.float32)
-    inverse = torch.linalg.inv(forward)
-    stylized_ycc = torch.einsum("ij,bjhw->bihw", forward, stylized.float())  # (B, 3, H, W)
-    content_ycc = torch.einsum("ij,bjhw->bihw", forward, content.float())
-    mixed = torch.cat([stylized_ycc[:, :1], content_ycc[:, 1:]], dim=1)  # (B, 3, H, W)
-    return torch.einsum("ij,bjhw->bihw", inverse, mixed).clamp_(0.0, 1.0).to(stylized.dtype)
-
-
-def pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad (B, C, h, w) at the bottom/right to (B, C, height, width); reflect when possible."""
-    _, _, h, w = image.shape
-    pad_bottom, pad_right = height - h, width - w
-    if pad_bottom == 0 and pad_right == 0:
-        return image
-    mode = "reflect" if pad_bottom < h and pad_right < w else "replicate"
-    return F.pad(image, (0, pad_right, 0, pad_bottom), mode=mode)
-
-
-def bucket_shape(height: int, width: int, step: int) -> tuple[int, int]:
-    """Round a size up to the batching bucket (multiple of ``step``)."""
-    return math.ceil(height / step) * step, math.ceil(width / step) * step
-
-
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3.0 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()  # (2r+1,)
-
-
-def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W) maps with edge replication; sigma in pixels."""
-    if sigma <= 0:
-        return maps
-    kernel = _gaussian_kernel(sigma)
-    radius = kernel.numel() // 2
-    x = maps.unsqueeze(1)  # (N, 1, H, W)
-    # Replicate padding needs pad < size on some backends; clamp the radius per axis instead.
-    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)  # (N, H, W)
-
-
-def soft_weights(regions: torch.Tensor, feather_px: float) -> torch.Tensor:
-    """Per-style regions (N, H, W) in [0, 1] to soft weights summing to 1 at every pixel.
-
-    ``feather_px`` is the width of the blend at region borders (2 sigma of the Gaussian). Pixels no
-    region claims are shared equally.
-    """
-    count = regions.shape[0]
-    soft = blur(regions.float(), feather_px / 2.0).clamp_(min=0.0)
-    total = soft.sum(dim=0, keepdim=True)  # (1, H, W)
-    uniform = torch.full_like(soft, 1.0 / count)
-    return torch.where(total > 1e-6, soft / total.clamp(min=1e-6), uniform)
-
-
-def masks_to_regions(masks: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
-    """Grayscale masks, resized to ``size`` (W, H), to (N, H, W) in [0, 1]."""
-    resized = [m.resize(size, Image.Resampling.BILINEAR) if m.size != size else m for m in masks]
-    return torch.stack([gray_to_tensor(m) for m in resized])
-
-
-def labels_to_regions(labels: torch.Tensor, count: int, size: tuple[int, int]) -> torch.Tensor:
-    """Label map (h, w) int64 to one-hot regions (N, H, W) at ``size`` (W, H), nearest neighbour."""
-    width, height = size
-    one_hot = F.one_hot(labels, count).permute(2, 0, 1).float()  # (N, h, w)
-    if one_hot.shape[1:] != (height, width):
-        one_hot = F.interpolate(one_hot.unsqueeze(0), size=(height, width), mode="nearest").squeeze(0)
-    return one_hot

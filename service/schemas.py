@@ -3,39 +3,36 @@
 from __future__ import annotations
 
 import binascii
-import math
 import os
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.contract import ALPHA, DEFAULT_ALPHA, DEFAULT_FEATHER, FEATHER, MAX_SIDE, OutputFormat
 from service.errors import BadRequest, BodyTooLarge, InvalidParameter, ServiceError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class OutputFormat(StrEnum):
-    png = "png"
-    jpeg = "jpeg"
-    webp = "webp"
-
-
-ALPHA_DOC = "Style strength: 0 = content reconstruction, 1 = full style. Range 0..1, default 1."
+ALPHA_DOC = (
+    f"Style strength: 0 = content reconstruction, 1 = full style. Range {ALPHA.text()}, default {DEFAULT_ALPHA:g}."
+)
 PRESERVE_COLOR_DOC = "Keep the content's colours (luminance-only transfer). Default false."
 MAX_SIDE_DOC = (
-    "Longest side of the output in px (aspect ratio kept, never upscaled). Range 64..STYA2K_MAX_SIDE; "
+    f"Longest side of the output in px (aspect ratio kept, never upscaled). Range {MAX_SIDE.text('STYA2K_MAX_SIDE')}; "
     "default STYA2K_DEFAULT_SIDE (512)."
 )
-FORMAT_DOC = "Output encoding: png, jpeg or webp. Default png."
-FEATHER_DOC = "Width in output px of the soft blend at region borders. Range 0..64, default 8."
+FORMAT_DOC = f"Output encoding: {', '.join(list(OutputFormat)[:-1])} or {list(OutputFormat)[-1]}. Default png."
+FEATHER_DOC = (
+    f"Width in output px of the soft blend at region borders. Range {FEATHER.text()}, default {DEFAULT_FEATHER:g}."
+)
 WEIGHTS_DOC = "One non-negative weight per style, not all zero; normalised to sum 1."
 
-Alpha = Annotated[float, Field(ge=0.0, le=1.0, description=ALPHA_DOC, allow_inf_nan=False)]
-MaxSide = Annotated[int | None, Field(ge=64, description=MAX_SIDE_DOC)]
-Feather = Annotated[float, Field(ge=0.0, le=64.0, description=FEATHER_DOC, allow_inf_nan=False)]
+Alpha = Annotated[float, Field(ge=ALPHA.low, le=ALPHA.high, description=ALPHA_DOC, allow_inf_nan=False)]
+MaxSide = Annotated[int | None, Field(ge=MAX_SIDE.low, description=MAX_SIDE_DOC)]
+Feather = Annotated[float, Field(ge=FEATHER.low, le=FEATHER.high, description=FEATHER_DOC, allow_inf_nan=False)]
 Base64Image = Annotated[
     str, Field(description="Image file bytes, base64 (a data: URL prefix is accepted)", min_length=1)
 ]
@@ -45,7 +42,7 @@ class JSONRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     content: Base64Image
-    alpha: Alpha = 1.0
+    alpha: Alpha = DEFAULT_ALPHA
     preserve_color: bool = Field(False, description=PRESERVE_COLOR_DOC)
     max_side: MaxSide = None
     format: OutputFormat = Field(OutputFormat.png, description=FORMAT_DOC)
@@ -66,7 +63,7 @@ class MultistyleJSON(JSONRequest):
         None, description="One grayscale mask per style (white = that style's region); or send labels"
     )
     labels: Base64Image | None = Field(None, description="Label map: pixel value i -> style i (0 <= i < N)")
-    feather: Feather = 8.0
+    feather: Feather = DEFAULT_FEATHER
 
 
 class Timing(BaseModel):
@@ -140,25 +137,6 @@ def parse_weights_text(text: str, max_count: int) -> list[float]:
         raise InvalidParameter(
             "weights", f"{text[:80]!r} is not a comma-separated list of numbers (e.g. 0.7,0.3)"
         ) from None
-
-
-def normalise_weights(weights: list[float], count: int) -> list[float]:
-    """Check one finite non-negative weight per style, not all zero; return them summing to 1."""
-    if len(weights) != count:
-        raise InvalidParameter(
-            "weights", f"{len(weights)} weights given for {count} styles; need one per style"
-        )
-    for weight in weights:
-        if not math.isfinite(weight) or weight < 0:
-            raise InvalidParameter("weights", f"{weight} is not allowed; weights must be finite and >= 0")
-    total = sum(weights)
-    if total <= 0:
-        raise InvalidParameter("weights", "all weights are zero; at least one must be positive")
-    if not math.isfinite(total):
-        raise InvalidParameter(
-            "weights", f"the weights sum to {total}; use smaller numbers (they are normalised to sum 1)"
-        )
-    return [w / total for w in weights]
 
 
 # ---------------------------------------------------------------------------------------------- JSON bodies

@@ -17,7 +17,8 @@ from types import FrameType
 
 import uvicorn
 
-from service.app import ServiceState, create_app
+from service.api.state import ServiceState
+from service.app import create_app
 from service.connections import ConnectionLimits, fit_connection_limit, guarded_protocol, install_resource_log_filter
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "STYA2K_"
@@ -20,50 +20,81 @@ class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
+def setting(default: Any, help: str) -> Any:
+    """A :class:`Settings` field with its one-line help: the text ``stya2k serve --help`` shows for it."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service can be configured with; one field per ``STYA2K_<FIELD>`` variable."""
 
     # Model
-    weights: str | None = None  # None = shipped default weights; "random" = untrained model (tests only)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast dtype; auto is chosen per machine)
-    compile: bool = False  # torch.compile the transfer path (GPU; slow start-up)
-    warmup: bool = True  # run the common shapes once before reporting ready
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    workers: int = 4  # threads that decode, resize and encode images off the event loop
+    weights: str | None = setting(
+        None,
+        "weights file (.pt); default: the shipped weights; 'random' = untrained model (tests only)",
+    )
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto: the GPU when there is one)")
+    dtype: str = setting(
+        "auto",
+        "auto | float32 | bfloat16 | float16: autocast precision (auto: float16 on GPU; on CPU bfloat16 only "
+        "where the CPU has native bf16 and a start-up probe measures it faster, else float32; float32 = "
+        "exact)",
+    )
+    compile: bool = setting(False, "torch.compile the transfer path (GPU; slower start-up, faster requests)")
+    warmup: bool = setting(True, "run the common shapes once before reporting ready")
+    threads: int = setting(0, "torch intra-op threads on CPU; 0 = torch's default")
+    workers: int = setting(4, "threads that decode, resize and encode images off the event loop")
     # Batching
-    max_batch_size: int = 0  # 0 = auto per device: 1 on CPU (batching only adds waiting there), 8 on GPU
-    max_wait_ms: float = 10.0
-    queue_size: int = 64
-    deadline_ms: int = 30_000
-    bucket_px: int = 64  # content sizes are padded up to a multiple of this so requests can share a batch
+    max_batch_size: int = setting(0, "most requests combined into one forward pass; 0 = auto: 1 on CPU, 8 on GPU")
+    max_wait_ms: float = setting(10.0, "longest time a request waits for others to fill a batch")
+    queue_size: int = setting(64, "requests waiting for the model before new ones get 429")
+    deadline_ms: int = setting(30_000, "per-request deadline, arrival to answer; later ones get 504")
+    bucket_px: int = setting(64, "content sizes are padded up to a multiple of this so requests can share a batch")
     # Limits
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_input_pixels: int = 40_000_000
-    max_side: int = 1024  # largest output side a client may ask for
-    default_side: int = 512  # output side when the client does not ask
-    style_size: int = 256  # styles are resized (short side) and centre-cropped to this square
-    max_styles: int = 4
-    cache_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = setting(20 * 1024 * 1024, "largest request body; larger ones get 413")
+    max_input_pixels: int = setting(40_000_000, "largest decoded input image (width x height); larger ones get 413")
+    max_side: int = setting(1024, "largest output side a client may ask for (max_side field)")
+    default_side: int = setting(512, "output side when the client does not ask")
+    style_size: int = setting(256, "styles are resized (short side) and centre-cropped to this square")
+    max_styles: int = setting(4, "most styles in one interpolate / multistyle request")
+    cache_bytes: int = setting(256 * 1024 * 1024, "memory for cached style features (repeated styles skip the encoder)")
     # Decoded pixels held at once by all decodes together (width x height x bytes per pixel of the decoded
     # mode, plus the conversion to RGB); decodes wait for room, an image that alone exceeds it gets 413.
-    decode_budget_bytes: int = 512 * 1024 * 1024
-    max_json_items: int = 1000  # JSON bodies: values + object keys in all (strings of any length count once)
-    max_json_depth: int = 8  # JSON bodies: nesting of arrays / objects
+    decode_budget_bytes: int = setting(
+        512 * 1024 * 1024,
+        "decoded-image bytes held by all decodes at once; an image needing more alone gets 413",
+    )
+    max_json_items: int = setting(
+        1000,
+        "JSON bodies: most values + object keys (a string of any length counts once); more gets 413",
+    )
+    max_json_depth: int = setting(8, "JSON bodies: deepest nesting of arrays / objects; deeper gets 413")
     # Connections (docs/RELIABILITY.md)
-    max_connections: int = 1000  # open client connections; lowered to what the open-files limit allows
-    keep_alive_s: float = 5.0  # idle time after a response before the connection is closed
-    header_timeout_s: float = 10.0  # time to send a complete request header (408 / close after it)
-    body_timeout_s: float = 15.0  # longest pause while sending the body (408 after it)
+    max_connections: int = setting(
+        1000,
+        "open client connections; at the limit the oldest idle one is closed, else 503",
+    )
+    keep_alive_s: float = setting(5.0, "seconds an idle keep-alive connection stays open after a response")
+    header_timeout_s: float = setting(
+        10.0,
+        "seconds a client has to send a complete request header (408 / close after)",
+    )
+    body_timeout_s: float = setting(15.0, "longest pause in seconds while a client sends the body (408 after)")
     # Security / network / lifecycle
-    api_key: str | None = None
-    metrics_require_key: bool = True  # with api_key set, /metrics also needs X-API-Key (false: open)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    drain_grace_s: float = 5.0
-    drain_timeout_s: float = 30.0
-    log_level: str = "info"
+    api_key: str | None = setting(
+        None,
+        "require this X-API-Key header on /v1/* (prefer the env var: flags show in `ps`)",
+    )
+    metrics_require_key: bool = setting(
+        True,
+        "with an API key set, /metrics needs it too (--no-metrics-require-key: open)",
+    )
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 = every interface)")
+    port: int = setting(8000, "TCP port")
+    drain_grace_s: float = setting(5.0, "after SIGTERM: seconds of 503 readiness while still serving, before closing")
+    drain_timeout_s: float = setting(30.0, "after closing: seconds to finish in-flight requests")
+    log_level: str = setting("info", "debug | info | warning | error | critical")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -83,6 +114,11 @@ class Settings:
                 raise SettingsError(f"unknown setting {key}; known settings: {allowed}")
             values[name] = _PARSERS[name](key, raw)
         return cls(**values)
+
+    @staticmethod
+    def help(name: str) -> str:
+        """What setting ``name`` does (one line)."""
+        return str(_FIELDS[name].metadata["help"])
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -141,6 +177,7 @@ def _parser_for(field_type: Any) -> Callable[[str, str], Any]:
     }[str(field_type)]
 
 
+_FIELDS = {f.name: f for f in fields(Settings)}
 _PARSERS: dict[str, Callable[[str, str], Any]] = {f.name: _parser_for(f.type) for f in fields(Settings)}
 
 _CHOICES = {

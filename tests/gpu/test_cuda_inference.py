@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from bench.service import synthetic_image
-from service import pipeline
+from service import transfer
 from service.batcher import Batcher, BatchResult, ModelThread
-from service.engine import Engine, TransferJob
+from service.contract import Mode, TransferJob, TransferRequest
+from service.engine import Engine
 from service.errors import InsufficientMemory
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -59,9 +60,9 @@ def make_engine(device: torch.device, style_size: int, **changes: Any) -> Engine
 
 def make_job(engine: Engine, width: int, height: int, seed: int, side: int) -> TransferJob:
     """A decoded request: a photo-like PNG content of width x height and one style (encoded in the batch)."""
-    request = pipeline.TransferRequest("stylize", synthetic_image(width, height, seed, "PNG"),
-                                       [synthetic_image(384, 384, 1000, "PNG")], max_side=side)
-    return pipeline.prepare(request, engine.settings, lambda key: None)
+    request = TransferRequest(mode=Mode.stylize, content=synthetic_image(width, height, seed, "PNG"),
+                              styles=[synthetic_image(384, 384, 1000, "PNG")], max_side=side)
+    return transfer.prepare(request, engine.settings, lambda key: None)
 
 
 def diff_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:

@@ -328,13 +328,14 @@ def test_metrics_need_the_api_key_unless_configured_open(server_factory) -> None
 
 
 def test_model_info_shows_the_weights_file_name_not_its_path() -> None:
-    from service.app import public_model_info
+    from service.engine import Engine
+    from service.metrics import ServiceMetrics
+    from service.settings import Settings
 
-    class FakeEngine:
-        def info(self) -> dict[str, Any]:
-            return {"weights": "/srv/secret/place/stya2k-v0-cpu.pt", "sha256": "ab"}
-
-    assert public_model_info(FakeEngine())["weights"] == "stya2k-v0-cpu.pt"  # type: ignore[arg-type]
+    engine = Engine(Settings(weights="/srv/secret/place/stya2k-v0-cpu.pt"), ServiceMetrics())
+    engine.weights_label = "/srv/secret/place/stya2k-v0-cpu.pt"
+    assert engine.info()["weights"] == "/srv/secret/place/stya2k-v0-cpu.pt"
+    assert engine.public_info()["weights"] == "stya2k-v0-cpu.pt"
 
 
 def test_demo_page_and_api_send_security_headers(strict_server: RunningServer) -> None:

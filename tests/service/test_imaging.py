@@ -1,4 +1,4 @@
-"""Unit tests of decoding, conversions, resizing, encoding, colour preservation and region weights."""
+"""Unit tests of decoding, conversions, resizing and encoding."""
 
 from __future__ import annotations
 
@@ -107,13 +107,6 @@ def test_decode_errors(data: bytes, error: type[Exception]) -> None:
     assert "content" in str(info.value)
 
 
-def test_fit_within_keeps_aspect_and_never_upscales() -> None:
-    assert imaging.fit_within(1000, 500, 512) == (512, 256)
-    assert imaging.fit_within(300, 600, 512) == (256, 512)
-    assert imaging.fit_within(100, 80, 512) == (100, 80)
-    assert imaging.fit_within(4000, 20, 512) == (512, 16)  # sides never below the minimum
-
-
 def test_square_crop() -> None:
     img = Image.new("RGB", (200, 100))
     assert imaging.square_crop(img, 64).size == (64, 64)
@@ -138,50 +131,6 @@ def test_encode_formats(fmt: str, pil_format: str) -> None:
     assert reopened.format == pil_format and reopened.size == (40, 30)
 
 
-def test_preserve_color_takes_luma_from_stylized_and_chroma_from_content() -> None:
-    generator = torch.Generator().manual_seed(0)
-    content = 0.25 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)  # mid-tones: no clamping
-    stylized = 0.25 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)
-    mixed = imaging.preserve_color(stylized, content)
-    ycc = imaging._RGB_TO_YCC
-
-    def to_ycc(x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("ij,bjhw->bihw", ycc, x)
-
-    assert torch.allclose(to_ycc(mixed)[:, 0], to_ycc(stylized)[:, 0], atol=1e-4)
-    in_gamut = ((to_ycc(mixed) - to_ycc(content))[:, 1:].abs() < 1e-4).float().mean()
-    assert in_gamut > 0.9  # chroma equals the content's wherever the result is not clamped
-    assert torch.allclose(imaging.preserve_color(content, content), content, atol=1e-5)
-
-
-def test_soft_weights_sum_to_one_and_feather() -> None:
-    regions = torch.zeros(2, 16, 32)
-    regions[0, :, :16] = 1
-    regions[1, :, 16:] = 1
-    hard = imaging.soft_weights(regions, 0.0)
-    assert torch.equal(hard, regions)
-    soft = imaging.soft_weights(regions, 8.0)
-    assert torch.allclose(soft.sum(dim=0), torch.ones(16, 32), atol=1e-5)
-    row = soft[0, 8]
-    assert row[0] > 0.99 and row[-1] < 0.01 and 0.3 < row[15] < 0.7  # a smooth ramp across the border
-    assert torch.all(row[:-1] >= row[1:] - 1e-6)
-    empty = imaging.soft_weights(torch.zeros(3, 4, 4), 4.0)
-    assert torch.allclose(empty, torch.full((3, 4, 4), 1 / 3))  # unclaimed pixels are shared
-
-
-def test_masks_and_labels_give_the_same_regions() -> None:
-    left = Image.new("L", (40, 20), 0)
-    left.paste(255, (0, 0, 20, 20))
-    right = Image.eval(left, lambda v: 255 - v)
-    from_masks = imaging.masks_to_regions([left, right], (20, 10))
-    labels = torch.zeros(20, 40, dtype=torch.long)
-    labels[:, 20:] = 1
-    from_labels = imaging.labels_to_regions(labels, 2, (20, 10))
-    assert from_masks.shape == from_labels.shape == (2, 10, 20)
-    # equal up to the one-pixel bilinear seam of the resized masks
-    assert (from_masks - from_labels).abs().mean() < 0.05
-
-
 def test_decode_labels_from_palette_and_range_check() -> None:
     palette = Image.new("P", (20, 20), 0)
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))  # 3 distinct colours
@@ -192,12 +141,3 @@ def test_decode_labels_from_palette_and_range_check() -> None:
     assert labels.shape == (20, 20) and set(labels.unique().tolist()) == {0, 2}
     with pytest.raises(InvalidParameter, match="pixel value 2"):
         imaging.decode_labels(buffer.getvalue(), "labels", LIMITS, 2)
-
-
-def test_pad_to_and_buckets() -> None:
-    image = torch.rand(1, 3, 30, 50)
-    padded = imaging.pad_to(image, 64, 64)
-    assert padded.shape == (1, 3, 64, 64)
-    assert torch.equal(padded[..., :30, :50], image)
-    assert imaging.bucket_shape(30, 50, 64) == (64, 64)
-    assert imaging.bucket_shape(64, 65, 64) == (64, 128)

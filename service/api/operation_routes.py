@@ -1,0 +1,100 @@
+"""The operational endpoints: liveness, readiness, Prometheus metrics, ``/v1/info`` and the demo page."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from service.api.state import State
+from service.errors import error_body
+from service.schemas import ErrorResponse
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+router = APIRouter()
+
+
+@router.get("/health/live", tags=["operations"])
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get("/health/ready", tags=["operations"], responses={503: {"model": ErrorResponse}})
+async def ready(state: State) -> JSONResponse:
+    if state.draining:
+        return JSONResponse(error_body("draining", "the server is shutting down"), status_code=503)
+    if not state.ready:
+        message = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
+        return JSONResponse(error_body("not_ready", message), status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+async def metrics_text(state: State) -> Response:
+    if state.batcher is not None:
+        state.metrics.queue_depth.set(state.batcher.depth)
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/info", tags=["operations"])
+async def info(state: State) -> dict[str, Any]:
+    settings = state.settings
+    return {
+        "model": state.engine.public_info(),
+        "device": str(state.engine.device),
+        "dtype": state.engine.dtype_name,
+        "ready": state.ready,
+        "runtime": state.engine.runtime_info(),
+        "batching": {
+            "max_batch_size": state.engine.max_batch_size,
+            "max_wait_ms": settings.max_wait_ms,
+            "queue_size": settings.queue_size,
+            "bucket_px": settings.bucket_px,
+        },
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_input_pixels": settings.max_input_pixels,
+            "max_side": settings.max_side,
+            "default_side": settings.default_side,
+            "style_size": settings.style_size,
+            "max_styles": settings.max_styles,
+            "deadline_ms": settings.deadline_ms,
+        },
+        "cache": {
+            "bytes": state.engine.cache.nbytes,
+            "max_bytes": settings.cache_bytes,
+            "entries": len(state.engine.cache),
+        },
+    }
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> HTMLResponse:
+    page = STATIC_DIR / "index.html"
+    if page.is_file():
+        html = page.read_text(encoding="utf-8")
+        return HTMLResponse(html, headers=page_security_headers(html))
+    return HTMLResponse(
+        "<!doctype html><title>StyA2K Serve</title><h1>StyA2K Serve</h1>"
+        "<p>The demo page is not installed. See <a href='/docs'>/docs</a> for the API.</p>"
+    )
+
+
+def page_security_headers(html: str) -> dict[str, str]:
+    """Content-Security-Policy for the demo page: its own inline scripts (by hash) and same-origin calls only."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    policy = (
+        f"default-src 'none'; script-src {hashes or chr(39) + 'none' + chr(39)}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return {"Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}

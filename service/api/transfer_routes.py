@@ -1,0 +1,222 @@
+"""The transfer endpoints: ``/v1/{stylize,interpolate,multistyle}`` (multipart) and their ``/json`` twins.
+
+Each route only turns its request into a :class:`~service.contract.TransferRequest` and answers the outcome;
+the work is :func:`service.transfer.run_transfer`, with a :class:`BatcherRunner` that decodes in the server's
+thread pool and queues the job on the batcher (dropped if the client disconnects while it waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive
+
+from model import StyleFeatures
+from service.api.requests import (
+    AlphaForm,
+    ContentFile,
+    FeatherForm,
+    FormatForm,
+    LabelsFile,
+    MaskFiles,
+    MaxSideForm,
+    PreserveForm,
+    StyleFile,
+    StyleFiles,
+    WeightsForm,
+    check_form,
+    deadline,
+    json_transfer,
+)
+from service.api.responses import IMAGE_RESPONSE, JSON_RESPONSE, image_response, json_response
+from service.api.state import ServiceState, State
+from service.batcher import Batcher, BatchResult
+from service.contract import DEFAULT_ALPHA, DEFAULT_FEATHER, Mode, OutputFormat, TransferJob, TransferRequest
+from service.errors import ClientDisconnected, NotReady
+from service.schemas import InterpolateJSON, JSONRequest, MultistyleJSON, StylizeJSON, parse_weights_text
+from service.transfer import TransferOutcome, run_transfer
+
+T = TypeVar("T")
+R = TypeVar("R", bound=Response)
+router = APIRouter()
+
+
+class BatcherRunner:
+    """:class:`service.transfer.Runner` of one HTTP request: the thread pool, the batcher, the deadline."""
+
+    def __init__(self, state: ServiceState, batcher: Batcher[TransferJob, torch.Tensor], request: Request) -> None:
+        self.state = state
+        self.batcher = batcher
+        self.request = request
+        self.deadline = deadline(request, state.settings)  # absolute, time.monotonic()
+        self.decode_budget = state.decode_budget
+
+    def lookup_style(self, key: str) -> StyleFeatures | None:
+        return self.state.engine.lookup_style(key)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.state.io_pool, fn, *args)
+
+    async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
+        key = self.state.engine.batch_key(job)
+        return await _wait_unless_disconnected(self.request, self.batcher.submit(key, job, deadline=self.deadline))
+
+
+async def _wait_unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` but give up (cancelling it: a queued job is dropped) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise ClientDisconnected("client disconnected while the request was queued")
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _answer(
+    request: Request,
+    state: ServiceState,
+    transfer: TransferRequest,
+    answer: Callable[[TransferOutcome, str, float], R],
+) -> R:
+    if not state.ready or state.batcher is None:
+        raise NotReady("the model is still loading; retry shortly", retry_after_s=1)
+    runner = BatcherRunner(state, state.batcher, request)
+    outcome = await run_transfer(transfer, state.settings, runner, state.metrics)
+    total_ms = (time.monotonic() - request.state.started) * 1000
+    return answer(outcome, request.state.request_id, total_ms)
+
+
+# ---------------------------------------------------------------------------------------------- multipart
+@router.post("/v1/stylize", response_class=Response, responses=IMAGE_RESPONSE, tags=["transfer"])
+async def stylize(
+    request: Request,
+    state: State,
+    content: ContentFile,
+    style: StyleFile,
+    alpha: AlphaForm = DEFAULT_ALPHA,
+    preserve_color: PreserveForm = False,
+    max_side: MaxSideForm = None,
+    format: FormatForm = OutputFormat.png,
+) -> Response:
+    """Stylize `content` with one `style`."""
+    await check_form(request)
+    transfer = TransferRequest(
+        mode=Mode.stylize,
+        content=await content.read(),
+        styles=[await style.read()],
+        alpha=alpha,
+        preserve_color=preserve_color,
+        max_side=max_side,
+        format=format,
+    )
+    return await _answer(request, state, transfer, image_response)
+
+
+@router.post("/v1/interpolate", response_class=Response, responses=IMAGE_RESPONSE, tags=["transfer"])
+async def interpolate(
+    request: Request,
+    state: State,
+    content: ContentFile,
+    style: StyleFiles,
+    weights: WeightsForm,
+    alpha: AlphaForm = DEFAULT_ALPHA,
+    preserve_color: PreserveForm = False,
+    max_side: MaxSideForm = None,
+    format: FormatForm = OutputFormat.png,
+) -> Response:
+    """Convex combination of the transferred features of 2..N styles (paper section 4.4)."""
+    await check_form(request, frozenset({"style"}))
+    transfer = TransferRequest(
+        mode=Mode.interpolate,
+        content=await content.read(),
+        styles=[await s.read() for s in style],
+        alpha=alpha,
+        preserve_color=preserve_color,
+        max_side=max_side,
+        format=format,
+        weights=parse_weights_text(weights, state.settings.max_styles),
+    )
+    return await _answer(request, state, transfer, image_response)
+
+
+@router.post("/v1/multistyle", response_class=Response, responses=IMAGE_RESPONSE, tags=["transfer"])
+async def multistyle(
+    request: Request,
+    state: State,
+    content: ContentFile,
+    style: StyleFiles,
+    mask: MaskFiles = None,
+    labels: LabelsFile = None,
+    feather: FeatherForm = DEFAULT_FEATHER,
+    alpha: AlphaForm = DEFAULT_ALPHA,
+    preserve_color: PreserveForm = False,
+    max_side: MaxSideForm = None,
+    format: FormatForm = OutputFormat.png,
+) -> Response:
+    """Each region (masks or a label map) rendered in its own style, blended softly at the borders."""
+    await check_form(request, frozenset({"style", "mask"}))
+    transfer = TransferRequest(
+        mode=Mode.multistyle,
+        content=await content.read(),
+        styles=[await s.read() for s in style],
+        alpha=alpha,
+        preserve_color=preserve_color,
+        max_side=max_side,
+        format=format,
+        masks=[await m.read() for m in mask] if mask else None,
+        labels=await labels.read() if labels is not None else None,
+        feather=feather,
+    )
+    return await _answer(request, state, transfer, image_response)
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+def _json_body_doc(model: type[JSONRequest]) -> dict[str, Any]:
+    """OpenAPI request body of a JSON route (the body is parsed by hand, off the event loop)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+JSON_MODELS: tuple[type[JSONRequest], ...] = (StylizeJSON, InterpolateJSON, MultistyleJSON)
+
+
+@router.post("/v1/stylize/json", responses=JSON_RESPONSE, tags=["json"], openapi_extra=_json_body_doc(StylizeJSON))
+async def stylize_json(request: Request, state: State) -> JSONResponse:
+    """`/v1/stylize` with base64 images in a JSON body."""
+    transfer = await json_transfer(request, state, StylizeJSON)
+    return await _answer(request, state, transfer, json_response)
+
+
+@router.post(
+    "/v1/interpolate/json", responses=JSON_RESPONSE, tags=["json"], openapi_extra=_json_body_doc(InterpolateJSON)
+)
+async def interpolate_json(request: Request, state: State) -> JSONResponse:
+    """`/v1/interpolate` with base64 images in a JSON body."""
+    transfer = await json_transfer(request, state, InterpolateJSON)
+    return await _answer(request, state, transfer, json_response)
+
+
+@router.post(
+    "/v1/multistyle/json", responses=JSON_RESPONSE, tags=["json"], openapi_extra=_json_body_doc(MultistyleJSON)
+)
+async def multistyle_json(request: Request, state: State) -> JSONResponse:
+    """`/v1/multistyle` with base64 images in a JSON body."""
+    transfer = await json_transfer(request, state, MultistyleJSON)
+    return await _answer(request, state, transfer, json_response)

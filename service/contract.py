@@ -1,0 +1,142 @@
+"""The transfer contract: what a client may ask for, and the job the model computes from it.
+
+The lowest module of the service: plain Python (torch only for annotations), so the HTTP routes, the
+pydantic models, the command line, the decode step and the engine all read one definition of each mode,
+field, range and default. The ranges here are the ones the docs state (docs/API.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from service.errors import InvalidParameter
+
+if TYPE_CHECKING:
+    import torch
+
+    from model import StyleFeatures
+
+
+class Mode(StrEnum):
+    """The three transfers, named as their endpoints (``/v1/<mode>``)."""
+
+    stylize = "stylize"  # one style
+    interpolate = "interpolate"  # convex blend of 2..N styles' transferred features (paper 4.4)
+    multistyle = "multistyle"  # each region of the content in its own style
+
+    @property
+    def single_style(self) -> bool:
+        return self is Mode.stylize
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive numeric range, stated once for the validation, the OpenAPI schema, argparse and messages."""
+
+    low: float
+    high: float | None = None  # None: bounded by a setting (e.g. STYA2K_MAX_SIDE) or unbounded
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value and (self.high is None or value <= self.high)
+
+    def text(self, high: str | None = None) -> str:
+        """``0..1``; ``64..STYA2K_MAX_SIDE`` when the upper bound is a setting named by ``high``."""
+        top = high if high is not None else _number(self.high) if self.high is not None else "inf"
+        return f"{_number(self.low)}..{top}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+ALPHA = Range(0.0, 1.0)  # style strength: 0 = content reconstruction, 1 = full style
+FEATHER = Range(0.0, 64.0)  # multistyle: width in output px of the soft blend at region borders
+MAX_SIDE = Range(64)  # output's longest side; the top is the server's STYA2K_MAX_SIDE
+DEFAULT_ALPHA = 1.0
+DEFAULT_FEATHER = 8.0
+
+
+class OutputFormat(StrEnum):
+    """Output encodings, with their media types."""
+
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+    @property
+    def media_type(self) -> str:
+        return f"image/{self.value}"
+
+
+OUTPUT_FORMATS: dict[str, str] = {fmt.value: fmt.media_type for fmt in OutputFormat}  # name -> media type
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferRequest:
+    """One transfer as file bytes plus options, before any decoding (HTTP form, JSON body or command line)."""
+
+    mode: Mode
+    content: bytes
+    styles: list[bytes]
+    alpha: float = DEFAULT_ALPHA
+    preserve_color: bool = False
+    max_side: int | None = None  # None: the server's default side
+    format: OutputFormat = OutputFormat.png
+    weights: list[float] | None = None  # interpolate: one per style (normalised by validation)
+    masks: list[bytes] | None = None  # multistyle: one grayscale mask per style ...
+    labels: bytes | None = None  # ... or one label map (pixel value i -> style i)
+    feather: float = DEFAULT_FEATHER
+
+
+def normalise_weights(weights: list[float], count: int) -> list[float]:
+    """Check one finite non-negative weight per style, not all zero; return them summing to 1."""
+    if len(weights) != count:
+        raise InvalidParameter(
+            "weights", f"{len(weights)} weights given for {count} styles; need one per style"
+        )
+    for weight in weights:
+        if not math.isfinite(weight) or weight < 0:
+            raise InvalidParameter("weights", f"{weight} is not allowed; weights must be finite and >= 0")
+    total = sum(weights)
+    if total <= 0:
+        raise InvalidParameter("weights", "all weights are zero; at least one must be positive")
+    if not math.isfinite(total):
+        raise InvalidParameter(
+            "weights", f"the weights sum to {total}; use smaller numbers (they are normalised to sum 1)"
+        )
+    return [w / total for w in weights]
+
+
+@dataclass(frozen=True)
+class StyleInput:
+    """One style of a job: either already-encoded features (cache hit) or a prepared image tensor."""
+
+    key: str  # sha256 of the uploaded bytes + style size
+    image: torch.Tensor | None  # (3, S, S) float in [0, 1], when not cached
+    features: StyleFeatures | None  # batch size 1, when cached
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    """A decoded, validated request ready for the model."""
+
+    mode: Mode
+    content: torch.Tensor  # (3, h, w) float in [0, 1] at output size
+    styles: tuple[StyleInput, ...]
+    weights: torch.Tensor | None  # None (stylize) | (N,) interpolation | (N, h, w) soft region weights
+    alpha: float
+    preserve_color: bool
+
+    @property
+    def height(self) -> int:
+        return int(self.content.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.content.shape[2])
+
+
+BatchKey = tuple[Mode, int, int, int]  # (mode, padded height, padded width, number of styles)

@@ -1,0 +1,229 @@
+"""One transfer, end to end: validate -> decode (off the loop) -> the model -> encode.
+
+:func:`run_transfer` is the single path of every transfer, whoever asks: the HTTP routes run it with a
+:class:`Runner` that decodes in the server's thread pool and queues the job on the batcher; the command
+line's local mode runs it with one that calls the engine directly. So a local result equals the server's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from model import StyleFeatures
+from service import imaging, regions
+from service.batcher import BatchResult
+from service.contract import MAX_SIDE, Mode, OutputFormat, StyleInput, TransferJob, TransferRequest, normalise_weights
+from service.engine import Engine
+from service.errors import InvalidImage, InvalidParameter, ServiceError
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+log = logging.getLogger("service.transfer")
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """Where a transfer's steps run: blocking work off the caller's loop, and the model job."""
+
+    decode_budget: imaging.DecodeBudget | None
+
+    def lookup_style(self, key: str) -> StyleFeatures | None: ...
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]: ...
+
+
+class EngineRunner:
+    """The :class:`Runner` of one transfer at a time in this thread (the command line's local mode): blocking
+    steps inline, the job straight to the engine as a batch of one."""
+
+    decode_budget = None  # one transfer at a time: the machine's memory is the only budget
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def lookup_style(self, key: str) -> StyleFeatures | None:
+        return self.engine.lookup_style(key)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
+    async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
+        started = time.monotonic()
+        try:
+            result = self.engine.run_batch([job])[0]
+        except Exception as exc:
+            result = exc
+        if isinstance(result, BaseException):
+            raise self.engine.failure(job, result)
+        return BatchResult(result, batch_id=0, batch_size=1, queue_s=0.0, compute_s=time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    """The encoded image and how long each part took."""
+
+    body: bytes
+    format: OutputFormat
+    width: int
+    height: int
+    queue_s: float
+    compute_s: float
+    batch_id: int
+    batch_size: int
+
+
+async def run_transfer(
+    request: TransferRequest, settings: Settings, runner: Runner, metrics: ServiceMetrics | None = None
+) -> TransferOutcome:
+    """Validate (cheap, on the caller), decode and encode through ``runner.offload``, compute via the runner."""
+    request = validate(request, settings)
+    started = time.monotonic()
+    job = await runner.offload(prepare_guarded, request, settings, runner.lookup_style, runner.decode_budget)
+    if metrics is not None:
+        metrics.decode_time.observe(time.monotonic() - started)
+    result = await runner.compute(job)
+    started = time.monotonic()
+    body = await runner.offload(encode, result.value, request.format)
+    if metrics is not None:
+        metrics.encode_time.observe(time.monotonic() - started)
+    return TransferOutcome(
+        body=body,
+        format=OutputFormat(request.format),
+        width=job.width,
+        height=job.height,
+        queue_s=result.queue_s,
+        compute_s=result.compute_s,
+        batch_id=result.batch_id,
+        batch_size=result.batch_size,
+    )
+
+
+def validate(request: TransferRequest, settings: Settings) -> TransferRequest:
+    """Cheap checks that need no decoding (counts, weights, max_side); returns it with normalised weights."""
+    count = len(request.styles)
+    mode = Mode(request.mode)
+    if mode.single_style:
+        if count != 1:
+            raise InvalidParameter("style", f"{count} style files given; /v1/{mode} takes exactly one")
+    elif not 2 <= count <= settings.max_styles:
+        raise InvalidParameter("style", f"{count} style files given; {mode} takes 2..{settings.max_styles}")
+    if request.max_side is not None and not (
+        MAX_SIDE.contains(request.max_side) and request.max_side <= settings.max_side
+    ):
+        raise InvalidParameter(
+            "max_side", f"{request.max_side} is out of range; allowed {MAX_SIDE.text(str(settings.max_side))}"
+        )
+    if mode is Mode.interpolate:
+        if request.weights is None:
+            raise InvalidParameter("weights", "required: one non-negative number per style")
+        return dataclasses.replace(request, mode=mode, weights=normalise_weights(request.weights, count))
+    if mode is Mode.multistyle:
+        has_masks = bool(request.masks)
+        if has_masks == (request.labels is not None):
+            raise InvalidParameter("mask", "send either one mask per style or one labels image (not both)")
+        if has_masks and len(request.masks or []) != count:
+            raise InvalidParameter(
+                "mask", f"{len(request.masks or [])} masks given for {count} styles; need one per style"
+            )
+    return dataclasses.replace(request, mode=mode)
+
+
+def style_key(data: bytes, style_size: int) -> str:
+    return f"{hashlib.sha256(data).hexdigest()}:{style_size}"
+
+
+def prepare_guarded(
+    request: TransferRequest,
+    settings: Settings,
+    lookup_style: Callable[[str], StyleFeatures | None],
+    budget: imaging.DecodeBudget | None = None,
+) -> TransferJob:
+    """:func:`prepare`, with every failure of a decoder on odd input answered as bad input, never a 500."""
+    try:
+        return prepare(request, settings, lookup_style, budget)
+    except ServiceError:
+        raise
+    except MemoryError:
+        raise InvalidImage("the image could not be decoded within the server's memory") from None
+    except Exception as exc:
+        log.warning("decoding failed unexpectedly", exc_info=exc)
+        raise InvalidImage(f"the image could not be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def prepare(
+    request: TransferRequest,
+    settings: Settings,
+    lookup_style: Callable[[str], StyleFeatures | None],
+    budget: imaging.DecodeBudget | None = None,
+) -> TransferJob:
+    """Decode and shape every input (blocking; run in a worker thread) within the decode memory budget."""
+    limits = imaging.ImageLimits(settings.max_input_pixels, budget)
+    side = request.max_side or settings.default_side
+    content_img = imaging.decode_image(request.content, "content", limits, fit=side)
+    size = imaging.fit_within(*content_img.size, side)  # (W, H)
+    content = imaging.to_tensor(imaging.resize(content_img, size))  # (3, H, W)
+    styles = tuple(
+        _prepare_style(
+            data, f"style[{i}]" if len(request.styles) > 1 else "style", settings, limits, lookup_style
+        )
+        for i, data in enumerate(request.styles)
+    )
+    weights: torch.Tensor | None = None
+    if request.mode is Mode.interpolate:
+        assert request.weights is not None
+        weights = torch.tensor(request.weights, dtype=torch.float32)  # (N,)
+    elif request.mode is Mode.multistyle:
+        weights = _region_weights(request, size, limits)  # (N, H, W)
+    return TransferJob(
+        mode=Mode(request.mode),
+        content=content,
+        styles=styles,
+        weights=weights,
+        alpha=request.alpha,
+        preserve_color=request.preserve_color,
+    )
+
+
+def _prepare_style(
+    data: bytes,
+    field: str,
+    settings: Settings,
+    limits: imaging.ImageLimits,
+    lookup_style: Callable[[str], StyleFeatures | None],
+) -> StyleInput:
+    key = style_key(data, settings.style_size)
+    cached = lookup_style(key)
+    if cached is not None:
+        return StyleInput(key=key, image=None, features=cached)  # skip decoding altogether
+    image = imaging.decode_image(data, field, limits, cover=settings.style_size)
+    tensor = imaging.to_tensor(imaging.square_crop(image, settings.style_size))  # (3, S, S)
+    return StyleInput(key=key, image=tensor, features=None)
+
+
+def _region_weights(
+    request: TransferRequest, size: tuple[int, int], limits: imaging.ImageLimits
+) -> torch.Tensor:
+    count = len(request.styles)
+    if request.masks:
+        masks = [imaging.decode_mask(data, f"mask[{i}]", limits, size) for i, data in enumerate(request.masks)]
+        maps = regions.masks_to_regions(masks, size)  # (N, H, W)
+    else:
+        assert request.labels is not None
+        labels = imaging.decode_labels(request.labels, "labels", limits, count, size)
+        maps = regions.labels_to_regions(labels, count, size)  # (N, H, W)
+    return regions.soft_weights(maps, request.feather)
+
+
+def encode(image: torch.Tensor, fmt: str) -> bytes:
+    """uint8 (3, H, W) -> image file bytes (blocking; run in a worker thread)."""
+    return imaging.encode_image(imaging.from_uint8(image), fmt)
