@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from service.contract import (
     ALPHA,
@@ -37,7 +37,6 @@ from service.contract import (
 log = logging.getLogger("service.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 SUFFIX_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 DELEGATED = {"train": "model.train", "eval": "model.evaluate"}
@@ -152,43 +151,14 @@ def open_backend(args: argparse.Namespace) -> Backend:
     return LocalBackend(args.checkpoint, args.device, args.threads)
 
 
-# ---------------------------------------------------------------------------------------------- progress
-class Progress:
-    """A dependency-free progress bar on stderr: redrawn in place on a terminal, one line per item otherwise."""
-
-    def __init__(self, total: int, stream: IO[str], enabled: bool = True, width: int = 28) -> None:
-        self.total = total
-        self.stream = stream
-        self.enabled = enabled and total > 1
-        self.width = width
-        self.done = 0
-        self.started = time.monotonic()
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        filled = round(self.width * self.done / self.total)
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / self.done * (self.total - self.done)
-        bar = "#" * filled + "-" * (self.width - filled)
-        line = f"[{bar}] {self.done}/{self.total} {elapsed:5.1f}s eta {eta:5.1f}s {label}"
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
-            if self.done == self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 # ---------------------------------------------------------------------------------------------- inputs
 def image_files(path: Path, what: str) -> list[Path]:
     """A file, or every image of a folder (not recursive, sorted); usage error when there is none."""
     if path.is_file():
         return [path]
     if path.is_dir():
+        from model.imageio import IMAGE_SUFFIXES  # here: the model package loads torch, --help must not wait
+
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise UsageError(f"{what} folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -243,6 +213,8 @@ def run_stylize(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, out, is_folder=many)
     pairs = [(c, s) for c in contents for s in styles]
     backend = open_backend(args)
+    from model.progress import Progress
+
     progress = Progress(len(pairs), sys.stderr, enabled=not args.quiet)
     failures: list[str] = []
     try:

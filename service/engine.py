@@ -22,6 +22,7 @@ import torch
 import model
 from model.checkpoint import sha256_file
 from model.functional import preserve_color
+from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, select_device
 from model.imageio import quantize
 from service.contract import BatchKey, Mode, TransferJob
 from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
@@ -36,9 +37,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # time per image at batch 4 than at batch 1 (docs/BENCHMARKS.md): a CPU's convolutions are already saturated by
 # one image, so batching only adds waiting. GPU: batches fill the device (the previous fixed default).
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
-# x86 flags of native bfloat16 arithmetic. Without them (AVX2 only) oneDNN emulates bf16 convolutions and
-# autocast runs several times slower than float32 (measured: docs/BENCHMARKS.md).
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.25  # CPU auto picks bfloat16 only when the start-up probe measured at least this gain
 
 
@@ -91,26 +89,6 @@ class StyleCache:
         return len(self._items)
 
 
-def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def cpu_capability() -> str:
-    """torch's view of the CPU's vector unit (DEFAULT, AVX2, AVX512, ...)."""
-    with contextlib.suppress(Exception):
-        return str(torch.backends.cpu.get_cpu_capability())
-    return "unknown"
-
-
 def process_uptime_s() -> float | None:
     """Seconds since this process started (Linux /proc), so start-up can be reported from exec, imports included."""
     try:
@@ -157,7 +135,7 @@ class Engine:
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         """Select the device, load the weights, set precision; runs once, in the model thread."""
-        self.device = self._select_device()
+        self.device = select_device(self.settings.device, setting="STYA2K_DEVICE=")
         if self.device.type == "cpu" and self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         self.max_batch_size = self.settings.max_batch_size or AUTO_BATCH.get(self.device.type, 1)
@@ -194,14 +172,6 @@ class Engine:
                 "seconds": self.startup["load_s"],
             },
         )
-
-    def _select_device(self) -> torch.device:
-        wanted = self.settings.device
-        if wanted == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if wanted.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"STYA2K_DEVICE={wanted} but CUDA is not available on this machine")
-        return torch.device(wanted)
 
     def _select_precision(self) -> Precision:
         """Autocast dtype (None = plain float32) and why. auto: float16 on GPU; on CPU bfloat16 only where the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import signal
 import subprocess
@@ -306,15 +305,3 @@ def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(
             process.wait()
     assert process.stderr is not None
     assert b"Traceback" not in process.stderr.read()
-
-
-def test_progress_bar_formats(tmp_path: Path) -> None:
-    stream = io.StringIO()
-    progress = cli.Progress(3, stream)
-    for name in ("a", "b", "c"):
-        progress.step(name)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("[" + "#" * 28 + "] 3/3")
-    silent = io.StringIO()
-    cli.Progress(1, silent).step("only")  # a single image needs no bar
-    assert silent.getvalue() == ""

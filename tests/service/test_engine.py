@@ -18,7 +18,7 @@ from service_helpers import RunningServer, image_bytes
 
 from service import engine as engine_module
 from service.client import Client
-from service.engine import AUTO_BATCH, Engine, cpu_flags, process_uptime_s
+from service.engine import AUTO_BATCH, Engine
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -82,15 +82,6 @@ def test_cpu_warms_one_small_shape_and_times_start_up() -> None:
     assert engine.warm_shapes() == [(64, 64)]  # one bucket
     engine.warm_up()
     assert engine.startup["load_s"] > 0 and engine.startup["warmup_s"] > 0
-
-
-def test_cpu_flags_parses_cpuinfo(tmp_path: Path) -> None:
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
-    assert cpu_flags(info) == frozenset({"fpu", "avx2", "fma", "avx512_bf16"})
-    assert cpu_flags(tmp_path / "missing") == frozenset()
-    uptime = process_uptime_s()
-    assert uptime is None or 0 < uptime < 24 * 3600
 
 
 def test_info_reports_the_runtime_choices(server_factory: Callable[..., RunningServer]) -> None:
