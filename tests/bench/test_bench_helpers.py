@@ -115,3 +115,15 @@ def test_server_view_uses_metric_deltas() -> None:
     assert view["request_ms"] == pytest.approx(500.0)
     assert view["cache_hits"] == 4 and view["cache_misses"] == 0
     assert view["decode_ms"] is None  # absent metric: unknown, not zero
+
+
+def test_codec_line_times_the_shipped_encode_and_keeps_the_old_experiment_as_history() -> None:
+    now = {"decode_style_cached_ms": 0.6, "decode_style_uncached_ms": 9.8, "encode_current_png_ms": 9.3,
+           "encode_current_jpeg_ms": 0.3}
+    line = bench_service.codec_line(now, "abc1234")
+    assert line.endswith("png 9.3 ms, jpeg 0.3 ms.") and "fast" not in line and "git abc1234" in line
+    before = {**now, "encode_fast_png_ms": 5.3, "encode_fast_jpeg_ms": 0.3, "encode_speedup_png": 77.1,
+              "encode_speedup_jpeg": 1262.0, "fast_identical_pixels": True}
+    history = bench_service.codec_line(before, "78a451d")
+    assert "then proposed" in history and "png 5.3 ms" in history and "(ratio 77.1x / 1262.0x)" in history
+    assert not hasattr(bench_service, "fast_from_uint8")
