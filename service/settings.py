@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from service.contract import MAX_SIDE
+
 ENV_PREFIX = "STYA2K_"
 RANDOM_WEIGHTS = "random"
 
@@ -195,7 +197,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "bucket_px": (16, 1024),
     "max_body_bytes": (1024, None),
     "max_input_pixels": (256, None),
-    "max_side": (64, 8192),
+    "max_side": (MAX_SIDE.low, 8192),  # the API's own minimum (service.contract)
     "default_side": (32, 8192),
     "style_size": (32, 2048),
     "max_styles": (2, 16),
