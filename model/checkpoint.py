@@ -1,11 +1,15 @@
-"""Checkpoints that carry their own config, and the sha256 manifest of shipped weights (`weights/MANIFEST`).
+"""Every file of the network's weights: release checkpoints that carry their own config, the trainable state they
+hold, the training-state format, atomic saves, and the sha256 manifest of shipped weights (`weights/MANIFEST`).
+The network itself knows no files.
 
-File format (a `torch.save` dict loadable with `weights_only=True`)::
+Release file format (a `torch.save` dict loadable with `weights_only=True`)::
 
     {"format_version": 1, "config": ModelConfig.to_dict(), "state_dict": {name: tensor} (trainable parts only),
      "state_sha256": digest of the tensors (see `state_digest`), "meta": {...}}
 
-`meta` holds plain Python types only: version, iterations, data summary, ...
+`meta` holds plain Python types only: version, iterations, data summary, ... A training state (written by
+`model.train`, read by `model.export`) is a dict with ``"format": TRAIN_STATE_FORMAT`` and
+``"version": TRAIN_STATE_VERSION``; its "model" entry is a `trainable_state_dict`.
 """
 
 from __future__ import annotations
@@ -13,22 +17,27 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
-from model.config import ModelConfig
-
-if TYPE_CHECKING:
-    from model.stya2k import StyA2K
+from model.config import ATTENTION_TAPS, ModelConfig
+from model.stya2k import StyA2K
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+TRAIN_STATE_FORMAT = "stya2k-train-state"
+TRAIN_STATE_VERSION = 1
+# The frozen VGG encoder is rebuilt from its own pinned weights (model.encoder), never stored in a checkpoint.
+FROZEN_PREFIX = "encoder."
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST_NAME = "MANIFEST"
 # Preference order of the shipped defaults: the GPU-trained release first, the CPU-trained stand-in after it.
@@ -47,29 +56,51 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: Path) -> dict[str, str]:
-    """`sha256sum`-format manifest -> {file name: sha256}; {} when there is none."""
-    path = directory / MANIFEST_NAME
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` beside ``path``, then rename it over ``path``: a crash never leaves a half-written file
+    under the real name."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """`torch.save` through `atomic_write`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _parse_manifest(path: Path) -> tuple[dict[str, str], list[str]]:
+    """A `sha256sum`-format manifest file -> ({file name: sha256}, its comment lines); empty when there is none."""
     if not path.is_file():
-        return {}
-    entries = {}
+        return {}, []
+    entries, comments = {}, []
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#"):
+        if line.startswith("#"):
+            comments.append(line)
+            continue
+        if not line:
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or len(parts[0]) != 64:
             raise CheckpointError(f"{path}:{line_no}: expected '<sha256>  <file name>', got {line!r}")
         entries[parts[1].lstrip("*")] = parts[0].lower()
-    return entries
+    return entries, comments
 
 
-def write_manifest_entry(path: Path, digest: str) -> None:
-    """Add or replace `path`'s line in the MANIFEST beside it."""
-    entries = read_manifest(path.parent)
+def read_manifest(directory: Path) -> dict[str, str]:
+    """The MANIFEST of ``directory`` -> {file name: sha256}; {} when there is none."""
+    return _parse_manifest(directory / MANIFEST_NAME)[0]
+
+
+def write_manifest_entry(path: Path, digest: str, manifest: Path | None = None) -> None:
+    """Add or replace `path`'s line in ``manifest`` (default: the MANIFEST beside it); other entries and comments
+    stay, entries sorted by name."""
+    manifest = manifest or path.parent / MANIFEST_NAME
+    entries, comments = _parse_manifest(manifest)
     entries[path.name] = digest
-    lines = [f"{sha}  {name}" for name, sha in sorted(entries.items())]
-    (path.parent / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    lines = [*comments, *(f"{sha}  {name}" for name, sha in sorted(entries.items()))]
+    atomic_write(manifest, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
 def verify_against_manifest(path: Path) -> str:
@@ -117,23 +148,42 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def trainable_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of a network: its state without the frozen encoder."""
+    return {k: v for k, v in net.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
+
+
+def load_trainable_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a `trainable_state_dict` into ``net``; every key but the frozen encoder's must match."""
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(FROZEN_PREFIX)]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint does not fit the network: missing {missing}, unexpected {unexpected}")
+
+
+def is_train_state(state: object) -> bool:
+    """Whether a loaded file is a training state (written by model.train) rather than release weights."""
+    return (isinstance(state, dict) and state.get("format") == TRAIN_STATE_FORMAT
+            and state.get("version") == TRAIN_STATE_VERSION)
+
+
 def save_checkpoint(model: StyA2K, path: str | Path, *, half: bool = True, meta: dict[str, Any] | None = None) -> str:
     """Write the trainable weights with config and meta; returns the file's sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-             for k, v in model.trainable_state_dict().items()}
+             for k, v in trainable_state_dict(model).items()}
     payload = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": state,
                "state_sha256": state_digest(state), "meta": _plain(dict(meta or {}))}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    atomic_save(payload, path)
     return sha256_file(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", verify_manifest: bool = True) -> StyA2K:
-    from model.stya2k import StyA2K
+    """Build the network a release file describes, with its weights and meta, on ``map_location`` in eval mode.
 
+    Raises CheckpointError naming what is wrong: a missing or unreadable file, a manifest mismatch, corrupt
+    tensors, a bad config, or weights that do not fit the config."""
     path = Path(path)
     _check_is_file(path)
     digest = verify_against_manifest(path) if verify_manifest else sha256_file(path)
@@ -169,7 +219,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         model = StyA2K(ModelConfig.from_dict(payload["config"]))
     except Exception as exc:  # whatever the model's constructor trips over is a bad config in this file
         raise CheckpointError(f"{path} has an invalid config ({type(exc).__name__}: {exc})") from exc
-    expected = model.trainable_state_dict()
+    expected = trainable_state_dict(model)
     state = payload["state_dict"]
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -194,9 +244,6 @@ def _check_is_file(path: Path) -> None:
         raise CheckpointError(f"weights file {path} does not exist")
 
 
-TAPS = ("relu3_1", "relu4_1", "relu5_1")  # the encoder layers with an attention module
-
-
 def _check_config(path: Path, config: Any) -> None:
     """Check a checkpoint's config before building a model from it, naming the bad field."""
     if not isinstance(config, dict):
@@ -212,14 +259,14 @@ def _check_config(path: Path, config: Any) -> None:
         return  # only all-to-key attention uses block sizes; absent = the defaults
     if not isinstance(blocks, dict):
         raise CheckpointError(
-            f"{path} has an invalid config: attention.block_sizes must map {', '.join(TAPS)} to sizes"
+            f"{path} has an invalid config: attention.block_sizes must map {', '.join(ATTENTION_TAPS)} to sizes"
         )
-    for tap in TAPS:
+    for tap in ATTENTION_TAPS:
         size = blocks.get(tap)
         if size is None:
             raise CheckpointError(
                 f"{path} has an invalid config: attention.block_sizes has no size for {tap}; "
-                f"it needs one for each of {', '.join(TAPS)}"
+                f"it needs one for each of {', '.join(ATTENTION_TAPS)}"
             )
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise CheckpointError(

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 Arch = Literal["a2k", "all_to_all", "adain"]
 ARCHS: tuple[str, ...] = ("a2k", "all_to_all", "adain")
+# The encoder taps with an attention module (a2k, all_to_all); AdaIN uses relu4_1 alone.
+ATTENTION_TAPS: tuple[str, ...] = ("relu3_1", "relu4_1", "relu5_1")
 
 
 @dataclass(frozen=True)

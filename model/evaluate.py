@@ -35,8 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.checkpoint import load_checkpoint
+from model.config import ModelConfig
 from model.data import list_images, load_rgb, resize_short_side
+from model.encoder import VGGEncoder
+from model.export import portable_paths
 from model.imageio import pil_to_tensor
+from model.stya2k import StyA2K
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +118,6 @@ class IdentityReference(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from model.config import ModelConfig
-
         self.config = ModelConfig(arch="a2k")
         self.meta: dict[str, Any] = {"reference": "identity"}
         self.label = "reference (identity)"
@@ -149,8 +152,6 @@ class Harness:
     """Holds the metric networks and the selected images; ``evaluate(net)`` returns one row of the table."""
 
     def __init__(self, cfg: EvalConfig) -> None:
-        from model.encoder import VGGEncoder
-
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.encoder = VGGEncoder().to(self.device)
@@ -233,8 +234,6 @@ class Harness:
 def load_weights(spec: str) -> tuple[torch.nn.Module, str]:
     """``path`` -> (model, display name). ``random:<arch>`` gives an untrained model (harness testing),
     ``reference:identity`` / ``reference:color`` the training-free references."""
-    from model import ModelConfig, StyA2K
-
     if spec.startswith("reference:"):
         kind = spec.split(":", 1)[1]
         if kind not in REFERENCES:
@@ -244,7 +243,7 @@ def load_weights(spec: str) -> tuple[torch.nn.Module, str]:
     if spec.startswith("random:"):
         torch.manual_seed(0)
         return StyA2K(ModelConfig(arch=spec.split(":", 1)[1])), spec
-    return StyA2K.from_checkpoint(spec), Path(spec).name
+    return load_checkpoint(spec), Path(spec).name
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> str:
@@ -334,8 +333,6 @@ def run(args: argparse.Namespace) -> int:
         logger.error("evaluation failed: %s", exc)
         return 2
     table = markdown_table(rows, cfg)
-    from model.export import portable_paths
-
     result = {"config": portable_paths(asdict(cfg)), "results": rows, "torch": str(torch.__version__)}
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)

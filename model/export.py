@@ -14,16 +14,12 @@ from typing import Any
 
 import torch
 
+from model.checkpoint import is_train_state, load_trainable_state, save_checkpoint, write_manifest_entry
+from model.config import ModelConfig
+from model.stya2k import StyA2K
+
 logger = logging.getLogger(__name__)
 REPO_PARENT = Path(__file__).resolve().parents[2]
-
-
-def update_manifest(manifest: Path, filename: str, sha256: str) -> None:
-    """Set ``filename``'s line in a sha256sum-format manifest (``<sha256>  <filename>``), keep others."""
-    lines = manifest.read_text().splitlines() if manifest.exists() else []
-    kept = [line for line in lines if line.strip() and line.split(maxsplit=1)[-1].lstrip("*") != filename]
-    kept.append(f"{sha256}  {filename}")
-    manifest.write_text("\n".join(sorted(kept, key=lambda line: line.split(maxsplit=1)[-1])) + "\n")
 
 
 def portable_paths(data: Any) -> Any:
@@ -72,20 +68,15 @@ def export_release(
     """Write release weights from a training checkpoint; returns their sha256 (also put in the manifest).
 
     ``extra_meta`` is merged over the recipe meta (e.g. a GPU lease's GPU name, images seen, budget)."""
-    from model import ModelConfig, StyA2K
-    from model.train import load_trainable_state
-
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state.get("format") != "stya2k-train-state":
+    if not is_train_state(state):
         raise ValueError(f"{checkpoint} is not a training checkpoint written by model.train")
     net = StyA2K(ModelConfig.from_dict(state["model_config"]))
     load_trainable_state(net, state["model"])
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**release_meta(state, version), **(extra_meta or {})}
-    sha = net.save_checkpoint(out_path, half=half, meta=meta)
-    manifest_path = Path(manifest) if manifest else out_path.parent / "MANIFEST"
-    update_manifest(manifest_path, out_path.name, sha)
+    sha = save_checkpoint(net, out_path, half=half, meta=meta)
+    write_manifest_entry(out_path, sha, Path(manifest) if manifest else None)
     return sha
 
 

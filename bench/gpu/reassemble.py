@@ -6,7 +6,7 @@
 Reads OUT/summary.json (written by bench/gpu/train_lease.py), checks every part's size and sha256, joins
 them, checks the joined file's sha256 against the summary, then loads it as a checkpoint (its tensor digest
 and config) before it replaces anything under the weights folder; the MANIFEST line is written last
-(model.export.update_manifest). A corrupted or missing part is refused with its name, and nothing is written.
+(model.checkpoint.write_manifest_entry). A corrupted or missing part is refused with its name, and nothing is written.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 def reassemble(folder: Path, weights_dir: Path, name: str | None = None) -> tuple[Path, str]:
     """Join + verify the parts in ``folder``; install them as ``weights_dir/name``; returns (path, sha256)."""
-    from model.checkpoint import CheckpointError, load_checkpoint
-    from model.export import update_manifest
+    from model.checkpoint import CheckpointError, load_checkpoint, write_manifest_entry
 
     summary = read_summary(folder)
     record = summary["weights"]
@@ -59,7 +58,7 @@ def reassemble(folder: Path, weights_dir: Path, name: str | None = None) -> tupl
         os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)
-    update_manifest(weights_dir / "MANIFEST", target.name, sha)
+    write_manifest_entry(target, sha)
     meta = model.meta
     logger.info("reassemble: %s (sha256 %s) from %d parts; version %s, iteration %s, images seen %s, GPU %s",
                 target, sha, len(record["parts"]), meta.get("version"), meta.get("iterations"),

@@ -24,12 +24,13 @@ def _images(folder: Path, count: int, seed: int) -> str:
 @pytest.fixture()
 def release(tmp_path: Path) -> Path:
     from model import ModelConfig, StyA2K
+    from model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     net = StyA2K(ModelConfig())
     path = tmp_path / "weights" / "start.pt"
     path.parent.mkdir()
-    net.save_checkpoint(path, meta={"version": "start", "iterations": 40})
+    save_checkpoint(net, path, meta={"version": "start", "iterations": 40})
     return path
 
 

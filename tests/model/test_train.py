@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.export import update_manifest
+from model.checkpoint import load_checkpoint, trainable_state_dict, write_manifest_entry
 from model.hardware import has_native_bf16
 from model.imageio import tensor_to_pil
 from model.train import (
@@ -99,8 +99,8 @@ def test_resume_continues_exactly(tmp_path: Path, data_dirs: tuple[str, str]) ->
 
     assert len(losses("straight")) == 4
     assert losses("resumed") == losses("straight")
-    for name, tensor in straight.net.trainable_state_dict().items():
-        assert torch.equal(tensor, resumed.net.trainable_state_dict()[name]), name
+    for name, tensor in trainable_state_dict(straight.net).items():
+        assert torch.equal(tensor, trainable_state_dict(resumed.net)[name]), name
     assert (tmp_path / "resumed" / "loss_curves.png").exists()
 
 
@@ -118,11 +118,9 @@ def test_cli_trains_writes_samples_and_exports(tmp_path: Path, data_dirs: tuple[
     assert [g.name for g in grids] == ["iter_0000000.png", "iter_0000002.png"]
     with Image.open(grids[-1]) as grid:
         assert grid.width > 3 * 64
-    from model import StyA2K
-
     manifest = (out.parent / "MANIFEST").read_text().split()
     assert manifest[1] == "tiny.pt"
-    net = StyA2K.from_checkpoint(out)  # verifies the sha256 against the manifest
+    net = load_checkpoint(out)  # verifies the sha256 against the manifest
     assert net.config.arch == "adain"
     assert net.meta["iterations"] == 2 and net.meta["version"] == "test-adain"
 
@@ -142,11 +140,13 @@ def test_add_arguments_round_trips_into_config() -> None:
     assert cfg.arch == "all_to_all" and cfg.crop_size == 128 and cfg.batch_size == 8 and cfg.lr == 2e-4
 
 
-def test_update_manifest_replaces_only_its_line(tmp_path: Path) -> None:
-    manifest = tmp_path / "MANIFEST"
-    manifest.write_text("aaa  other.pt\nbbb  mine.pt\n")
-    update_manifest(manifest, "mine.pt", "ccc")
-    assert manifest.read_text() == "ccc  mine.pt\naaa  other.pt\n"
+def test_manifest_entry_replaces_only_its_line(tmp_path: Path) -> None:
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    manifest = tmp_path / "SUMS"  # export --manifest may name any file, not only the MANIFEST beside the weights
+    manifest.write_text(f"# release weights\n{a}  other.pt\n{b}  mine.pt\n")
+    write_manifest_entry(tmp_path / "out" / "mine.pt", c, manifest)
+    assert manifest.read_text() == f"# release weights\n{c}  mine.pt\n{a}  other.pt\n"
+    assert not list(tmp_path.glob("*.tmp"))  # written beside itself, then renamed
 
 
 def _grads_after_step(trainer: Trainer, content: torch.Tensor, style: torch.Tensor) -> tuple[dict, dict]:
@@ -251,8 +251,8 @@ def test_init_from_release_weights_continues_the_count_with_a_fresh_optimizer(
     second = Trainer(_config(tmp_path / "second", data_dirs, iters=4), init_weights=release)
     assert second.iteration == 2 and "fresh optimizer" in (second.init_note or "")
     assert not second.optimizer.state  # nothing carried over from the first run's Adam
-    for name, tensor in first.net.trainable_state_dict().items():  # fp16 round trip of the release file
-        torch.testing.assert_close(second.net.trainable_state_dict()[name], tensor, atol=2e-3, rtol=2e-3)
+    for name, tensor in trainable_state_dict(first.net).items():  # fp16 round trip of the release file
+        torch.testing.assert_close(trainable_state_dict(second.net)[name], tensor, atol=2e-3, rtol=2e-3)
     second.train()
     rows = list(csv.DictReader((tmp_path / "second/log.csv").open()))
     assert [int(r["iteration"]) for r in rows] == [2, 3]
@@ -268,8 +268,8 @@ def test_train_from_a_pack_equals_training_from_folders(tmp_path: Path, data_dir
     packed = Trainer(_config(tmp_path / "packed", data_dirs, iters=2, pack=str(pack)))
     folders.train()
     packed.train()
-    for name, tensor in folders.net.trainable_state_dict().items():
-        assert torch.equal(tensor, packed.net.trainable_state_dict()[name]), name
+    for name, tensor in trainable_state_dict(folders.net).items():
+        assert torch.equal(tensor, trainable_state_dict(packed.net)[name]), name
 
 
 def test_warmup_ramps_the_lr_after_a_fresh_optimizer_only() -> None:
