@@ -14,10 +14,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.train import plot_log, read_log
+from model.runlog import LOG_NAME, LOSS_FIELDS, plot_log, read_log
 
 logger = logging.getLogger(__name__)
-SUMMARY_FIELDS = ("iterations", "lr_end", "total", "global_style", "a2k", "content", "sec_per_iter")
+SUMMARY_FIELDS = ("iterations", "lr_end", *LOSS_FIELDS, "sec_per_iter")
 
 
 def summarise(rows: list[dict[str, str]], every: int) -> list[dict[str, str]]:
@@ -33,15 +33,15 @@ def summarise(rows: list[dict[str, str]], every: int) -> list[dict[str, str]]:
         out.append({
             "iterations": f"{window[0]['iteration']}-{window[-1]['iteration']}",
             "lr_end": window[-1]["lr"],
-            **{k: mean(k) for k in ("total", "global_style", "a2k", "content", "sec_per_iter")},
+            **{k: mean(k) for k in (*LOSS_FIELDS, "sec_per_iter")},
         })
     return out
 
 
 def write_report(run_dir: Path, out_dir: Path, every: int, name: str) -> list[Path]:
-    rows = read_log(run_dir / "log.csv")
+    rows = read_log(run_dir / LOG_NAME)
     if not rows:
-        raise ValueError(f"{run_dir}/log.csv has no rows")
+        raise ValueError(f"{run_dir / LOG_NAME} has no rows")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     curves = plot_log(rows, out_dir / f"{name}_loss_curves.png", f"{name}: training losses (CPU, batch 8, 128 px)")

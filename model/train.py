@@ -13,7 +13,6 @@ and ``samples/`` (fixed content x style grids).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
@@ -52,14 +51,14 @@ from model.export import export_release
 from model.hardware import has_native_bf16, select_device
 from model.losses import LossConfig, StyleTransferLoss
 from model.pack import PackedPairs
-from model.plotting import image_grid, plot_curves
+from model.plotting import image_grid
 from model.progress import Progress
+from model.runlog import LOG_NAME, CsvLog, plot_log
 from model.stya2k import StyA2K
 
 logger = logging.getLogger(__name__)
 
 LEVER_CHOICES = ("auto", "on", "off")
-CSV_FIELDS = ("iteration", "lr", "total", "global_style", "a2k", "content", "sec_per_iter", "wall_s")
 
 
 @dataclass(frozen=True)
@@ -239,48 +238,6 @@ def loss_kind_for(arch: str) -> str:
     return "adain" if arch == "adain" else "a2k"
 
 
-class CsvLog:
-    """Append-only CSV of per-iteration losses; on resume rows after the resume point are dropped so
-    the log stays consistent with the restored state."""
-
-    def __init__(self, path: Path, resume_iteration: int | None) -> None:
-        self.path = path
-        rows: list[dict[str, str]] = []
-        if resume_iteration is not None and path.exists():
-            with path.open(newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["iteration"]) <= resume_iteration]
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        self.rows = rows
-
-    def append(self, row: dict[str, float]) -> None:
-        text_row = {k: (f"{row[k]:.6g}" if k in row else "") for k in CSV_FIELDS}
-        text_row["iteration"] = str(int(row["iteration"]))
-        self.rows.append(text_row)
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=CSV_FIELDS).writerow(text_row)
-
-
-def read_log(path: str | Path) -> list[dict[str, str]]:
-    with Path(path).open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def plot_log(rows: list[dict[str, str]], path: Path, title: str) -> Path | None:
-    """Loss curves of the non-empty loss columns of a training log."""
-    if len(rows) < 2:
-        return None
-    steps = [int(r["iteration"]) for r in rows]
-    series = {}
-    for key in ("total", "global_style", "a2k", "content"):
-        values = [float(r[key]) if r.get(key) else math.nan for r in rows]
-        if any(math.isfinite(v) and v != 0.0 for v in values):  # e.g. "content" is always 0 for A2K
-            series[key] = values
-    return plot_curves(steps, series, path, title=title, smooth=max(1, len(rows) // 25))
-
-
 def step_label(loss: float, sec_per_iter: float) -> str:
     """What a progress line says about the last step: its loss and speed."""
     rate = 1.0 / sec_per_iter if sec_per_iter > 0 else 0.0
@@ -331,7 +288,7 @@ class Trainer:
             self._restore(Path(resume))
         elif init_weights is not None:
             self._init_from_release(Path(init_weights), init_iteration)
-        self.log = CsvLog(self.run_dir / "log.csv",
+        self.log = CsvLog(self.run_dir / LOG_NAME,
                           self.iteration - 1 if resume is not None or init_weights is not None else None)
         self.sample_contents, self.sample_styles = self._fixed_sample_set()
 

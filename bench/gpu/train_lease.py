@@ -24,7 +24,6 @@ algorithms"); the linear rule would give 1.6e-3 at batch 64, far above what Adam
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -376,14 +375,16 @@ def read_steps(path: Path) -> list[dict[str, Any]]:
 
 def salvage(cfg: LeaseConfig) -> dict[str, Any] | None:
     """Export from the last checkpoint a killed or failed ``train`` left, if any."""
+    from model.runlog import LOG_NAME, read_log
+
     checkpoint = cfg.work / "run" / "checkpoints" / "last.pt"
     state_path = cfg.work / "lease-state.json"
     if not checkpoint.is_file() or not state_path.is_file():
         logger.error("finish: no checkpoint to salvage (%s)", checkpoint)
         return None
     state = json.loads(state_path.read_text())
-    log = cfg.work / "run" / "log.csv"
-    rows = list(csv.DictReader(log.open(newline=""))) if log.is_file() else []
+    log = cfg.work / "run" / LOG_NAME
+    rows = read_log(log) if log.is_file() else []
     logger.warning("finish: train did not finish; exporting its last checkpoint %s", checkpoint)
     return export_and_split(cfg, checkpoint, rows, state, status="salvaged")
 
