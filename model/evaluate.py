@@ -40,6 +40,7 @@ from model.config import ModelConfig
 from model.data import list_images, load_rgb, resize_short_side
 from model.encoder import VGGEncoder
 from model.export import portable_paths
+from model.hardware import select_device
 from model.imageio import pil_to_tensor
 from model.stya2k import StyA2K
 
@@ -153,7 +154,7 @@ class Harness:
 
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = select_device(cfg.device)
         self.encoder = VGGEncoder().to(self.device)
         self.lpips = None
         if cfg.lpips_dir and Path(cfg.lpips_dir).is_dir():

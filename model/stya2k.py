@@ -22,9 +22,10 @@ from model.decoder import ConvLayer, Decoder, upsample2
 from model.encoder import TAP_BY_NAME, VGGEncoder
 
 # Content is padded to this multiple so every encoder tap halves exactly and decoder upsampling lands back on
-# the same grid; 32 px is the smallest input whose deepest conv input (1/16) can still be reflection-padded.
+# the same grid; 32 px is the smallest padded side whose deepest conv input (1/16) can still be
+# reflection-padded. (Not the smallest image a caller may send: that limit is the service's, 16 px.)
 SIZE_MULTIPLE = 16
-MIN_SIDE = 32
+MIN_PADDED_SIDE = 32
 
 
 @dataclass
@@ -58,10 +59,14 @@ class StyleFeatures:
 
 
 def pad_image(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """Pad (B, 3, H, W) to a multiple of SIZE_MULTIPLE and at least MIN_SIDE; returns original (H, W)."""
+    """Pad (B, 3, H, W) to at least MIN_PADDED_SIDE and a multiple of SIZE_MULTIPLE; returns original (H, W).
+
+    A side under the minimum is first replicated up to it, whatever its pad (a second rule on purpose: it
+    keeps the outputs of tiny images as they always were); then `fn.pad_to_multiple` applies the
+    reflect-or-replicate rule."""
     h, w = x.shape[-2:]
-    if min(h, w) < MIN_SIDE:
-        x = F.pad(x, (0, max(0, MIN_SIDE - w), 0, max(0, MIN_SIDE - h)), mode="replicate")
+    if min(h, w) < MIN_PADDED_SIDE:
+        x = F.pad(x, (0, max(0, MIN_PADDED_SIDE - w), 0, max(0, MIN_PADDED_SIDE - h)), mode="replicate")
     padded, _ = fn.pad_to_multiple(x, SIZE_MULTIPLE)
     return padded, (h, w)
 
@@ -119,9 +124,9 @@ class StyA2K(nn.Module):
         16 (>= 32); style any size >= 32. ``fused`` sends both through the encoder as one batch when their
         shapes match (one call instead of two; the features are the same)."""
         h, w = content.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < MIN_SIDE:
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < MIN_PADDED_SIDE:
             raise ValueError(
-                f"training content must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIDE} px, got {h}x{w}")
+                f"training content must be a multiple of {SIZE_MULTIPLE} and >= {MIN_PADDED_SIDE} px, got {h}x{w}")
         with torch.no_grad():
             if fused and content.shape == style.shape:
                 both = self.encoder(torch.cat([content, style]))  # (2B, C, h, w) per tap
@@ -184,6 +189,7 @@ class StyA2K(nn.Module):
         else:
             ph, pw = padded_size
             h, w = weights.shape[-2:]
+            # Always replicate (not pad_to's rule): the padded border belongs to the region at the image's edge.
             wmap = F.pad(weights, (0, pw - w, 0, ph - h), mode="replicate")
             wmap = F.adaptive_avg_pool2d(wmap, tuple(size))
         return wmap / wmap.sum(dim=1, keepdim=True).clamp_min(1e-8)
