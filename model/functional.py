@@ -23,9 +23,16 @@ def calc_mean_std(feat: Tensor, eps: float = MVN_EPS) -> tuple[Tensor, Tensor]:
     return flat.mean(dim=2).view(b, c, 1, 1), var.sqrt().view(b, c, 1, 1)
 
 
-def mean_variance_norm(feat: Tensor) -> Tensor:
-    """Instance normalisation without affine parameters: (x - mean) / std per channel."""
-    mean, std = calc_mean_std(feat)
+Stats = tuple[Tensor, Tensor]  # per-channel (mean, std), each (B, C, 1, 1)
+
+
+def mean_variance_norm(feat: Tensor, stats: Stats | None = None) -> Tensor:
+    """Instance normalisation without affine parameters: (x - mean) / std per channel.
+
+    ``stats``: the (mean, std) to normalise with, when ``feat`` is a tile of a larger map whose statistics were
+    accumulated over the whole (tiled inference); default: those of ``feat`` itself.
+    """
+    mean, std = calc_mean_std(feat) if stats is None else stats
     return (feat - mean) / std
 
 

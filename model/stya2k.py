@@ -103,12 +103,20 @@ class StyA2K(nn.Module):
         padded, _ = pad_image(style)
         return StyleFeatures(self.encoder(padded, self.taps))
 
-    def transfer(self, content_feats: dict[str, Tensor], style_feats: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-layer transferred features F_cs for one style: {tap: (B, C, h, w)} at the content's resolution."""
+    def transfer(self, content_feats: dict[str, Tensor], style_feats: dict[str, Tensor],
+                 content_stats: dict[str, fn.Stats] | None = None) -> dict[str, Tensor]:
+        """Per-layer transferred features F_cs for one style: {tap: (B, C, h, w)} at the content's resolution.
+
+        ``content_stats``: {tap: (mean, std)} of the whole image when the content is one tile of it
+        (`model.tiling`); default: each map's own statistics."""
+        stats = content_stats or {}
         if self.config.arch == "adain":
+            if stats:
+                raise ValueError("the adain ablation does not take whole-image statistics (no tiled inference)")
             return {"relu4_1": fn.adain(content_feats["relu4_1"], style_feats["relu4_1"])}
         modules = (self.attn3, self.attn4, self.attn5)
-        return {tap: m(content_feats[tap], style_feats[tap]) for tap, m in zip(ATTENTION_TAPS, modules, strict=True)}
+        return {tap: m(content_feats[tap], style_feats[tap], stats.get(tap))
+                for tap, m in zip(ATTENTION_TAPS, modules, strict=True)}
 
     def decode(self, transferred: dict[str, Tensor]) -> Tensor:
         """{tap: features} -> (B, 3, H, W) unclamped image."""
@@ -150,12 +158,14 @@ class StyA2K(nn.Module):
         return self.stylize_from_features(content, [self.encode_style(style)], alpha=alpha)
 
     def stylize_from_features(self, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None = None,
-                              alpha: float | Tensor = 1.0) -> Tensor:
+                              alpha: float | Tensor = 1.0,
+                              content_stats: dict[str, fn.Stats] | None = None) -> Tensor:
         """Stylize with pre-encoded styles, mixed by `weights`.
 
         content: (B, 3, H, W). styles: N entries of batch size B. weights: None (N == 1), (B, N) interpolation
         weights, or (B, N, H, W) per-pixel masks; each is normalised to sum to 1 over N. alpha: float or (B,)
-        style strength, blended at the feature level. Returns (B, 3, H, W) clamped to [0, 1].
+        style strength, blended at the feature level. content_stats: see `transfer`. Returns (B, 3, H, W) clamped
+        to [0, 1].
         """
         n = len(styles)
         b = content.shape[0]
@@ -171,7 +181,7 @@ class StyA2K(nn.Module):
         if weights.dim() == 4 and tuple(weights.shape[-2:]) != (h, w):
             weights = F.interpolate(weights, size=(h, w), mode="bilinear", align_corners=False)
         c_feats = self.encoder(padded, self.taps)
-        per_style = [self.transfer(c_feats, s.feats) for s in styles]
+        per_style = [self.transfer(c_feats, s.feats, content_stats) for s in styles]
         mixed = {}
         for tap, c in c_feats.items():
             # (B, N, h, w) for masks, (B, N, 1, 1) for interpolation weights
