@@ -24,6 +24,7 @@ from model.checkpoint import sha256_file
 from model.functional import preserve_color
 from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, select_device
 from model.imageio import quantize
+from model.tiling import TileConfig, TiledStylizer, needs_tiling
 from service.contract import BatchKey, Mode, TransferJob
 from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
 from service.geometry import MIN_SIDE, bucket_shape, pad_to
@@ -37,6 +38,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # time per image at batch 4 than at batch 1 (docs/BENCHMARKS.md): a CPU's convolutions are already saturated by
 # one image, so batching only adds waiting. GPU: batches fill the device (the previous fixed default).
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
+# Tiled inference: neighbouring tiles are cross-faded over 2 x this band (model.tiling); within the margin.
+TILE_BLEND_PX = 32
 BF16_MIN_SPEEDUP = 1.25  # CPU auto picks bfloat16 only when the start-up probe measured at least this gain
 
 
@@ -446,6 +449,37 @@ class Engine:
             return self._to_device(torch.stack(weights))  # (B, N)
         maps = [pad_to(w[None], height, width)[0] for w in weights]  # each (N, Hb, Wb)
         return self._to_device(torch.stack(maps))  # (B, N, Hb, Wb)
+
+    # ------------------------------------------------------------------ large images
+    def tile_config(self) -> TileConfig:
+        return TileConfig(tile=self.settings.tile_px, margin=self.settings.tile_margin_px, blend=TILE_BLEND_PX)
+
+    def needs_tiling(self, job: TransferJob) -> bool:
+        return needs_tiling(job.height, job.width, self.tile_config())
+
+    def tiled(self, job: TransferJob) -> TiledStylizer:
+        """A large job as tile steps (run each with the model thread, then :meth:`finish_tiled`).
+
+        Runs in the model thread: encodes the job's uncached styles. The content and the output stay on the CPU;
+        each step moves one tile to the device, so device memory is bounded by the tile, not the image.
+        """
+        with self._inference():
+            encoded = self._encode_missing_styles([job])
+            styles = [self._style_batch([job], n, encoded) for n in range(len(job.styles))]
+        weights = job.weights
+        if weights is not None:
+            weights = weights[None]  # (1, N) or (1, N, H, W)
+        return TiledStylizer(
+            self.network, job.content[None], styles, weights, job.alpha, self.tile_config(), self.device,
+            context=self._inference,
+        )
+
+    def finish_tiled(self, job: TransferJob, tiled: TiledStylizer) -> torch.Tensor:
+        """The finished tiled output -> uint8 (3, H, W) on the CPU (colour preservation applied)."""
+        image = tiled.result()  # (1, 3, H, W) float32 on the CPU
+        if job.preserve_color:
+            image = preserve_color(image, job.content[None])
+        return quantize(image[0])
 
     # ------------------------------------------------------------------ failures
     def failure(self, job: TransferJob, exc: BaseException) -> ServiceError:

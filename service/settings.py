@@ -72,6 +72,11 @@ class Settings:
         "JSON bodies: most values + object keys (a string of any length counts once); more gets 413",
     )
     max_json_depth: int = setting(8, "JSON bodies: deepest nesting of arrays / objects; deeper gets 413")
+    # Tiled inference (large images, the jobs API): memory per forward pass bounded by the tile, not the image
+    tile_px: int = setting(512, "large images are computed in square tiles of this side (a multiple of 64)")
+    tile_margin_px: int = setting(
+        128, "context computed around each tile and discarded (a multiple of 64; covers the receptive field)"
+    )
     # Connections (docs/RELIABILITY.md)
     max_connections: int = setting(
         1000,
@@ -201,6 +206,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "default_side": (32, 8192),
     "style_size": (32, 2048),
     "max_styles": (2, 16),
+    "tile_px": (64, 8192),
+    "tile_margin_px": (64, 1024),
     "cache_bytes": (0, None),
     "decode_budget_bytes": (1024 * 1024, None),
     "max_json_items": (16, 10_000_000),
@@ -238,5 +245,9 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(
             f"STYA2K_DEFAULT_SIDE={settings.default_side} exceeds STYA2K_MAX_SIDE={settings.max_side}"
         )
+    for name in ("tile_px", "tile_margin_px"):
+        if getattr(settings, name) % 64:
+            value = getattr(settings, name)
+            raise SettingsError(f"{_env_name(name)}={value} must be a multiple of 64 (the attention block grid)")
     if settings.weights is not None and not settings.weights.strip():
         raise SettingsError("STYA2K_WEIGHTS is empty; leave it unset for the shipped weights")

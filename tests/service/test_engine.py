@@ -145,3 +145,29 @@ def test_an_eager_warm_up_failure_is_raised_not_retried(monkeypatch: pytest.Monk
     with pytest.raises(RuntimeError, match="kernel failed"):
         engine.warm_up()
     assert len(calls) == 1  # eager already: no "torch.compile failed" fallback and second try
+
+
+@pytest.mark.parametrize("preserve_color", [False, True])
+def test_tiled_job_matches_the_batched_one(preserve_color: bool) -> None:
+    from service.contract import Mode, TransferRequest
+    from service.transfer import prepare
+
+    engine = loaded(max_side=256, default_side=256, tile_px=128, tile_margin_px=128)
+    request = TransferRequest(
+        mode=Mode.stylize,
+        content=image_bytes((256, 192), "PNG"),
+        styles=[image_bytes((64, 64), "PNG")],
+        preserve_color=preserve_color,
+        alpha=0.7,
+    )
+    job = prepare(request, engine.settings, engine.lookup_style)
+    assert engine.needs_tiling(job)
+    whole = engine.run_batch([job])[0]
+    tiled = engine.tiled(job)
+    assert tiled.total == 2 * 2 * 2  # 2 x 2 tiles, two passes
+    for step in tiled.steps():
+        step()
+    pieces = engine.finish_tiled(job, tiled)
+    assert isinstance(whole, torch.Tensor) and pieces.shape == whole.shape == (3, 192, 256)
+    diff = (pieces.float() - whole.float()).abs().flatten()
+    assert diff.mean() <= 1.0 and diff.quantile(0.99) <= 8.0
