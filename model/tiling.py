@@ -161,7 +161,12 @@ class TiledStylizer:
             total, squares = self._sums.get(tap, (0, 0))
             self._sums[tap] = (flat.sum(dim=2) + total, (flat * flat).sum(dim=2) + squares)  # each (1, C)
         if self.done + 1 == len(self.tiles):
-            self.stats = {tap: self._finish(tap) for tap in self._sums}
+            self.finish_statistics()
+
+    def finish_statistics(self) -> None:
+        """Whole-image statistics from the tiles accumulated so far (the last statistics step calls it; a
+        benchmark that runs only some tiles may call it early)."""
+        self.stats = {tap: self._finish(tap) for tap in self._sums}
 
     def _owned(self, feat: Tensor, tile: Tile, stride: int) -> Tensor:
         """The positions of a tile's feature map that its owned part covers, in the padded image's grid:
