@@ -116,11 +116,24 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.compare and complete:
         with torch.inference_mode():
             whole = net.stylize_from_features(content.to(device), [features]).float().cpu()
+        if args.sample:
+            save_seam_sample(Path(args.sample), whole, tiled.result(), cfg.tile)
         diff = (tiled.result() - whole).abs().flatten() * 255
         row["diff_mean_255"] = float(diff.mean())
         row["diff_p99_255"] = float(diff.quantile(0.99)) if diff.numel() <= 16_000_000 else None
         row["diff_max_255"] = float(diff.max())
     return row
+
+
+def save_seam_sample(path: Path, whole: torch.Tensor, tiled: torch.Tensor, tile: int, side: int = 256) -> None:
+    """Untiled | tiled | |difference| x 16 around the corner where four tiles meet (where a seam would show)."""
+    from model.imageio import tensor_to_pil
+
+    top = max(0, min(tile - side // 2, whole.shape[2] - side))
+    left = max(0, min(tile - side // 2, whole.shape[3] - side))
+    crops = [x[0, :, top : top + side, left : left + side] for x in (whole, tiled)]
+    diff = ((crops[0] - crops[1]).abs() * 16).clamp(0, 1)
+    tensor_to_pil(torch.cat([crops[0], crops[1], diff], dim=2)).save(path, quality=90)
 
 
 def _area(tile: Any) -> int:
@@ -136,6 +149,8 @@ def run_size(args: argparse.Namespace, side: int, compare: bool) -> dict[str, An
         command += ["--weights", args.weights]
     if compare:
         command.append("--compare")
+        if args.sample:
+            command += ["--sample", str(args.sample)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"size {side} failed:\n{done.stderr[-2000:]}")
@@ -184,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="weights file; default: the shipped weights")
     parser.add_argument("--max-steps", type=int, default=0, help="run at most this many tile steps per size (0: all)")
     parser.add_argument("--accuracy-size", type=int, default=0, help="also run this size untiled and compare")
+    parser.add_argument("--sample", type=Path, default=None,
+                        help="with --accuracy-size: save untiled | tiled | diff x16 around a tile corner (JPEG)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default bench/results/tiling-<device>.json)")
     parser.add_argument("--doc", type=Path, default=DOC_PATH)
