@@ -83,9 +83,18 @@ class ModelThread:
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting coroutine, never lost
-                loop.call_soon_threadsafe(_settle, future, None, exc)
+                _deliver(loop, future, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                _deliver(loop, future, result, None)
+
+
+def _deliver(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any, error: BaseException | None
+) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, future, result, error)
+    except RuntimeError:  # the loop closed while this call ran (a shutdown cancelled its caller): nobody awaits it
+        log.debug("model call finished after the event loop closed; result dropped")
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -3,6 +3,8 @@
 :func:`run_transfer` is the single path of every transfer, whoever asks: the HTTP routes run it with a
 :class:`Runner` that decodes in the server's thread pool and queues the job on the batcher; the command
 line's local mode runs it with one that calls the engine directly. So a local result equals the server's.
+The jobs API (:mod:`service.jobs`) runs the same two halves apart: :func:`prepare_transfer` before it accepts
+a job (bad input is refused at once), :func:`complete_transfer` when the job's turn comes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +30,8 @@ from service.settings import Settings
 
 log = logging.getLogger("service.transfer")
 T = TypeVar("T")
+ProgressHook = Callable[[int, int], None]  # (steps done, steps in all), after each step of a tiled transfer
+ModelCall = Callable[..., Awaitable[Any]]  # runs fn(*args) where the model runs (the model thread, or inline)
 
 
 class Runner(Protocol):
@@ -44,12 +48,14 @@ class Runner(Protocol):
 
 class EngineRunner:
     """The :class:`Runner` of one transfer at a time in this thread (the command line's local mode): blocking
-    steps inline, the job straight to the engine as a batch of one."""
+    steps inline, the job straight to the engine as a batch of one, or as tile steps when it is large
+    (``on_progress`` hears of each)."""
 
     decode_budget = None  # one transfer at a time: the machine's memory is the only budget
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_progress: ProgressHook | None = None) -> None:
         self.engine = engine
+        self.on_progress = on_progress
 
     def lookup_style(self, key: str) -> StyleFeatures | None:
         return self.engine.lookup_style(key)
@@ -58,6 +64,8 @@ class EngineRunner:
         return fn(*args)
 
     async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
+        if self.engine.needs_tiling(job):
+            return await compute_tiled(self.engine, job, _inline, self.on_progress)
         started = time.monotonic()
         try:
             result = self.engine.run_batch([job])[0]
@@ -66,6 +74,40 @@ class EngineRunner:
         if isinstance(result, BaseException):
             raise self.engine.failure(job, result)
         return BatchResult(result, batch_id=0, batch_size=1, queue_s=0.0, compute_s=time.monotonic() - started)
+
+
+async def _inline(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+async def compute_tiled(
+    engine: Engine, job: TransferJob, call: ModelCall, on_progress: ProgressHook | None = None
+) -> BatchResult[torch.Tensor]:
+    """A large job as tile steps, each one ``call`` (one model-thread turn, so other work runs between tiles);
+    a cancelled caller stops before its next step. Failures are answered as :meth:`Engine.failure` says."""
+    started = time.monotonic()
+    try:
+        tiled = await call(engine.tiled, job)  # encodes the job's styles
+        if on_progress is not None:
+            on_progress(0, tiled.total)
+        for step in tiled.steps():
+            await call(step)
+            if on_progress is not None:
+                on_progress(tiled.done, tiled.total)
+        image = await call(engine.finish_tiled, job, tiled)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        raise engine.failure(job, exc) from exc
+    return BatchResult(image, batch_id=0, batch_size=1, queue_s=0.0, compute_s=time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class PreparedTransfer:
+    """A validated request and its decoded job: what is left is the model and the encoding."""
+
+    request: TransferRequest
+    job: TransferJob
 
 
 @dataclass(frozen=True)
@@ -86,11 +128,33 @@ async def run_transfer(
     request: TransferRequest, settings: Settings, runner: Runner, metrics: ServiceMetrics | None = None
 ) -> TransferOutcome:
     """Validate (cheap, on the caller), decode and encode through ``runner.offload``, compute via the runner."""
-    request = validate(request, settings)
+    prepared = await prepare_transfer(request, settings, runner, metrics)
+    return await complete_transfer(prepared, runner, metrics)
+
+
+async def prepare_transfer(
+    request: TransferRequest,
+    settings: Settings,
+    runner: Runner,
+    metrics: ServiceMetrics | None = None,
+    *,
+    max_side: int | None = None,
+) -> PreparedTransfer:
+    """Validate and decode: every bad input is refused here, before any model work. ``max_side``: the
+    largest side allowed (the jobs API's own limit), default ``settings.max_side``."""
+    request = validate(request, settings, max_side)
     started = time.monotonic()
     job = await runner.offload(prepare_guarded, request, settings, runner.lookup_style, runner.decode_budget)
     if metrics is not None:
         metrics.decode_time.observe(time.monotonic() - started)
+    return PreparedTransfer(request, job)
+
+
+async def complete_transfer(
+    prepared: PreparedTransfer, runner: Runner, metrics: ServiceMetrics | None = None
+) -> TransferOutcome:
+    """The model (``runner.compute``) and the encoding of a prepared transfer."""
+    request, job = prepared.request, prepared.job
     result = await runner.compute(job)
     started = time.monotonic()
     body = await runner.offload(encode, result.value, request.format)
@@ -108,9 +172,11 @@ async def run_transfer(
     )
 
 
-def validate(request: TransferRequest, settings: Settings) -> TransferRequest:
-    """Cheap checks that need no decoding (counts, weights, max_side); returns it with normalised weights."""
+def validate(request: TransferRequest, settings: Settings, max_side: int | None = None) -> TransferRequest:
+    """Cheap checks that need no decoding (counts, weights, max_side up to ``max_side``, default the setting);
+    returns it with normalised weights."""
     count = len(request.styles)
+    side_limit = max_side or settings.max_side
     mode = Mode(request.mode)
     if mode.single_style:
         if count != 1:
@@ -118,10 +184,10 @@ def validate(request: TransferRequest, settings: Settings) -> TransferRequest:
     elif not 2 <= count <= settings.max_styles:
         raise InvalidParameter("style", f"{count} style files given; {mode} takes 2..{settings.max_styles}")
     if request.max_side is not None and not (
-        MAX_SIDE.contains(request.max_side) and request.max_side <= settings.max_side
+        MAX_SIDE.contains(request.max_side) and request.max_side <= side_limit
     ):
         raise InvalidParameter(
-            "max_side", f"{request.max_side} is out of range; allowed {MAX_SIDE.text(str(settings.max_side))}"
+            "max_side", f"{request.max_side} is out of range; allowed {MAX_SIDE.text(str(side_limit))}"
         )
     if mode is Mode.interpolate:
         if request.weights is None:
