@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
 from service import apidocs
-from service.api import operation_routes, transfer_routes
+from service.api import job_routes, operation_routes, transfer_routes
 from service.api.errors import install_error_handlers
 from service.api.gateway import Gateway
 from service.api.lifespan import make_lifespan
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(operation_routes.router)
     apidocs.install(app, app.title)
     app.include_router(transfer_routes.router)
+    app.include_router(job_routes.router)
     _add_json_schemas(app)
     return app
 

@@ -78,6 +78,28 @@ class QueueFull(ServiceError):
     status, code, reason = 429, "queue_full", "queue_full"
 
 
+class JobNotFound(ServiceError):
+    """No job with this id on this replica (never accepted here, or forgotten long after it finished)."""
+
+    status, code, reason = 404, "job_not_found", None
+
+
+class JobNotDone(ServiceError):
+    """The job's result was asked for before the job finished (poll GET /v1/jobs/{id} until done)."""
+
+    status, code, reason = 409, "job_not_done", None
+
+
+class JobExpired(ServiceError):
+    """The job's result is gone: kept past STYA2K_JOB_RESULT_TTL_S, dropped for room, or deleted."""
+
+    status, code, reason = 410, "job_expired", None
+
+
+class JobQueueFull(ServiceError):
+    status, code, reason = 429, "job_queue_full", "queue_full"
+
+
 class NotReady(ServiceError):
     status, code, reason = 503, "not_ready", None
 

@@ -11,6 +11,10 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# Seconds, accepted -> finished: from under a second (small, untiled) to an hour (STYA2K_JOB_TIMEOUT_S).
+JOB_DURATION_BUCKETS_S: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# expired: a done job's result dropped (its time to live passed, room for newer results, or deleted by the client)
+JOB_OUTCOMES = ("done", "failed", "cancelled", "expired")
 REJECTION_REASONS = ("queue_full", "deadline", "invalid", "too_large", "oom")
 PREFIX = "stya2k"
 # idle_timeout: silent past the header timeout; header_timeout / body_timeout: 408 for a half-sent request;
@@ -79,6 +83,24 @@ class ServiceMetrics:
         )
         for event in CONNECTION_EVENTS:
             self.connection_events.labels(event=event)
+        self.jobs_queued = Gauge(f"{PREFIX}_jobs_queued", "Jobs accepted and waiting to run", registry=r)
+        self.jobs_running = Gauge(f"{PREFIX}_jobs_running", "Jobs running (0 or 1: one at a time)", registry=r)
+        self.jobs_finished = Counter(
+            f"{PREFIX}_jobs_finished", "Jobs by how they ended (expired: a done job's result dropped)", ["outcome"],
+            registry=r,
+        )
+        for outcome in JOB_OUTCOMES:
+            self.jobs_finished.labels(outcome=outcome)
+        self.job_duration = Histogram(
+            f"{PREFIX}_job_duration_seconds",
+            "Jobs' time from acceptance to their end, by outcome (done, failed, cancelled)",
+            ["outcome"],
+            buckets=JOB_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.job_result_bytes = Gauge(
+            f"{PREFIX}_job_result_bytes", "Bytes of finished jobs' results held for download", registry=r
+        )
         self.model_info = Info(f"{PREFIX}_model", "The loaded model", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the service accepts work, 0 otherwise", registry=r)
 

@@ -77,6 +77,20 @@ class Settings:
     tile_margin_px: int = setting(
         128, "context computed around each tile and discarded (a multiple of 64; covers the receptive field)"
     )
+    # Jobs API (docs/API.md "Jobs"): work that outlives a request, kept in this process's memory only
+    jobs_max_side: int = setting(
+        4096, "largest output side a job may ask for (POST /v1/jobs; the sync endpoints keep STYA2K_MAX_SIDE)"
+    )
+    jobs_queue_size: int = setting(
+        8, "jobs accepted and waiting to run before new ones get 429 (each holds its decoded images)"
+    )
+    job_timeout_s: float = setting(
+        3600.0, "seconds a job may take from acceptance to its result; later it fails with deadline_exceeded"
+    )
+    job_result_ttl_s: float = setting(900.0, "seconds a finished job's result is kept (410 after)")
+    job_result_bytes: int = setting(
+        512 * 1024 * 1024, "memory for finished jobs' results; the oldest are dropped first (410) beyond it"
+    )
     # Connections (docs/RELIABILITY.md)
     max_connections: int = setting(
         1000,
@@ -206,6 +220,11 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "default_side": (32, 8192),
     "style_size": (32, 2048),
     "max_styles": (2, 16),
+    "jobs_max_side": (MAX_SIDE.low, 16384),
+    "jobs_queue_size": (1, 100_000),
+    "job_timeout_s": (1, 7 * 24 * 3600),
+    "job_result_ttl_s": (1, 7 * 24 * 3600),
+    "job_result_bytes": (1024, None),
     "tile_px": (64, 8192),
     "tile_margin_px": (64, 1024),
     "cache_bytes": (0, None),
@@ -244,6 +263,10 @@ def _validate(settings: Settings) -> None:
     if settings.default_side > settings.max_side:
         raise SettingsError(
             f"STYA2K_DEFAULT_SIDE={settings.default_side} exceeds STYA2K_MAX_SIDE={settings.max_side}"
+        )
+    if settings.jobs_max_side < settings.default_side:
+        raise SettingsError(
+            f"STYA2K_JOBS_MAX_SIDE={settings.jobs_max_side} is below STYA2K_DEFAULT_SIDE={settings.default_side}"
         )
     for name in ("tile_px", "tile_margin_px"):
         if getattr(settings, name) % 64:

@@ -29,6 +29,7 @@ from service.errors import (
     UnsupportedMediaType,
     error_body,
 )
+from service.jobs import JOBS_PATH  # POST (multipart); the job paths below carry an id
 from service.logs import request_id_var
 
 log = logging.getLogger("service.app")
@@ -43,14 +44,30 @@ KNOWN_PATHS = TRANSFER_PATHS | {
     "/health/ready",
     "/metrics",
     "/v1/info",
+    JOBS_PATH,
     "/docs",
     "/openapi.json",
 }
+# Job paths have an id in them: metrics label them by template, so the label set stays bounded.
+_JOB_PATH_TEMPLATES = (
+    (re.compile(r"^/v1/jobs/[^/]+$"), "/v1/jobs/{id}"),
+    (re.compile(r"^/v1/jobs/[^/]+/result$"), "/v1/jobs/{id}/result"),
+)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # served on the connections' probe slots
 BODY_STATE_KEY = "stya2k_body"  # scope["state"]: the body the gateway buffered
 # On every response: no MIME sniffing of the API's bytes, no framing of the pages (clickjacking).
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+
+
+def endpoint_label(path: str) -> str:
+    """The metrics' endpoint label: the path when it is known, its template for job paths, else "other"."""
+    if path in KNOWN_PATHS:
+        return path
+    for pattern, template in _JOB_PATH_TEMPLATES:
+        if pattern.match(path):
+            return template
+    return "other"
 
 
 class Gateway:
@@ -70,7 +87,7 @@ class Gateway:
             return
         started = time.monotonic()
         path: str = scope["path"]
-        endpoint = path if path in KNOWN_PATHS else "other"
+        endpoint = endpoint_label(path)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         supplied = headers.get("x-request-id", "")
         request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
@@ -146,7 +163,7 @@ class Gateway:
             supplied = headers.get("x-api-key", "")
             if not hmac.compare_digest(supplied.encode(), settings.api_key.encode()):
                 return Unauthorized("missing or wrong X-API-Key header")
-        if scope["method"] == "POST" and path in TRANSFER_PATHS:
+        if scope["method"] == "POST" and (path in TRANSFER_PATHS or path == JOBS_PATH):
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             wanted = "application/json" if path in JSON_PATHS else "multipart/form-data"
             if content_type != wanted:

@@ -1,10 +1,12 @@
 """The app's lifespan: load the model once (in the background, so liveness answers at once), warm it up,
-start the batcher, report ready; at shutdown drain the batcher and stop the model thread."""
+start the batcher and the jobs' worker, report ready; at shutdown drain the jobs and the batcher and stop the model
+thread."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,8 +34,11 @@ def make_lifespan(state: ServiceState) -> Callable[[FastAPI], Any]:
             state.ready = False
             state.draining = True
             task.cancel()
+            # One drain budget for both: queued jobs are cancelled, a running one gets what it needs of it.
+            drain_until = time.monotonic() + state.settings.drain_timeout_s
+            await state.jobs.close(state.settings.drain_timeout_s)
             if state.batcher is not None:
-                await state.batcher.close(state.settings.drain_timeout_s)
+                await state.batcher.close(max(0.0, drain_until - time.monotonic()))
             if state.model_thread is not None:
                 state.model_thread.stop()
             state.io_pool.shutdown(wait=False, cancel_futures=True)
@@ -65,6 +70,7 @@ async def start_model(state: ServiceState) -> None:
         model_thread=thread,
     )
     state.batcher.start()
+    state.jobs.start()
     state.metrics.model_info.info(
         {k: str(v) for k, v in {**state.engine.public_info(), "device": str(state.engine.device)}.items()}
     )

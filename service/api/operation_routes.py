@@ -66,7 +66,14 @@ async def info(state: State) -> dict[str, Any]:
             "style_size": settings.style_size,
             "max_styles": settings.max_styles,
             "deadline_ms": settings.deadline_ms,
+            # The jobs API (POST /v1/jobs): larger outputs than the sync endpoints, in time and memory bounds
+            "jobs_max_side": settings.jobs_max_side,
+            "jobs_queue_size": settings.jobs_queue_size,
+            "job_timeout_s": settings.job_timeout_s,
+            "job_result_ttl_s": settings.job_result_ttl_s,
+            "job_result_bytes": settings.job_result_bytes,
         },
+        "jobs": state.jobs.counts(),
         "cache": {
             "bytes": state.engine.cache.nbytes,
             "max_bytes": settings.cache_bytes,

@@ -16,6 +16,7 @@ from service import imaging
 from service.batcher import Batcher, ModelThread
 from service.contract import TransferJob
 from service.engine import Engine
+from service.jobs import JobStore
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -31,6 +32,7 @@ class ServiceState:
     engine: Engine
     io_pool: ThreadPoolExecutor
     decode_budget: imaging.DecodeBudget
+    jobs: JobStore
     batcher: Batcher[TransferJob, torch.Tensor] | None = None
     model_thread: ModelThread | None = None
     ready: bool = False
@@ -48,6 +50,7 @@ class ServiceState:
             engine=Engine(settings, metrics),
             io_pool=ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="stya2k-io"),
             decode_budget=imaging.DecodeBudget(settings.decode_budget_bytes),
+            jobs=JobStore(settings, metrics),
         )
 
     def begin_drain(self) -> None:

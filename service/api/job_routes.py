@@ -1,0 +1,157 @@
+"""The jobs endpoints: ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/result``, ``DELETE /v1/jobs/{id}``.
+
+The routes only turn HTTP into :class:`~service.jobs.JobStore` calls; validation, decoding, the queue, the worker
+and the results are :mod:`service.jobs` (and through it :mod:`service.transfer`, the sync endpoints' own path).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.requests import (
+    AlphaForm,
+    ContentFile,
+    FormatForm,
+    LabelsFile,
+    MaskFiles,
+    MaxSideForm,
+    PreserveForm,
+    StyleFiles,
+    check_form,
+)
+from service.api.responses import ERROR_RESPONSES
+from service.api.state import ServiceState, State
+from service.contract import DEFAULT_ALPHA, FEATHER, OUTPUT_FORMATS, Mode, OutputFormat, TransferRequest
+from service.errors import Draining, InvalidParameter, NotReady
+from service.jobs import JOBS_PATH, JobRunner, JobState
+from service.schemas import FEATHER_DOC, WEIGHTS_DOC, ErrorResponse, parse_weights_text
+
+router = APIRouter()
+
+ModeForm = Annotated[Mode, Form(description="The transfer: stylize (one style), interpolate or multistyle")]
+OptionalWeightsForm = Annotated[
+    str | None, Form(description=WEIGHTS_DOC + " Comma-separated, e.g. 0.7,0.3. Mode interpolate only.")
+]
+OptionalFeatherForm = Annotated[
+    float | None,
+    Form(ge=FEATHER.low, le=FEATHER.high, allow_inf_nan=False, description=FEATHER_DOC + " Mode multistyle only."),
+]
+# The fields each mode takes beyond the common ones; any other is refused rather than silently ignored.
+MODE_FIELDS: dict[Mode, frozenset[str]] = {
+    Mode.stylize: frozenset(),
+    Mode.interpolate: frozenset({"weights"}),
+    Mode.multistyle: frozenset({"mask", "labels", "feather"}),
+}
+JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "job_not_found (unknown id, or forgotten long after it ended)"},
+    409: {"model": ErrorResponse, "description": "job_not_done (queued, running, failed or cancelled)"},
+    410: {"model": ErrorResponse, "description": "job_expired (the result was kept for its time to live, or dropped)"},
+    429: {"model": ErrorResponse, "description": "job_queue_full (see Retry-After)"},
+}
+STATUS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The job: state, progress, timings, error, links"},
+    404: JOB_ERRORS[404],
+}
+
+
+def _ready(state: ServiceState) -> JobRunner:
+    if state.draining:
+        raise Draining("the server is shutting down; submit the job to another instance", retry_after_s=1)
+    if not state.ready or state.batcher is None or state.model_thread is None:
+        raise NotReady("the model is still loading; retry shortly", retry_after_s=1)
+    return JobRunner(
+        engine=state.engine,
+        io_pool=state.io_pool,
+        batcher=state.batcher,
+        model_thread=state.model_thread,
+        decode_budget=state.decode_budget,
+    )
+
+
+def _check_mode_fields(mode: Mode, given: dict[str, object]) -> None:
+    for name, value in given.items():
+        if value is not None and name not in MODE_FIELDS[mode]:
+            owners = [str(m) for m, names in MODE_FIELDS.items() if name in names]
+            raise InvalidParameter(name, f"not a field of mode {mode}; it belongs to mode {' / '.join(owners)}")
+
+
+@router.post(
+    JOBS_PATH,
+    status_code=202,
+    responses={202: {"description": "Accepted: the job (id, state, links); Location: its URL"}, **JOB_ERRORS},
+    tags=["jobs"],
+)
+async def submit_job(
+    request: Request,
+    state: State,
+    mode: ModeForm,
+    content: ContentFile,
+    style: StyleFiles,
+    weights: OptionalWeightsForm = None,
+    mask: MaskFiles = None,
+    labels: LabelsFile = None,
+    feather: OptionalFeatherForm = None,
+    alpha: AlphaForm = DEFAULT_ALPHA,
+    preserve_color: PreserveForm = False,
+    max_side: MaxSideForm = None,
+    format: FormatForm = OutputFormat.png,
+) -> JSONResponse:
+    """Accept a transfer of any mode as a job, up to `STYA2K_JOBS_MAX_SIDE`: validated and decoded now (bad input
+    is refused here), computed when its turn comes. Poll the Location for its state."""
+    await check_form(request, frozenset({"style", "mask"}))
+    _check_mode_fields(mode, {"weights": weights, "mask": mask, "labels": labels, "feather": feather})
+    runner = _ready(state)
+    transfer = TransferRequest(
+        mode=mode,
+        content=await content.read(),
+        styles=[await s.read() for s in style],
+        alpha=alpha,
+        preserve_color=preserve_color,
+        max_side=max_side,
+        format=format,
+        weights=parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
+        masks=[await m.read() for m in mask] if mask else None,
+        labels=await labels.read() if labels is not None else None,
+        **({"feather": feather} if feather is not None else {}),
+    )
+    job = await state.jobs.accept(transfer, runner)
+    # Relative: jobs live on the replica that accepted them, and it is the one behind this very URL.
+    return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
+
+
+@router.get(JOBS_PATH + "/{job_id}", responses=STATUS_RESPONSE, tags=["jobs"])
+async def job_status(job_id: str, state: State) -> JSONResponse:
+    """The job's state (queued, running, done, failed, cancelled, expired), progress, timings and error."""
+    return JSONResponse(state.jobs.view(state.jobs.get(job_id)))
+
+
+@router.get(
+    JOBS_PATH + "/{job_id}/result",
+    response_class=Response,
+    responses={200: {"content": {mime: {} for mime in OUTPUT_FORMATS.values()}, "description": "The image"},
+               404: JOB_ERRORS[404], 409: JOB_ERRORS[409], 410: JOB_ERRORS[410]},
+    tags=["jobs"],
+)  # fmt: skip
+async def job_result(job_id: str, state: State) -> Response:
+    """The finished job's image (409 while it is not done, 410 once its result is gone)."""
+    outcome = state.jobs.result(job_id)
+    headers = {"X-Output-Size": f"{outcome.width}x{outcome.height}", "X-Job-Id": job_id}
+    return Response(outcome.body, media_type=OUTPUT_FORMATS[outcome.format], headers=headers)
+
+
+@router.delete(
+    JOBS_PATH + "/{job_id}",
+    responses={200: {"description": "Cancelled (or already over)"}, 202: {"description": "Stopping"},
+               404: JOB_ERRORS[404]},
+    tags=["jobs"],
+)  # fmt: skip
+async def cancel_job(job_id: str, state: State) -> JSONResponse:
+    """Cancel: a queued job never runs (200); a running one stops at its next tile step (202, then cancelled); a
+    done job's result is deleted (200, expired)."""
+    job = state.jobs.cancel(job_id)
+    status = 202 if job.state is JobState.running else 200
+    return JSONResponse(state.jobs.view(job), status_code=status)
