@@ -4,6 +4,10 @@ Transfers run the model in this process (``--weights``, ``--device``) or, with `
 server through :mod:`service.client`. Local mode uses the service's own decode / resize / encode path
 (:func:`service.transfer.run_transfer`) and engine, so a local result equals the server's.
 
+A large output (``--max-side`` above the tile side) is computed tile by tile with a progress bar: locally with
+the engine's tile steps, against a server through its jobs API when the side exceeds what the server's sync
+endpoints allow (``GET /v1/info`` limits).
+
 Exit codes: 0 success, 1 failure (bad image, model or server error), 2 usage error.
 """
 
@@ -15,6 +19,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +46,7 @@ FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "we
 SUFFIX_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 DELEGATED = {"train": "model.train", "eval": "model.evaluate"}
 LOCAL_MAX_SIDE = 8192  # local mode: the only limit is the machine's memory
+JOB_POLL_S = 0.5  # --url with a job: seconds between two status polls
 
 
 class UsageError(Exception):
@@ -58,8 +64,11 @@ class Output:
     milliseconds: float
 
 
+StepHook = Callable[[int, int], None]  # (steps done, steps in all) of one large transfer
+
+
 class Backend(Protocol):
-    def run(self, transfer: TransferRequest) -> Output: ...
+    def run(self, transfer: TransferRequest, on_progress: StepHook | None = None) -> Output: ...
 
     def close(self) -> None: ...
 
@@ -67,7 +76,7 @@ class Backend(Protocol):
 class LocalBackend:
     """The model in this process: the service's own :func:`~service.transfer.run_transfer` and engine."""
 
-    def __init__(self, weights: str | None, device: str, threads: int) -> None:
+    def __init__(self, weights: str | None, device: str, threads: int, tile_px: int, tile_margin_px: int) -> None:
         from service.engine import Engine
         from service.metrics import ServiceMetrics
         from service.settings import Settings, SettingsError
@@ -80,28 +89,37 @@ class LocalBackend:
                 warmup=False,
                 max_side=LOCAL_MAX_SIDE,
                 max_input_pixels=400_000_000,
+                tile_px=tile_px,
+                tile_margin_px=tile_margin_px,
             )
         except SettingsError as exc:
-            raise UsageError(str(exc).replace("STYA2K_WEIGHTS", "--checkpoint").replace("STYA2K_", "--")) from None
+            raise UsageError(_as_flags(str(exc))) from None
         self.engine = Engine(self.settings, ServiceMetrics())
         try:
             self.engine.load()
         except Exception as exc:  # missing / corrupt weights, no CUDA, ...: a clear one-line failure
             raise Failure(f"cannot load the model: {exc}") from None
 
-    def run(self, transfer: TransferRequest) -> Output:
+    def run(self, transfer: TransferRequest, on_progress: StepHook | None = None) -> Output:
         from service.errors import ServiceError
         from service.transfer import EngineRunner, run_transfer
 
         started = time.monotonic()
+        runner = EngineRunner(self.engine, on_progress)  # tile steps when the output needs tiling
         try:
-            outcome = asyncio.run(run_transfer(transfer, self.settings, EngineRunner(self.engine)))
+            outcome = asyncio.run(run_transfer(transfer, self.settings, runner))
         except ServiceError as exc:
             raise Failure(exc.message) from None
         return Output(outcome.body, (time.monotonic() - started) * 1000)
 
     def close(self) -> None:
         return None
+
+
+def _as_flags(message: str) -> str:
+    """A settings message in the command line's words: STYA2K_TILE_PX -> --tile-px, STYA2K_WEIGHTS -> --checkpoint."""
+    message = message.replace("STYA2K_WEIGHTS", "--checkpoint")
+    return re.sub(r"STYA2K_([A-Z0-9_]+)", lambda m: "--" + m.group(1).lower().replace("_", "-"), message)
 
 
 class RemoteBackend:
@@ -111,8 +129,15 @@ class RemoteBackend:
         from service.client import Client
 
         self.client = Client(url, api_key=api_key, timeout_s=timeout_s)
+        self._sync_max_side: int | None = None
 
-    def run(self, transfer: TransferRequest) -> Output:
+    def sync_max_side(self) -> int:
+        """The largest side the server's sync endpoints take (``GET /v1/info`` limits; asked once)."""
+        if self._sync_max_side is None:
+            self._sync_max_side = int(self.client.info()["limits"]["max_side"])
+        return self._sync_max_side
+
+    def run(self, transfer: TransferRequest, on_progress: StepHook | None = None) -> Output:
         from service.client import StyA2KError
 
         options: dict[str, Any] = {
@@ -123,6 +148,8 @@ class RemoteBackend:
         }
         started = time.monotonic()
         try:
+            if transfer.max_side is not None and transfer.max_side > self.sync_max_side():
+                return self._run_job(transfer, options, on_progress, started)
             if transfer.mode is Mode.stylize:
                 result = self.client.stylize(transfer.content, transfer.styles[0], **options)
             elif transfer.mode is Mode.interpolate:
@@ -141,6 +168,25 @@ class RemoteBackend:
         elapsed = result.total_ms if result.total_ms is not None else (time.monotonic() - started) * 1000
         return Output(result.data, elapsed)
 
+    def _run_job(
+        self, transfer: TransferRequest, options: dict[str, Any], on_progress: StepHook | None, started: float
+    ) -> Output:
+        """Beyond the sync endpoints' max_side: submit a job (``POST /v1/jobs``), poll it, fetch the result."""
+        job = self.client.submit(
+            transfer.content,
+            transfer.styles,
+            mode=str(transfer.mode),
+            weights=transfer.weights,
+            masks=transfer.masks,
+            labels=transfer.labels,
+            feather=transfer.feather if transfer.mode is Mode.multistyle else None,
+            **options,
+        )
+        log.info("job %s submitted", job.id)
+        hook = (lambda status: on_progress(status.done, status.total)) if on_progress is not None else None
+        job.wait(on_progress=hook, poll_s=JOB_POLL_S)
+        return Output(job.result().data, (time.monotonic() - started) * 1000)
+
     def close(self) -> None:
         self.client.close()
 
@@ -148,7 +194,33 @@ class RemoteBackend:
 def open_backend(args: argparse.Namespace) -> Backend:
     if args.url:
         return RemoteBackend(args.url, args.api_key, args.timeout)
-    return LocalBackend(args.checkpoint, args.device, args.threads)
+    return LocalBackend(args.checkpoint, args.device, args.threads, args.tile_px, args.tile_margin_px)
+
+
+def tile_label(step: int, total: int) -> str:
+    """What step ``step`` (1-based) of a tiled transfer does: a statistics pass over every tile, then the
+    transfer pass (model.tiling.TiledStylizer)."""
+    tiles = total // 2
+    if total < 2 or total % 2:
+        return f"step {step}/{total}"
+    which = "statistics" if step <= tiles else "transfer"
+    return f"{which} pass, tile {(step - 1) % tiles + 1}/{tiles}"
+
+
+class StepBar:
+    """A progress bar over one large transfer's tile steps, fed (done, total) reports (a poll may skip some)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from model.progress import Progress
+
+        if self.bar is None or self.bar.total != total:  # a queued job reports 0/1 until its tiles are known
+            self.bar = Progress(total, sys.stderr, enabled=self.enabled)  # shows nothing for a 1-step job
+        while self.bar.done < min(done, total):
+            self.bar.step(tile_label(self.bar.done + 1, total))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -230,7 +302,8 @@ def run_stylize(args: argparse.Namespace) -> int:
                 format=fmt,
             )
             try:
-                result = backend.run(transfer)
+                # One pair: a bar over its tile steps when it is large; many: the bar over the pairs only.
+                result = backend.run(transfer, None if many else StepBar(not args.quiet))
             except Failure as exc:
                 if not many:
                     raise
@@ -257,7 +330,7 @@ def _single_transfer(args: argparse.Namespace, transfer_for: Callable[[OutputFor
     transfer = transfer_for(output_format(args.format, out, is_folder=False))
     backend = open_backend(args)
     try:
-        result = backend.run(transfer)
+        result = backend.run(transfer, StepBar(not args.quiet))
     finally:
         backend.close()
     write_output(out, result.data)
@@ -416,7 +489,9 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         "--max-side",
         type=_number_in(MAX_SIDE, int),
         default=None,
-        help=f"longest output side in px, at least {MAX_SIDE.low:g} (never upscaled); default 512",
+        help=f"longest output side in px, at least {MAX_SIDE.low:g} (never upscaled); default 512. Larger than "
+        "the tile side: computed tile by tile with a progress bar; with --url beyond the server's STYA2K_MAX_SIDE: "
+        "run as a job (POST /v1/jobs, up to its STYA2K_JOBS_MAX_SIDE)",
     )
     parser.add_argument(
         "--format", choices=list(OutputFormat), default=None, help="output encoding; default: from OUT's suffix"
@@ -431,6 +506,16 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument("--device", default="auto", help="local: auto | cpu | cuda | cuda:N")
     where.add_argument("--threads", type=int, default=0, help="local: torch CPU threads; 0 = torch's default")
+    from service.settings import Settings  # torch-free: --help stays fast
+
+    where.add_argument(
+        "--tile-px", type=int, default=Settings.tile_px, help="local: large outputs are computed in square tiles "
+        "of this side (a multiple of 64; smaller = less memory, more steps) [STYA2K_TILE_PX of a server]",
+    )
+    where.add_argument(
+        "--tile-margin-px", type=int, default=Settings.tile_margin_px,
+        help="local: context computed around each tile (a multiple of 64) [STYA2K_TILE_MARGIN_PX of a server]",
+    )
     where.add_argument("--url", default=None, help="use a running server instead, e.g. http://127.0.0.1:8000")
     where.add_argument(
         "--api-key", default=os.environ.get("STYA2K_API_KEY"), help="server's API key [env STYA2K_API_KEY]"

@@ -10,15 +10,23 @@ the requests, decides on retries and turns responses into results or typed excep
 the sleeping differ. Requests answered 429 (queue full) or 503 (not ready, draining, transient out of memory)
 are retried up to ``max_retries`` times, waiting what ``Retry-After`` says (capped by ``max_retry_wait_s``)
 or an exponential backoff when the header is absent.
+
+Work that outlives a request (large ``max_side``, up to the server's ``STYA2K_JOBS_MAX_SIDE``) goes through the
+jobs API::
+
+    job = client.submit("photo.jpg", "painting.jpg", max_side=4096)
+    job.wait(timeout=600, on_progress=lambda s: print(s.done, "/", s.total))
+    job.result().save("out.png")
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeAlias
@@ -110,6 +118,22 @@ class ServerError(StyA2KError):
     """500 or any other unexpected status."""
 
 
+class JobNotDone(StyA2KError):
+    """409: the job's result was asked for before it was done (or the job failed / was cancelled)."""
+
+
+class JobExpired(StyA2KError):
+    """410: the job's result is gone (kept for the server's time to live, dropped for room, or deleted)."""
+
+
+class JobFailed(StyA2KError):
+    """A job ended without a result: ``code`` is the server's reason (``deadline_exceeded``, ...)."""
+
+
+class JobCancelled(JobFailed):
+    """A job was cancelled (by ``cancel()`` / DELETE, or by a server shutdown)."""
+
+
 _BY_CODE: dict[str, type[StyA2KError]] = {
     "invalid_image": BadRequest,
     "bad_request": BadRequest,
@@ -127,6 +151,10 @@ _BY_CODE: dict[str, type[StyA2KError]] = {
     "deadline_exceeded": DeadlineExceeded,
     "insufficient_memory": InsufficientMemory,
     "internal": ServerError,
+    "job_not_found": NotFound,
+    "job_not_done": JobNotDone,
+    "job_expired": JobExpired,
+    "job_queue_full": QueueFull,
 }
 _BY_STATUS: dict[int, type[StyA2KError]] = {
     400: BadRequest,
@@ -135,6 +163,8 @@ _BY_STATUS: dict[int, type[StyA2KError]] = {
     405: NotFound,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
+    409: JobNotDone,
+    410: JobExpired,
     422: InvalidParameter,
     429: QueueFull,
     503: ServiceUnavailable,
@@ -174,6 +204,45 @@ class StylizedImage:
         target = Path(path)
         target.write_bytes(self.data)
         return target
+
+
+JOB_END_STATES = frozenset({"done", "failed", "cancelled", "expired"})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job as ``GET /v1/jobs/{id}`` describes it (docs/API.md "Jobs"); ``raw`` is the whole answer."""
+
+    id: str
+    state: str  # queued | running | done | failed | cancelled | expired
+    done: int  # steps done (tiles of both passes; 1 for a job computed in one pass)
+    total: int
+    queued_s: float | None
+    running_s: float | None
+    total_s: float | None
+    error_code: str | None
+    error_message: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in JOB_END_STATES
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> JobStatus:
+        progress, timings, error = body.get("progress", {}), body.get("timings", {}), body.get("error") or {}
+        return cls(
+            id=str(body["id"]),
+            state=str(body["state"]),
+            done=int(progress.get("done", 0)),
+            total=int(progress.get("total", 1)),
+            queued_s=timings.get("queued_s"),
+            running_s=timings.get("running_s"),
+            total_s=timings.get("total_s"),
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+            raw=body,
+        )
 
 
 @dataclass(frozen=True)
@@ -288,8 +357,35 @@ class _Core:
             data["feather"] = repr(float(feather))
         return PreparedRequest("POST", f"/v1/{mode}", files, data, self._headers(deadline_ms, request_id))
 
+    def job(self, mode: str, content: ImageInput, styles: Sequence[ImageInput], **options: Any) -> PreparedRequest:
+        """``POST /v1/jobs``: the form of ``POST /v1/<mode>`` plus its ``mode`` field."""
+        prepared = self.transfer(mode, content, styles, **options)
+        return dataclasses.replace(prepared, path="/v1/jobs", data={**prepared.data, "mode": mode})
+
     def get(self, path: str) -> PreparedRequest:
         return PreparedRequest("GET", path, headers=self._headers(None, None))
+
+    def delete(self, path: str) -> PreparedRequest:
+        return PreparedRequest("DELETE", path, headers=self._headers(None, None))
+
+    def job_status(self, response: httpx.Response) -> JobStatus:
+        if response.status_code not in (200, 202):
+            raise self.error(response)
+        try:
+            return JobStatus.from_json(response.json())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ServerError(f"not a job status: {response.text[:200]!r}", status=response.status_code) from None
+
+    def settle(self, status: JobStatus) -> JobStatus:
+        """A finished job's status, or the error of a job that ended without a result."""
+        if status.state == "done":
+            return status
+        if status.state == "expired":
+            reason = status.raw.get("expired_reason", "")
+            raise JobExpired(f"job {status.id}: the result is gone ({reason})", status=410, code="job_expired")
+        cls = JobCancelled if status.state == "cancelled" else JobFailed
+        message = status.error_message or f"job {status.id} was {status.state}"
+        raise cls(f"job {status.id} {status.state}: {message}", code=status.error_code or status.state)
 
     # ---- retries
     def retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
@@ -382,7 +478,43 @@ def _timeout(timeout_s: float | None) -> httpx.Timeout:
     return httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
 
 
+class _Watch:
+    """The polling decisions of ``Job.wait`` (sync and async alike): progress reports, the end, the timeout."""
+
+    def __init__(
+        self, job_id: str, timeout_s: float | None, on_progress: Callable[[JobStatus], None] | None, poll_s: float
+    ) -> None:
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.on_progress = on_progress
+        self.poll_s = poll_s
+        self._last: tuple[str, int, int] | None = None
+
+    def see(self, status: JobStatus) -> bool:
+        """Report ``status`` if it moved; True once the job has ended."""
+        seen = (status.state, status.done, status.total)
+        if seen != self._last and self.on_progress is not None:
+            self.on_progress(status)
+        self._last = seen
+        return status.finished
+
+    def delay(self) -> float:
+        """Seconds until the next poll; raises RequestTimeout once the wait's timeout has passed."""
+        if self.deadline is None:
+            return self.poll_s
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout(f"job {self.job_id} did not end within {self.timeout_s:g} s (it keeps running)")
+        return min(self.poll_s, remaining)
+
+
 # ---------------------------------------------------------------------------------------------- clients
+def _styles(styles: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One style or a list of them (bytes are one image, not a sequence of styles)."""
+    return list(styles) if isinstance(styles, list | tuple) else [styles]
+
+
 def _options(
     alpha: float, preserve_color: bool, max_side: int | None, format: str, deadline_ms: float | None
 ) -> dict[str, Any]:
@@ -494,6 +626,33 @@ class Client:
             "multistyle", content, styles, masks=masks, labels=labels, feather=feather, **options
         )
         return self._core.image(self._send(prepared), format)
+
+    def submit(
+        self,
+        content: ImageInput,
+        styles: ImageInput | Sequence[ImageInput],
+        *,
+        mode: str = "stylize",
+        weights: Sequence[float] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        labels: ImageInput | None = None,
+        feather: float | None = None,
+        alpha: float = 1.0,
+        preserve_color: bool = False,
+        max_side: int | None = None,
+        format: str = "png",
+    ) -> Job:
+        """Submit a transfer of any ``mode`` (stylize, interpolate, multistyle) as a job (``POST /v1/jobs``), for
+        outputs beyond the sync endpoints' ``max_side``; bad input raises here. ``styles``: one image or a list."""
+        options = _options(alpha, preserve_color, max_side, format, None)
+        prepared = self._core.job(
+            mode, content, _styles(styles), weights=weights, masks=masks, labels=labels, feather=feather, **options
+        )
+        return Job(self, self._core.job_status(self._send(prepared)), format)
+
+    def job(self, job_id: str, format: str = "png") -> Job:
+        """A job submitted earlier (to this same server: jobs live on the replica that accepted them)."""
+        return Job(self, self._core.job_status(self._send(self._core.get(f"/v1/jobs/{job_id}"))), format)
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``: model, device, batching and limits."""
@@ -617,6 +776,33 @@ class AsyncClient:
         )
         return self._core.image(await self._send(prepared), format)
 
+    async def submit(
+        self,
+        content: ImageInput,
+        styles: ImageInput | Sequence[ImageInput],
+        *,
+        mode: str = "stylize",
+        weights: Sequence[float] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        labels: ImageInput | None = None,
+        feather: float | None = None,
+        alpha: float = 1.0,
+        preserve_color: bool = False,
+        max_side: int | None = None,
+        format: str = "png",
+    ) -> AsyncJob:
+        """Submit a transfer of any ``mode`` (stylize, interpolate, multistyle) as a job (``POST /v1/jobs``), for
+        outputs beyond the sync endpoints' ``max_side``; bad input raises here. ``styles``: one image or a list."""
+        options = _options(alpha, preserve_color, max_side, format, None)
+        prepared = self._core.job(
+            mode, content, _styles(styles), weights=weights, masks=masks, labels=labels, feather=feather, **options
+        )
+        return AsyncJob(self, self._core.job_status(await self._send(prepared)), format)
+
+    async def job(self, job_id: str, format: str = "png") -> AsyncJob:
+        response = await self._send(self._core.get(f"/v1/jobs/{job_id}"))
+        return AsyncJob(self, self._core.job_status(response), format)
+
     async def info(self) -> dict[str, Any]:
         return self._core.json(await self._send(self._core.get("/v1/info")))
 
@@ -629,8 +815,89 @@ class AsyncClient:
         return self._core.health(live, ready)
 
 
+# ---------------------------------------------------------------------------------------------- jobs
+class Job:
+    """A job on the server (:meth:`Client.submit`): poll its :meth:`status`, :meth:`wait` for it, fetch its
+    :meth:`result`, :meth:`cancel` it. ``last`` is the status seen most recently."""
+
+    def __init__(self, client: Client, status: JobStatus, format: str = "png") -> None:
+        self._client = client
+        self.id = status.id
+        self.path = f"/v1/jobs/{status.id}"
+        self.format = format
+        self.last = status
+
+    def status(self) -> JobStatus:
+        client = self._client
+        self.last = client._core.job_status(client._send(client._core.get(self.path)))
+        return self.last
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> JobStatus:
+        """Poll until the job ends; ``on_progress(status)`` hears of every change of state or progress.
+        Returns the done status; raises JobFailed / JobCancelled / JobExpired, or RequestTimeout after ``timeout``
+        seconds (the job keeps running: wait again, or cancel it)."""
+        watch = _Watch(self.id, timeout, on_progress, poll_s)
+        while not watch.see(self.status()):
+            time.sleep(watch.delay())
+        return self._client._core.settle(self.last)
+
+    def result(self) -> StylizedImage:
+        """The image (JobNotDone while the job is not done, JobExpired once the result is gone)."""
+        client = self._client
+        return client._core.image(client._send(client._core.get(self.path + "/result")), self.format)
+
+    def cancel(self) -> JobStatus:
+        """Cancel: a queued job never runs, a running one stops at its next tile step, a done one's result is
+        deleted."""
+        client = self._client
+        self.last = client._core.job_status(client._send(client._core.delete(self.path)))
+        return self.last
+
+
+class AsyncJob:
+    """:class:`Job` of an :class:`AsyncClient` (``await job.wait()``)."""
+
+    def __init__(self, client: AsyncClient, status: JobStatus, format: str = "png") -> None:
+        self._client = client
+        self.id = status.id
+        self.path = f"/v1/jobs/{status.id}"
+        self.format = format
+        self.last = status
+
+    async def status(self) -> JobStatus:
+        client = self._client
+        self.last = client._core.job_status(await client._send(client._core.get(self.path)))
+        return self.last
+
+    async def wait(
+        self,
+        timeout: float | None = None,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> JobStatus:
+        watch = _Watch(self.id, timeout, on_progress, poll_s)
+        while not watch.see(await self.status()):
+            await asyncio.sleep(watch.delay())
+        return self._client._core.settle(self.last)
+
+    async def result(self) -> StylizedImage:
+        client = self._client
+        return client._core.image(await client._send(client._core.get(self.path + "/result")), self.format)
+
+    async def cancel(self) -> JobStatus:
+        client = self._client
+        self.last = client._core.job_status(await client._send(client._core.delete(self.path)))
+        return self.last
+
+
 __all__ = [
     "AsyncClient",
+    "AsyncJob",
     "BadRequest",
     "Client",
     "ConnectionFailed",
@@ -638,6 +905,12 @@ __all__ = [
     "Health",
     "InsufficientMemory",
     "InvalidParameter",
+    "Job",
+    "JobCancelled",
+    "JobExpired",
+    "JobFailed",
+    "JobNotDone",
+    "JobStatus",
     "NotFound",
     "PayloadTooLarge",
     "QueueFull",

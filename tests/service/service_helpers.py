@@ -83,6 +83,9 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        model_thread = self.state.model_thread
+        if model_thread is not None:  # a step still in torch when the test process exits would abort it
+            model_thread.join(30)
 
 
 def start_server(**overrides: Any) -> RunningServer:

@@ -217,6 +217,22 @@ def test_local_interpolate_and_multistyle(images: dict[str, Path], tmp_path: Pat
     assert blended.read_bytes()[:2] == b"\xff\xd8"
 
 
+def test_local_large_output_runs_tile_steps_with_a_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content, style, out = tmp_path / "wide.png", tmp_path / "s.png", tmp_path / "o.png"
+    content.write_bytes(image_bytes((128, 64), color=(30, 120, 200)))
+    style.write_bytes(image_bytes((64, 64), color=(250, 200, 10)))
+    tiles = ["--checkpoint", "random", "--threads", "1", "--tile-px", "64", "--tile-margin-px", "64"]
+    assert run(["stylize", content, style, "-o", out, "--max-side", "128", *tiles]) == 0
+    assert _size(out) == (128, 64)
+    err = capsys.readouterr().err
+    assert "4/4" in err and "statistics pass, tile 1/2" in err and "transfer pass, tile 2/2" in err  # 2 x 1 tiles
+    with pytest.raises(SystemExit) as exited:
+        run(["stylize", content, style, "-o", out, "--max-side", "128", *tiles[:4], "--tile-px", "100"])
+    assert exited.value.code == 2 and "--tile-px=100 must be a multiple of 64" in capsys.readouterr().err
+
+
 def test_local_missing_weights_is_a_failure(
     images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -253,8 +269,8 @@ def test_remote_errors_are_failures(
     err = capsys.readouterr().err
     assert "415 unsupported_media_type" in err and "content" in err
     assert (
-        run(["stylize", images["content"], images["style"], "-o", out, "--url", server.url, "--max-side", "999"]) == 1
-    )
+        run(["stylize", images["content"], images["style"], "-o", out, "--url", server.url, "--max-side", "9999"]) == 1
+    )  # beyond the sync max_side the CLI submits a job: this is beyond the jobs' STYA2K_JOBS_MAX_SIDE too
     assert "max_side" in capsys.readouterr().err
     assert (
         run(["stylize", images["content"], images["style"], "-o", out, "--url", f"http://127.0.0.1:{free_port()}"]) == 1
