@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import model
-from model.checkpoint import sha256_file
+from model.checkpoint import FROZEN_PREFIX, sha256_file
 from model.functional import preserve_color
 from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, select_device
 from model.imageio import quantize
@@ -260,7 +260,7 @@ class Engine:
             "weights": self.weights_label,
             "sha256": self.weights_sha256,
             # Learned by our training (attention, merge, decoder); the frozen VGG encoder is counted apart.
-            "parameters": sum(p.numel() for n, p in net.named_parameters() if not n.startswith("encoder."))
+            "parameters": sum(p.numel() for n, p in net.named_parameters() if not n.startswith(FROZEN_PREFIX))
             if net is not None else 0,
             "encoder_parameters": sum(p.numel() for p in net.encoder.parameters()) if net is not None else 0,
         }
