@@ -180,7 +180,7 @@ def validate(request: TransferRequest, settings: Settings, max_side: int | None 
     mode = Mode(request.mode)
     if mode.single_style:
         if count != 1:
-            raise InvalidParameter("style", f"{count} style files given; /v1/{mode} takes exactly one")
+            raise InvalidParameter("style", f"{count} style files given; {mode} takes exactly one")
     elif not 2 <= count <= settings.max_styles:
         raise InvalidParameter("style", f"{count} style files given; {mode} takes 2..{settings.max_styles}")
     if request.max_side is not None and not (
