@@ -40,18 +40,24 @@ class Settings:
     dtype: str = setting(
         "auto",
         "auto | float32 | bfloat16 | float16: autocast precision (auto: float16 on GPU; on CPU bfloat16 only "
-        "where the CPU has native bf16 and a start-up probe measures it faster, else float32; float32 = "
-        "exact)",
+        "where the CPU has native bf16 and a start-up probe measures it >= 1.25x faster, else float32; float32 = "
+        "exact); the choice and its reason are in /v1/info runtime",
     )
     compile: bool = setting(False, "torch.compile the transfer path (GPU; slower start-up, faster requests)")
     warmup: bool = setting(True, "run the common shapes once before reporting ready")
-    threads: int = setting(0, "torch intra-op threads on CPU; 0 = torch's default")
+    threads: int = setting(
+        0,
+        "torch intra-op threads on CPU; 0 = torch's default (idle OpenMP threads sleep: OMP_WAIT_POLICY=PASSIVE "
+        "unless you set it)",
+    )
     workers: int = setting(4, "threads that decode, resize and encode images off the event loop")
     # Batching
     max_batch_size: int = setting(0, "most requests combined into one forward pass; 0 = auto: 1 on CPU, 8 on GPU")
     max_wait_ms: float = setting(10.0, "longest time a request waits for others to fill a batch")
     queue_size: int = setting(64, "requests waiting for the model before new ones get 429")
-    deadline_ms: int = setting(30_000, "per-request deadline, arrival to answer; later ones get 504")
+    deadline_ms: int = setting(
+        30_000, "per-request deadline, arrival to answer; later ones get 504 (X-Deadline-Ms may shorten it)"
+    )
     bucket_px: int = setting(64, "content sizes are padded up to a multiple of this so requests can share a batch")
     # Limits
     max_body_bytes: int = setting(20 * 1024 * 1024, "largest request body; larger ones get 413")
@@ -94,14 +100,19 @@ class Settings:
     # Connections (docs/RELIABILITY.md)
     max_connections: int = setting(
         1000,
-        "open client connections; at the limit the oldest idle one is closed, else 503",
+        "open client connections (lowered to what the open-files limit allows, with a warning); at the limit the "
+        "oldest idle one is closed, and only when all are busy is a new one refused (503 too_many_connections)",
     )
     keep_alive_s: float = setting(5.0, "seconds an idle keep-alive connection stays open after a response")
     header_timeout_s: float = setting(
         10.0,
-        "seconds a client has to send a complete request header (408 / close after)",
+        "seconds a client has to send a complete request header from connect or its last response: silent "
+        "connections are closed, half-sent headers get 408",
     )
-    body_timeout_s: float = setting(15.0, "longest pause in seconds while a client sends the body (408 after)")
+    body_timeout_s: float = setting(
+        15.0, "longest pause in seconds while a client sends the body (408 after); the whole body must also arrive "
+        "within the deadline"
+    )
     # Security / network / lifecycle
     api_key: str | None = setting(
         None,
@@ -274,3 +285,27 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{_env_name(name)}={value} must be a multiple of 64 (the attention block grid)")
     if settings.weights is not None and not settings.weights.strip():
         raise SettingsError("STYA2K_WEIGHTS is empty; leave it unset for the shipped weights")
+
+
+# ---------------------------------------------------------------------------------------------- documentation
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the fields (``python -m service.settings``)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for item in fields(Settings):
+        meaning = str(item.metadata["help"]).replace("|", "\\|")  # a bare | would end the cell
+        rows.append(f"| `{_env_name(item.name)}` | {_default_text(item.default)} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(markdown_table() + "\n")

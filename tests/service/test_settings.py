@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from service.settings import Settings, SettingsError
@@ -46,3 +48,18 @@ def test_bad_values_are_explained(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(SettingsError, match=None) as info:
         Settings.from_env(env)
     assert fragment in str(info.value)
+
+
+def test_readme_settings_table_is_generated_from_the_fields() -> None:
+    """One source: the README's table is `python -m service.settings` (regenerate it after adding a setting)."""
+    from pathlib import Path
+
+    from service.settings import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    begin = readme.index("<!-- BEGIN settings")
+    start = readme.index("\n", begin) + 1
+    block = readme[start : readme.index("<!-- END settings -->")].strip()
+    assert block == markdown_table(), "README settings table is stale: run `python -m service.settings`"
+    for field in dataclasses.fields(Settings):
+        assert field.metadata.get("help"), f"{field.name} has no help text"
