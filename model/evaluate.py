@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from model.checkpoint import load_checkpoint
@@ -64,6 +65,7 @@ class EvalConfig:
     n_style: int = 20
     size: int = 512
     style_size: int | None = None  # default: same as size
+    style_fit: str = "short"  # how the network's style input is prepared (STYLE_FITS); scored against "short"
     seed: int = 0
     lpips_dir: str | None = str(SHARED / "weights" / "lpips")
     device: str = "cpu"
@@ -84,6 +86,30 @@ def select(files: Sequence[Path], count: int, seed: int, what: str) -> list[Path
 
 def load_at(path: Path, short_side: int) -> Tensor:
     return pil_to_tensor(resize_short_side(load_rgb(path, min_short_side=16), short_side))[None]  # (1, 3, H, W)
+
+
+# How the style image the network sees is prepared from the file, at ``size`` px:
+# short: short side = size (the harness's own rule, the default: earlier tables stay comparable);
+# crop:  short side = size, then a centred size x size square (the service's STYA2K_STYLE_FIT=crop);
+# whole: long side = size, aspect kept (STYA2K_STYLE_FIT=whole).
+STYLE_FITS = ("short", "crop", "whole")
+MIN_STYLE_SIDE = 16  # the service's geometry.MIN_SIDE (the service refuses narrower; the harness clamps)
+
+
+def prepare_style(img: Image.Image, size: int, fit: str) -> Image.Image:
+    """``img`` as the network's style input under ``fit`` (one of STYLE_FITS). Bicubic, like :func:`load_at`,
+    so the fit is the only difference between rows."""
+    if fit == "short":
+        return resize_short_side(img, size)
+    if fit == "crop":
+        scaled = resize_short_side(img, size)
+        left, top = (scaled.width - size) // 2, (scaled.height - size) // 2
+        return scaled.crop((left, top, left + size, top + size))
+    if fit == "whole":
+        scale = size / max(img.size)
+        new_size = (max(MIN_STYLE_SIDE, round(img.width * scale)), max(MIN_STYLE_SIDE, round(img.height * scale)))
+        return img if new_size == img.size else img.resize(new_size, Image.Resampling.BICUBIC)
+    raise ValueError(f"unknown style fit {fit!r}; expected one of {', '.join(STYLE_FITS)}")
 
 
 def _mean_std(feat: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,9 +191,19 @@ class Harness:
             logger.warning("LPIPS weights folder %s not found: LPIPS is not reported", cfg.lpips_dir)
         self.content_files = select(list_images([cfg.content_dir]), cfg.n_content, cfg.seed, "content")
         self.style_files = select(list_images([cfg.style_dir]), cfg.n_style, cfg.seed, "style")
+        if cfg.style_fit not in STYLE_FITS:
+            raise ValueError(f"unknown style fit {cfg.style_fit!r}; expected one of {', '.join(STYLE_FITS)}")
         style_size = cfg.style_size or cfg.size
         self.contents = [load_at(p, cfg.size).to(self.device) for p in self.content_files]
-        self.styles = [load_at(p, style_size).to(self.device) for p in self.style_files]
+        # The style loss and retrieval always score against the same target, the style at a short side of
+        # style_size (the harness's original rule), whatever the fit of the network's input: a crop that drops
+        # half a panorama is scored against the whole panorama.
+        self.style_targets = [load_at(p, style_size).to(self.device) for p in self.style_files]
+        self.styles = (
+            self.style_targets if cfg.style_fit == "short"
+            else [pil_to_tensor(prepare_style(load_rgb(p, min_short_side=16), style_size, cfg.style_fit))[None]
+                  .to(self.device) for p in self.style_files]  # each (1, 3, Hs, Ws)
+        )
 
     @torch.inference_mode()
     def evaluate(self, net: torch.nn.Module, name: str) -> dict[str, Any]:
@@ -175,7 +211,7 @@ class Harness:
         c_losses, s_losses, lpips_values, seconds = [], [], [], []
         hits, spreads = [], []
         content_feats = [self.encoder(c) for c in self.contents]
-        style_feats = [self.encoder(s) for s in self.styles]
+        style_feats = [self.encoder(s) for s in self.style_targets]
         net.stylize(self.contents[0], self.styles[0])  # warm-up: first call pays one-off allocations
         for ci, content in enumerate(self.contents):
             outputs = []
@@ -207,6 +243,7 @@ class Harness:
             "style_retrieval": _mean(hits),
             "style_spread": _mean(spreads) if spreads else None,
             "n_styles": len(self.styles),
+            "style_fit": self.cfg.style_fit,
             "sec_per_image": _mean(seconds),
         }
         if self.cfg.video_dir and "reference" not in net.meta:
@@ -253,7 +290,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> str:
 
     lines = [
         f"{rows[0]['pairs'] if rows else 0} pairs ({cfg.n_content} content x {cfg.n_style} style, seed {cfg.seed}),"
-        f" content short side {cfg.size} px, device {cfg.device}.",
+        f" content short side {cfg.size} px, style fit {cfg.style_fit} at {cfg.style_size or cfg.size} px,"
+        f" device {cfg.device}.",
         "",
         f"Style retrieval: share of outputs nearest (style-loss distance) to their own style among the "
         f"{cfg.n_style}; chance = {1 / max(cfg.n_style, 1):.3f}. Style spread: LPIPS between the same photo "
@@ -310,6 +348,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-style", type=int, default=d.n_style)
     parser.add_argument("--size", type=int, default=d.size, help="content short side in px")
     parser.add_argument("--style-size", type=int, default=None, help="style short side (default: --size)")
+    parser.add_argument("--style-fit", choices=STYLE_FITS, default=d.style_fit,
+                        help="the network's style input: short = short side at --style-size (default; earlier "
+                             "tables); crop = that, centre-cropped square (the service's crop); whole = long "
+                             "side at --style-size (the service's whole). Always scored against 'short'")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--lpips-dir", default=d.lpips_dir)
     parser.add_argument("--device", default=d.device)
@@ -326,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = EvalConfig(
             weights=tuple(args.weights), content_dir=args.content_dir, style_dir=args.style_dir,
             n_content=args.n_content, n_style=args.n_style, size=args.size, style_size=args.style_size,
-            seed=args.seed, lpips_dir=args.lpips_dir, device=args.device, threads=args.threads,
+            style_fit=args.style_fit, seed=args.seed, lpips_dir=args.lpips_dir, device=args.device,
+            threads=args.threads,
             video_dir=args.video_dir, video_size=args.video_size, video_frames=args.video_frames,
         )
         rows = evaluate_all(cfg)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from model.evaluate import content_loss, main, select, style_loss
+from model.evaluate import content_loss, main, prepare_style, select, style_loss
 from model.imageio import tensor_to_pil
 
 
@@ -99,3 +100,34 @@ def test_references_bound_style_retrieval(tmp_path: Path) -> None:
     assert "style retrieval" in (tmp_path / "q.md").read_text()
     assert main(["--weights", "reference:nope", "--content-dir", content, "--style-dir", style,
                  "--n-content", "1", "--n-style", "1", "--size", "64"]) == 2
+
+
+def test_style_fit_prepares_the_network_input() -> None:
+    panorama = Image.new("RGB", (400, 100), (10, 20, 30))
+    assert prepare_style(panorama, 64, "short").size == (256, 64)  # the harness's original rule
+    assert prepare_style(panorama, 64, "crop").size == (64, 64)  # the service's crop
+    assert prepare_style(panorama, 64, "whole").size == (64, 16)  # the service's whole: long side, aspect kept
+    assert prepare_style(Image.new("RGB", (30, 60)), 64, "whole").size == (32, 64)  # upscaled like the others
+    with pytest.raises(ValueError, match="short, crop, whole"):
+        prepare_style(panorama, 64, "stretch")
+
+
+def test_harness_style_fit_changes_the_input_not_the_target(tmp_path: Path) -> None:
+    content = _images(tmp_path / "content", 2, seed=1)
+    style = _images(tmp_path / "style", 2, seed=2, size=(160, 64))  # wide: crop and whole differ
+    rows = {}
+    for fit in ("short", "crop", "whole"):
+        out_json = tmp_path / f"{fit}.json"
+        assert main([
+            "--weights", "reference:color", "--content-dir", content, "--style-dir", style, "--n-content", "2",
+            "--n-style", "2", "--size", "64", "--lpips-dir", str(tmp_path / "no_lpips"), "--threads", "1",
+            "--style-fit", fit, "--out-json", str(out_json),
+        ]) == 0
+        result = json.loads(out_json.read_text())
+        assert result["config"]["style_fit"] == fit
+        rows[fit] = result["results"][0]
+        assert rows[fit]["style_fit"] == fit
+    # The colour transfer copies the input style's RGB statistics: a different input, a different output,
+    # scored against the same target (so the losses differ, but all are finite and positive).
+    losses = {fit: row["style_loss"] for fit, row in rows.items()}
+    assert len(set(losses.values())) == 3 and all(v > 0 for v in losses.values())
