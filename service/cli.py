@@ -465,9 +465,10 @@ def _number_in(allowed: Range, kind: type[float] | type[int]) -> Callable[[str],
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if allowed.high is None and value < allowed.low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; at least {allowed.low:g}")
         if not allowed.contains(value):
-            bound = f"allowed {allowed.text()}" if allowed.high is not None else f"at least {allowed.low:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range; {bound}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {allowed.text()}")
         return value
 
     return parse
@@ -482,7 +483,7 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         "--alpha",
         type=_number_in(ALPHA, float),
         default=DEFAULT_ALPHA,
-        help=f"style strength {ALPHA.text()}: 0 = content only, 1 = full style",
+        help="style strength: 0 = content only, 1 = full style",
     )
     parser.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance transfer)")
     parser.add_argument(
@@ -494,7 +495,10 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         "run as a job (POST /v1/jobs, up to its STYA2K_JOBS_MAX_SIDE)",
     )
     parser.add_argument(
-        "--format", choices=list(OutputFormat), default=None, help="output encoding; default: from OUT's suffix"
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        default=None,
+        help="output encoding; default: from OUT's suffix",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     where = parser.add_argument_group("where the model runs (default: in this process)")

@@ -220,7 +220,7 @@ def prepare_guarded(
     except ServiceError:
         raise
     except MemoryError:
-        raise InvalidImage("the image could not be decoded within the server's memory") from None
+        raise InvalidImage("the image could not be decoded within the memory available") from None
     except Exception as exc:
         log.warning("decoding failed unexpectedly", exc_info=exc)
         raise InvalidImage(f"the image could not be decoded ({type(exc).__name__}: {exc})") from None
@@ -244,14 +244,15 @@ def prepare(
         )
         for i, data in enumerate(request.styles)
     )
+    mode = Mode(request.mode)  # a caller that skipped validate() may pass the mode as a str
     weights: torch.Tensor | None = None
-    if request.mode is Mode.interpolate:
+    if mode is Mode.interpolate:
         assert request.weights is not None
         weights = torch.tensor(request.weights, dtype=torch.float32)  # (N,)
-    elif request.mode is Mode.multistyle:
+    elif mode is Mode.multistyle:
         weights = _region_weights(request, size, limits)  # (N, H, W)
     return TransferJob(
-        mode=Mode(request.mode),
+        mode=mode,
         content=content,
         styles=styles,
         weights=weights,

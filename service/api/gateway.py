@@ -16,7 +16,7 @@ import uuid
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.state import ServiceState
+from service.api.state import BODY_STATE_KEY, ServiceState
 from service.connections import OVERFLOW_STATE_KEY
 from service.contract import Mode
 from service.errors import (
@@ -55,7 +55,6 @@ _JOB_PATH_TEMPLATES = (
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # served on the connections' probe slots
-BODY_STATE_KEY = "stya2k_body"  # scope["state"]: the body the gateway buffered
 # On every response: no MIME sniffing of the API's bytes, no framing of the pages (clickjacking).
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
 

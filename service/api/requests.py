@@ -9,8 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import File, Form, Request, UploadFile
 
-from service.api.gateway import BODY_STATE_KEY
-from service.api.state import ServiceState
+from service.api.state import BODY_STATE_KEY, ServiceState
 from service.contract import ALPHA, FEATHER, MAX_SIDE, Mode, OutputFormat, TransferRequest
 from service.errors import InvalidParameter
 from service.schemas import (

@@ -21,6 +21,7 @@ from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
+BODY_STATE_KEY = "stya2k_body"  # scope["state"]: the body the gateway buffered (read by the JSON parsing)
 
 
 @dataclass

@@ -7,17 +7,13 @@ thread pool and queues the job on the batcher (dropped if the client disconnects
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import Receive
 
-from model import StyleFeatures
 from service.api.requests import (
     AlphaForm,
     ContentFile,
@@ -31,62 +27,19 @@ from service.api.requests import (
     StyleFiles,
     WeightsForm,
     check_form,
-    deadline,
     json_transfer,
 )
 from service.api.responses import IMAGE_RESPONSE, JSON_RESPONSE, image_response, json_response
+from service.api.runner import BatcherRunner
 from service.api.state import ServiceState, State
-from service.batcher import Batcher, BatchResult
-from service.contract import DEFAULT_ALPHA, DEFAULT_FEATHER, Mode, OutputFormat, TransferJob, TransferRequest
-from service.errors import ClientDisconnected, NotReady
+from service.contract import DEFAULT_ALPHA, DEFAULT_FEATHER, Mode, OutputFormat, TransferRequest
+from service.errors import NotReady
 from service.schemas import InterpolateJSON, JSONRequest, MultistyleJSON, StylizeJSON, parse_weights_text
 from service.transfer import TransferOutcome, run_transfer
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Response)
 router = APIRouter()
-
-
-class BatcherRunner:
-    """:class:`service.transfer.Runner` of one HTTP request: the thread pool, the batcher, the deadline."""
-
-    def __init__(self, state: ServiceState, batcher: Batcher[TransferJob, torch.Tensor], request: Request) -> None:
-        self.state = state
-        self.batcher = batcher
-        self.request = request
-        self.deadline = deadline(request, state.settings)  # absolute, time.monotonic()
-        self.decode_budget = state.decode_budget
-
-    def lookup_style(self, key: str) -> StyleFeatures | None:
-        return self.state.engine.lookup_style(key)
-
-    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.state.io_pool, fn, *args)
-
-    async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
-        key = self.state.engine.batch_key(job)
-        return await _wait_unless_disconnected(self.request, self.batcher.submit(key, job, deadline=self.deadline))
-
-
-async def _wait_unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` but give up (cancelling it: a queued job is dropped) if the client disconnects."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    raise ClientDisconnected("client disconnected while the request was queued")
-
-
-async def _disconnected(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 async def _answer(
