@@ -47,6 +47,14 @@ class StyleFeatures:
     def to(self, *args: Any, **kwargs: Any) -> StyleFeatures:
         return StyleFeatures({k: v.to(*args, **kwargs) for k, v in self.feats.items()})
 
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(H, W) of the padded style image these features were encoded from (:func:`padded_size`): features
+        batch (:meth:`cat`) exactly when their padded sizes are equal."""
+        tap, feat = next(iter(self.feats.items()))
+        stride = TAP_BY_NAME[tap].stride  # every tap is the padded image / its stride, exactly (SIZE_MULTIPLE)
+        return int(feat.shape[-2]) * stride, int(feat.shape[-1]) * stride
+
     @staticmethod
     def cat(items: Sequence[StyleFeatures]) -> StyleFeatures:
         if not items:
@@ -56,6 +64,15 @@ class StyleFeatures:
             return StyleFeatures({k: torch.cat([it.feats[k] for it in items]) for k in items[0].feats})
         except RuntimeError as exc:
             raise ValueError(f"style features of different sizes cannot be batched: {sorted(shapes)}") from exc
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """The (H, W) that :func:`pad_image` makes of a ``height`` x ``width`` image."""
+
+    def side(n: int) -> int:
+        return -(-max(n, MIN_PADDED_SIDE) // SIZE_MULTIPLE) * SIZE_MULTIPLE
+
+    return side(height), side(width)
 
 
 def pad_image(x: Tensor) -> tuple[Tensor, tuple[int, int]]:

@@ -111,3 +111,13 @@ def test_attention_modules_keep_the_content_shape():
 def test_config_rejects_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch"):
         ModelConfig(arch="transformer")
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("size", [(256, 256), (64, 256), (20, 90), (100, 257)])
+def test_padded_size_is_what_the_style_features_come_from(net, size):
+    from model.stya2k import padded_size
+
+    features = net.encode_style(torch.rand(1, 3, *size))
+    assert features.padded_size == padded_size(*size)  # the service batches styles by it
+    assert padded_size(*size)[0] % 16 == 0 and min(padded_size(*size)) >= 32
