@@ -332,3 +332,18 @@ def test_bad_deadline_header(server: RunningServer, content_png: bytes, style_pn
         )
     assert response.status_code == 422
     assert "X-Deadline-Ms" in response.json()["error"]["message"]
+
+
+def test_parameters_are_checked_before_the_deadline_header(
+    server: RunningServer, content_png: bytes, style_png: bytes
+) -> None:
+    """A request with two faults hears of its parameters first (the order the API has always had)."""
+    with server.client() as client:
+        response = client.post(
+            "/v1/stylize",
+            files={"content": content_png, "style": style_png},
+            data={"max_side": "100000"},
+            headers={"X-Deadline-Ms": "soon"},
+        )
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("max_side:")
