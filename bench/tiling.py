@@ -29,6 +29,7 @@ from bench.common import (
     RESULTS_DIR,
     PeakMemory,
     fmt_bytes,
+    load_results,
     machine_info,
     machine_line,
     markdown_table,
@@ -157,6 +158,11 @@ def run_size(args: argparse.Namespace, side: int, compare: bool) -> dict[str, An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def render_section(runs: list[tuple[Path, dict[str, Any]]]) -> str:
+    """Every stored run (bench/results/tiling-*.json: this machine's, a GPU lease's), newest device first."""
+    return "\n".join(render(result) for _, result in runs)
+
+
 def render(result: dict[str, Any]) -> str:
     meta = result["meta"]
     rows = []
@@ -177,7 +183,7 @@ def render(result: dict[str, Any]) -> str:
         rows,
     )
     return (
-        f"### Tiled inference (large images)\n\n{machine_line(meta)}; tile {meta['tile']} px, margin "
+        f"### Tiled inference (large images), {meta['device']}\n\n{machine_line(meta)}; tile {meta['tile']} px, margin "
         f"{meta['margin']} px, device {meta['device']}, threads {meta['threads']}; "
         f"content: {result['rows'][0]['content']}.\n"
         f"Command: `{meta['command']}`.\n\n{table}\n\n"
@@ -189,7 +195,7 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1024,2048,4096", help="output sides, comma-separated")
     parser.add_argument("--device", default="cpu")
@@ -207,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.worker:
         sys.stdout.write(json.dumps(worker(args)) + "\n")
         return 0
@@ -222,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device, "threads": args.threads or torch.get_num_threads(),
             "command": "python -m bench.tiling " + " ".join(argv if argv is not None else sys.argv[1:])}
     result = {"meta": meta, "rows": rows}
-    write_json(args.out or RESULTS_DIR / f"tiling-{args.device.split(':')[0]}.json", result)
+    out = args.out or RESULTS_DIR / f"tiling-{args.device.split(':')[0]}.json"
+    write_json(out, result)
     if not args.no_doc:
-        update_doc_section(args.doc, SECTION, render(result))
+        runs = load_results("tiling", out.parent) if out.parent == RESULTS_DIR else [(out, result)]
+        update_doc_section(args.doc, SECTION, render_section(runs))
     return 0
 
 

@@ -16,11 +16,12 @@
 #   model-throughput  bench/model.py: 512 px, batch 1..64, fp32/bf16/fp16, FLOP floor
 #   service           bench/service.py: HTTP p50/p99 at concurrency 1/16/64, batched/unbatched, cache on/off
 #   model-memory      bench/model.py: peak memory (and speed) at 1024/2048/4096 px, batch 1
+#   tiling            bench/tiling.py: tiled inference peak memory and time at 2048/4096/8192 px, tiled vs untiled
 #   compile-test      tests/gpu compile test: torch.compile on CUDA matches eager
 #   model-compile     bench/model.py: cached vs uncached style, eager vs compile vs CUDA graphs
 # Writes under $OUT (default out/lease-<mode>/; at most 8 files come back from a lease): lease.log,
 # summary.json, gpu-tests.json, model-gpu-throughput.json, service-gpu.json, model-gpu-memory.json,
-# model-gpu-compile.json. Turn them into docs/BENCHMARKS.md with `python -m bench.gpu.report <folder>`.
+# tiling-gpu.json, model-gpu-compile.json. Turn them into docs/BENCHMARKS.md with `python -m bench.gpu.report <folder>`.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -215,10 +216,12 @@ export py out repo device mode
 model_common=(--preset gpu-lease --device "cuda" --isolate inprocess --no-doc)
 model_tiny=()
 service_tiny=()
+tiling_tiny=()
 if [[ "$mode" == rehearse ]]; then
     # fp32 only: this CPU emulates bf16 / fp16 (~30x slower); tests/gpu rehearses the autocast paths.
     model_tiny=(--device "$device" --matmul-n 256 --warmup 0 --min-iters 1 --max-iters 1 --budget-s 0
                 --weights random --style-size 64 --main-dtype fp32 --dtypes fp32)
+    tiling_tiny=(--device "$device" --sizes 192 --tile 64 --margin 64 --max-steps 4 --accuracy-size 128 --threads 1)
     service_tiny=(--device "$device" --size 64 --style-size 64 --concurrency 1,2 --cache-concurrency 1 --rounds 1
                   --min-requests 2 --max-requests 2 --warmup-requests 0 --max-seconds 30 --model-iters 1
                   --threads 1 --weights random)
@@ -237,6 +240,8 @@ run_step service 240 py bench.service --preset gpu-lease --device cuda --concurr
 run_step model-memory 90 py bench.model "${model_common[@]}" --experiments roofline,throughput \
     --sizes 1024,2048,4096 --batches 1 --dtypes fp16,bf16,fp32 --max-batch-pixels $((4096 * 4096)) \
     --out "$out/model-gpu-memory.json" "${model_tiny[@]}" --sizes 64,128
+run_step tiling 90 py bench.tiling --device cuda --sizes 2048,4096,8192 --max-steps 64 --accuracy-size 1024 --no-doc \
+    --out "$out/tiling-gpu.json" "${tiling_tiny[@]}"
 run_step compile-test 150 fn step_compile_test
 run_step model-compile 150 py bench.model "${model_common[@]}" --experiments roofline,cache,compile \
     --cache-sizes 512,1024 --compile-sizes 512 --compile-batches 8 --compile-modes eager,compile,cudagraph \

@@ -28,6 +28,7 @@ RESULT_FILES = {
     "model-gpu-memory.json": "model-gpu-lease-memory.json",
     "model-gpu-compile.json": "model-gpu-lease-compile.json",
     "service-gpu.json": "service-gpu-lease.json",
+    "tiling-gpu.json": "tiling-gpu-lease.json",
 }
 THROUGHPUT_TARGET = 300.0  # img/s at 512x512 through HTTP
 P99_TARGET_MS = 50.0  # at concurrency 16
@@ -208,6 +209,11 @@ def write_report(args: argparse.Namespace) -> int:
     service_runs = common.load_results("service", args.results_dir)
     if service_runs:
         common.update_doc_section(args.doc, bench_service.SECTION, bench_service.render_section(service_runs))
+    tiling_runs = common.load_results("tiling", args.results_dir)
+    if tiling_runs:
+        from bench import tiling as bench_tiling
+
+        common.update_doc_section(args.doc, bench_tiling.SECTION, bench_tiling.render_section(tiling_runs))
     common.update_doc_section(args.doc, SECTION, body)
     sys.stderr.write(f"updated {args.doc} and {args.results_dir}\n")
     return 0

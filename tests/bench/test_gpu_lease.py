@@ -19,7 +19,7 @@ from bench.gpu import lease_check, report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "gpu" / "inference_lease.sh"
-STEPS = ["env", "install", "gpu-tests", "model-throughput", "service", "model-memory", "compile-test",
+STEPS = ["env", "install", "gpu-tests", "model-throughput", "service", "model-memory", "tiling", "compile-test",
          "model-compile"]
 
 
@@ -39,7 +39,7 @@ def test_dry_run_resolves_every_step(tmp_path: Path) -> None:
     assert proc.returncode == 0, log[-4000:]
     assert [s["step"] for s in summary["steps"]] == STEPS
     assert all(s["status"] == "planned" for s in summary["steps"]), summary
-    assert "plan: OK" in log and "7 output files" in log
+    assert "plan: OK" in log and "8 output files" in log
     # The lease's own flags were checked, not the rehearsal's tiny ones.
     assert "--batches 1,2,4,8,16,32,64" in log and "--weights random" not in log
 
