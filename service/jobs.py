@@ -9,7 +9,9 @@ so sync requests' batches run between two tiles instead of waiting minutes for t
 Persistence: none. Jobs live in this process's memory and a restart loses them (queued, running and finished).
 A result is recomputable from its inputs, which the client still has, and a disk or a shared store would add a
 failure mode and a cleanup duty to every replica for that. Jobs are per replica: the client polls the replica
-that accepted the job (the Location is relative); sharing jobs across replicas is the load balancer's problem.
+that accepted the job (the Location is relative). A job id is ``<replica>.<random>``: the replica part
+(STYA2K_REPLICA_ID) lets the load balancer route a job's requests to the replica that holds it (deploy/nginx),
+and lets a replica that gets another's id say which one holds it.
 
 Plain Python (no web framework): ``service.api.job_routes`` turns these calls into HTTP.
 """
@@ -21,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -71,6 +74,20 @@ JOBS_PATH = "/v1/jobs"
 FORGET_AFTER_TTLS = 2
 MAX_FINISHED = 10_000
 DEFAULT_RUN_S = 5.0  # Retry-After before any job has run: a guess, replaced by the measured mean
+# <replica>.<random>; the replica part as settings.REPLICA_ID_PATTERN (nginx's map in deploy/nginx matches it too)
+JOB_ID_PATTERN = re.compile(r"^([a-z0-9][a-z0-9-]{0,31})\.([0-9a-f]{32})$")
+
+
+def new_job_id(replica: str) -> str:
+    """``<replica>.<32 hex>``: 122 random bits (uuid4), since the id is the job's only handle and must not be
+    guessable; the replica part (settings.REPLICA_ID_PATTERN) names the replica that holds the job."""
+    return f"{replica}.{uuid.uuid4().hex}"
+
+
+def job_replica(job_id: str) -> str | None:
+    """The replica part of a job id, or None when ``job_id`` is not ``<replica>.<32 hex>``."""
+    match = JOB_ID_PATTERN.match(job_id)
+    return match.group(1) if match else None
 
 
 class JobState(StrEnum):
@@ -199,6 +216,7 @@ class JobStore:
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.replica = settings.replica  # the first part of every job id made here
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._results: OrderedDict[str, Job] = OrderedDict()  # done jobs, oldest first (eviction order)
@@ -261,7 +279,7 @@ class JobStore:
             raise Draining("the server is shutting down; submit the job to another instance", retry_after_s=1)
         now = time.monotonic()
         job = Job(
-            id=uuid.uuid4().hex,  # 122 random bits: the id is the job's only handle, it must not be guessable
+            id=new_job_id(self.replica),
             mode=prepared.request.mode,
             accepted_at=now,
             accepted_wall=time.time(),
@@ -279,10 +297,17 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         self._sweep()
         job = self._jobs.get(job_id)
+        holder = job_replica(job_id)
+        if job is None and holder is not None and holder != self.replica:
+            raise JobNotFound(
+                f"job {job_id[:80]!r} is held by replica {holder!r}, and this is replica {self.replica!r}: a job "
+                "lives in the memory of the replica that accepted it; send its requests there (the bundled load "
+                "balancer routes job paths by the id's replica part)"
+            )
         if job is None:
             raise JobNotFound(
-                f"no job {job_id[:64]!r} on this server: jobs live in the memory of the server that accepted "
-                "them (a restart loses them) and are forgotten a while after they end"
+                f"no job {job_id[:64]!r} on this server (replica {self.replica!r}): jobs live in the memory of the "
+                "server that accepted them (a restart loses them) and are forgotten a while after they end"
             )
         return job
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -16,6 +18,9 @@ from service.contract import MAX_SIDE
 
 ENV_PREFIX = "STYA2K_"
 RANDOM_WEIGHTS = "random"
+# A replica id (STYA2K_REPLICA_ID): the first part of its job ids, and an nginx map key / upstream name suffix
+# (deploy/nginx/render.py checks the same pattern). No dot: the dot separates it from the job's random part.
+REPLICA_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
 class SettingsError(ValueError):
@@ -97,6 +102,11 @@ class Settings:
     job_result_bytes: int = setting(
         512 * 1024 * 1024, "memory for finished jobs' results; the oldest are dropped first (410) beyond it"
     )
+    replica_id: str | None = setting(
+        None,
+        "this replica's name, the first part of its job ids (the load balancer routes job paths by it): 1-32 of "
+        "a-z 0-9 -, unique per replica; unset: the host name's first label",
+    )
     # Connections (docs/RELIABILITY.md)
     max_connections: int = setting(
         1000,
@@ -165,6 +175,11 @@ def _parse_int(key: str, raw: str) -> int:
         return int(raw.strip())
     except ValueError:
         raise SettingsError(f"{key}={raw!r} is not an integer") from None
+
+    @property
+    def replica(self) -> str:
+        """The replica id job ids carry: STYA2K_REPLICA_ID, or one derived from the host name."""
+        return self.replica_id if self.replica_id is not None else hostname_replica_id()
 
 
 def _parse_float(key: str, raw: str) -> float:
@@ -285,6 +300,19 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{_env_name(name)}={value} must be a multiple of 64 (the attention block grid)")
     if settings.weights is not None and not settings.weights.strip():
         raise SettingsError("STYA2K_WEIGHTS is empty; leave it unset for the shipped weights")
+    if settings.replica_id is not None and not REPLICA_ID_PATTERN.match(settings.replica_id):
+        raise SettingsError(
+            f"STYA2K_REPLICA_ID={settings.replica_id!r} is not allowed: 1-32 characters of a-z, 0-9 and '-', "
+            "starting with a letter or digit (it becomes part of job ids and URLs)"
+        )
+
+
+def hostname_replica_id(hostname: str | None = None) -> str:
+    """The replica id when STYA2K_REPLICA_ID is unset: the host name's first label, lowercased, other characters
+    as '-', cut to 32 (a container's host name is its short id, so scaled replicas differ); 'local' if none is left."""
+    label = (socket.gethostname() if hostname is None else hostname).split(".")[0].lower()
+    cleaned = re.sub(r"[^a-z0-9-]", "-", label).lstrip("-")[:32]
+    return cleaned if REPLICA_ID_PATTERN.match(cleaned) else "local"
 
 
 # ---------------------------------------------------------------------------------------------- documentation

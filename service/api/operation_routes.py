@@ -51,6 +51,8 @@ async def info(state: State) -> dict[str, Any]:
         "device": str(state.engine.device),
         "dtype": state.engine.dtype_name,
         "ready": state.ready,
+        # The first part of this replica's job ids (STYA2K_REPLICA_ID): what the load balancer routes them by
+        "replica_id": state.jobs.replica,
         "runtime": state.engine.runtime_info(),
         "batching": {
             "max_batch_size": state.engine.max_batch_size,

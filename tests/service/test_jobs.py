@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -22,11 +24,14 @@ from service_helpers import RunningServer, start_server
 import model
 from service import cli
 from service.client import AsyncClient, Client, JobCancelled, JobExpired, JobNotDone, JobStatus, QueueFull
+from service.jobs import job_replica, new_job_id
+from service.settings import Settings, SettingsError, hostname_replica_id
 
 TILES = {"tile_px": 64, "tile_margin_px": 64}
 SYNC_MAX_SIDE = 192  # the jobs server's sync endpoints; its jobs go up to JOBS_MAX_SIDE
 JOBS_MAX_SIDE = 1024
 SLOW_SIDE = 512  # 8 x 8 tiles of 64 px: 128 steps, tens of seconds on a CPU unless cancelled
+REPLICA = "alpha-1"  # the jobs server's STYA2K_REPLICA_ID
 
 
 def _shipped_weights() -> str:
@@ -62,6 +67,7 @@ def jobs_server() -> Iterator[RunningServer]:
         jobs_max_side=JOBS_MAX_SIDE,
         jobs_queue_size=1,
         max_wait_ms=5,
+        replica_id=REPLICA,
         **TILES,
     )
     yield running
@@ -111,7 +117,7 @@ def test_tiled_job_progresses_through_its_steps_and_equals_the_sync_result(
     response = submit(jobs_server, content, [style], max_side=192, alpha=0.8)
     assert response.status_code == 202, response.text
     accepted = response.json()
-    assert accepted["state"] in ("queued", "running") and len(accepted["id"]) == 32
+    assert accepted["state"] in ("queued", "running") and re.fullmatch(rf"{REPLICA}\.[0-9a-f]{{32}}", accepted["id"])
     assert response.headers["location"] == accepted["links"]["self"] == f"/v1/jobs/{accepted['id']}"
     early = httpx.get(jobs_server.url + accepted["links"]["result"], timeout=30)
     assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_done"
@@ -205,6 +211,50 @@ def test_unknown_job_is_404_everywhere(jobs_server: RunningServer) -> None:
         response = httpx.request(method, jobs_server.url + path, timeout=30)
         assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found", response.text
         assert "memory of the server that accepted" in response.json()["error"]["message"]
+
+
+def test_an_id_of_another_replica_is_404_naming_the_replica_that_holds_it(jobs_server: RunningServer) -> None:
+    foreign = "beta-2." + "ab" * 16
+    for method, path in (("GET", f"/v1/jobs/{foreign}"), ("GET", f"/v1/jobs/{foreign}/result"),
+                         ("DELETE", f"/v1/jobs/{foreign}")):  # fmt: skip
+        response = httpx.request(method, jobs_server.url + path, timeout=30)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found", response.text
+        message = response.json()["error"]["message"]
+        assert "held by replica 'beta-2'" in message and f"this is replica '{REPLICA}'" in message
+    # Its own replica part but no such job: the plain message, naming this replica.
+    response = httpx.get(f"{jobs_server.url}/v1/jobs/{REPLICA}.{'cd' * 16}", timeout=30)
+    assert response.status_code == 404 and f"replica '{REPLICA}'" in response.json()["error"]["message"]
+    assert httpx.get(jobs_server.url + "/v1/info", timeout=30).json()["replica_id"] == REPLICA
+
+
+def test_job_ids_carry_the_replica_and_122_random_bits() -> None:
+    ids = {new_job_id("r1") for _ in range(200)}
+    assert len(ids) == 200
+    for job_id in ids:
+        replica, _, random_part = job_id.partition(".")
+        assert replica == "r1" and re.fullmatch(r"[0-9a-f]{32}", random_part)
+        assert job_replica(job_id) == "r1"
+        assert quote(job_id, safe="") == job_id, "ids go into URL paths as they are"
+    longest = new_job_id("a" * 32)
+    assert len(longest) == 65 and job_replica(longest) == "a" * 32
+    for not_an_id in ("", "nope", "r1", "r1." + "a" * 31, "R1." + "a" * 32, "r.1." + "a" * 32, "-r." + "a" * 32,
+                      "r1." + "g" * 32, "a" * 33 + "." + "a" * 32):  # fmt: skip
+        assert job_replica(not_an_id) is None, not_an_id
+
+
+def test_replica_id_setting_is_validated_and_defaults_to_the_host_name() -> None:
+    assert Settings(replica_id="r-1").replica == "r-1"
+    assert Settings().replica == hostname_replica_id()
+    assert hostname_replica_id("Web-07.example.com") == "web-07"
+    assert hostname_replica_id("4f2a9c1b7d3e") == "4f2a9c1b7d3e"  # a container's host name: its short id
+    assert hostname_replica_id("under_score") == "under-score"
+    assert hostname_replica_id("-" * 5) == "local" and len(hostname_replica_id("x" * 80)) == 32
+    for bad in ("", "A", "a.b", "-a", "a" * 33, "a b", "ä"):
+        with pytest.raises(SettingsError, match="STYA2K_REPLICA_ID"):
+            Settings(replica_id=bad)
+    assert Settings.from_env({"STYA2K_REPLICA_ID": " "}).replica_id is None  # empty = unset: from the host name
+    with pytest.raises(SettingsError, match="a-z, 0-9"):
+        Settings.from_env({"STYA2K_REPLICA_ID": "Replica.1"})
 
 
 @pytest.mark.parametrize(
