@@ -5,7 +5,12 @@ given variable is replaced, nothing else is touched, so nginx's own ``$host`` et
 envsubst cannot do: the ``server ${STYA2K_LB_BACKEND} ...;`` line is written once per backend, and
 backends named as down get nginx's ``down`` flag (taken out of rotation on the next reload).
 
-    python deploy/nginx/render.py --backend 10.0.0.5:8000 --backend 10.0.0.6:8000 \
+A backend given as ``ID=HOST:PORT`` (ID = that replica's STYA2K_REPLICA_ID) also gets an upstream of its own and
+a route in the job map: ``/v1/jobs/ID.<random>[/result]`` goes straight to it, and an id naming no replica here
+gets a JSON 404 from nginx. Give every backend its id, or none (then nginx asks replica after replica for a job,
+a 404 meaning "not here"). A backend marked down keeps its job route: it still holds its jobs while it drains.
+
+    python deploy/nginx/render.py --backend r1=10.0.0.5:8000 --backend r2=10.0.0.6:8000 \
         --port 8080 --state-dir /var/lib/stya2k-lb --output /etc/nginx/nginx.conf
     nginx -t -c /etc/nginx/nginx.conf && nginx -s reload
 """
@@ -24,6 +29,20 @@ BACKEND_VARIABLE = "STYA2K_LB_BACKEND"
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 _PLACEHOLDER = re.compile(r"\$\{(STYA2K_[A-Z0-9_]+)\}")
 _BACKEND = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+# The service's STYA2K_REPLICA_ID (service/settings.py REPLICA_ID_PATTERN; tests/deploy checks they agree).
+REPLICA_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_MAP_PARAMETERS = frozenset({"default", "hostnames", "include", "volatile"})
+JOB_ROUTES_MARKER = "# stya2k:job-routes"
+REPLICA_UPSTREAMS_MARKER = "# stya2k:replica-upstreams"
+# A replica's own upstream: one server, so no passive health (max_fails=0: nowhere else to send its jobs).
+_REPLICA_UPSTREAM = """\
+    upstream {name} {{
+        server {address} max_fails=0;
+        keepalive 8;
+        keepalive_timeout 4s;
+        keepalive_requests 1000;
+    }}
+"""
 
 
 class RenderError(ValueError):
@@ -36,19 +55,26 @@ def render(
     backends: Sequence[str],
     down: Collection[str] = (),
 ) -> str:
-    """The template with every ``${STYA2K_*}`` placeholder filled; raises RenderError naming what is missing."""
-    if not backends:
-        raise RenderError("at least one backend (host:port) is needed")
-    for backend in backends:
-        if not _BACKEND.match(backend):
-            raise RenderError(f"backend {backend!r} is not host:port")
-    unknown_down = set(down) - set(backends)
+    """The template with every ``${STYA2K_*}`` placeholder filled; raises RenderError naming what is missing.
+
+    ``backends`` are ``HOST:PORT`` or ``ID=HOST:PORT`` (all with an id or none); ``down`` names addresses."""
+    replicas = parse_backends(backends)
+    addresses = [address for _, address in replicas]
+    unknown_down = set(down) - set(addresses)
     if unknown_down:
         raise RenderError(f"--down names {sorted(unknown_down)}, which are not among the backends")
+    routes = [(replica, address) for replica, address in replicas if replica is not None]  # all or none
     lines: list[str] = []
     for line in template.splitlines(keepends=True):
         if "${" + BACKEND_VARIABLE + "}" in line:
-            lines.extend(_backend_line(line, backend, backend in down) for backend in backends)
+            lines.extend(_backend_line(line, address, address in down) for address in addresses)
+        elif routes and JOB_ROUTES_MARKER in line:
+            indent = line[: len(line) - len(line.lstrip())]
+            lines.append(f'{indent}default "";  # an id naming no replica here: JSON 404\n')
+            lines.extend(f"{indent}{_map_key(replica)} {upstream_name(replica)};\n" for replica, _ in routes)
+        elif routes and REPLICA_UPSTREAMS_MARKER in line:
+            for replica, address in routes:
+                lines.append(_REPLICA_UPSTREAM.format(name=upstream_name(replica), address=address))
         else:
             lines.append(line)
     text = "".join(lines)
@@ -60,6 +86,39 @@ def render(
         return variables[name]
 
     return _PLACEHOLDER.sub(fill, text)
+
+
+def parse_backends(backends: Sequence[str]) -> list[tuple[str | None, str]]:
+    """``[(replica id or None, "host:port")]`` from ``HOST:PORT`` / ``ID=HOST:PORT`` arguments, checked."""
+    if not backends:
+        raise RenderError("at least one backend (host:port) is needed")
+    replicas: list[tuple[str | None, str]] = []
+    for backend in backends:
+        replica, sep, address = backend.rpartition("=")
+        if not _BACKEND.match(address):
+            raise RenderError(f"backend {backend!r} is not host:port or replica-id=host:port")
+        if sep and not REPLICA_ID.match(replica):
+            raise RenderError(
+                f"backend {backend!r}: replica id {replica!r} is not 1-32 of a-z, 0-9, '-' (the replica's "
+                "STYA2K_REPLICA_ID)"
+            )
+        replicas.append((replica if sep else None, address))
+    with_id = [replica for replica, _ in replicas if replica is not None]
+    if with_id and len(with_id) != len(replicas):
+        raise RenderError("give every backend its replica id (ID=HOST:PORT) or none: the jobs of one without are lost")
+    duplicates = sorted({replica for replica in with_id if with_id.count(replica) > 1})
+    if duplicates:
+        raise RenderError(f"replica ids {duplicates} are given to more than one backend; each replica needs its own")
+    return replicas
+
+
+def upstream_name(replica: str) -> str:
+    return f"stya2k_replica_{replica}"
+
+
+def _map_key(replica: str) -> str:
+    """A map source value; the names of map's own parameters need a leading backslash."""
+    return "\\" + replica if replica in _MAP_PARAMETERS else replica
 
 
 def _backend_line(line: str, backend: str, is_down: bool) -> str:
@@ -88,8 +147,15 @@ def render_file(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", action="append", required=True, help="replica host:port (repeat)")
-    parser.add_argument("--down", action="append", default=[], help="backend to keep out of rotation")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        required=True,
+        help="replica [ID=]HOST:PORT, ID its STYA2K_REPLICA_ID: job paths are routed to it by id (repeat)",
+    )
+    parser.add_argument(
+        "--down", action="append", default=[], help="backend HOST:PORT out of rotation (its jobs stay reachable)"
+    )
     parser.add_argument("--port", type=int, default=8080, help="port nginx listens on (default 8080)")
     parser.add_argument("--state-dir", default="/var/lib/stya2k-lb", help="writable dir for temp files")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)

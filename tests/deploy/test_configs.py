@@ -115,6 +115,9 @@ def test_compose_replica_settings_are_valid_and_drain_fits_the_stop_grace(compos
         assert replica["stop_signal"] == "SIGTERM"
         assert replica["healthcheck"]["test"] == ["CMD", "python3", "/app/deploy/docker/healthcheck.py"]
         assert settings.max_body_bytes == DEFAULTS.max_body_bytes
+        assert settings.replica_id is None, (
+            f"{name}: one STYA2K_REPLICA_ID for scaled replicas would give them all one id; unset = the host name"
+        )
 
 
 def test_compose_nginx_gets_the_template_and_the_replicas_body_limit(compose: dict[str, Any]) -> None:
@@ -223,14 +226,86 @@ def test_nginx_balancing_retry_and_limits_match_the_service(nginx_render: Module
     assert 'proxy_set_header Connection ""' in text, "upstream keep-alive needs the Connection header cleared"
 
 
-def test_nginx_accepts_the_rendered_config(nginx_render: ModuleType, tmp_path: Path) -> None:
+def test_render_routes_job_paths_by_replica_id(nginx_render: ModuleType) -> None:
+    backends = ["r1=10.0.0.5:8000", "default=10.0.0.6:8000"]
+    text = nginx_render.render(TEMPLATE.read_text(), _lb_variables(), backends, down={"10.0.0.6:8000"})
+    # POST and the sync endpoints: the shared least_conn upstream, as without ids (the down flag applies there).
+    assert _directive(text, "server", "upstream stya2k") == [
+        "10.0.0.5:8000 max_fails=1 fail_timeout=10s",
+        "10.0.0.6:8000 max_fails=1 fail_timeout=10s down",
+    ]
+    # One upstream per replica, not marked down: a draining replica still holds its jobs.
+    assert _directive(text, "server", "upstream stya2k_replica_r1") == ["10.0.0.5:8000 max_fails=0"]
+    assert _directive(text, "server", "upstream stya2k_replica_default") == ["10.0.0.6:8000 max_fails=0"]
+    routes = re.search(r"map \$stya2k_job_replica \$stya2k_job_upstream \{(.*?)\n    \}", text, re.DOTALL)
+    assert routes is not None
+    entries = [line.split("#")[0].strip() for line in routes.group(1).splitlines() if line.split("#")[0].strip()]
+    # `default` is one of map's own words: as a replica id it is escaped.
+    assert entries == ['default "";', "r1 stya2k_replica_r1;", "\\default stya2k_replica_default;"]
+    assert "${" not in text and nginx_render.JOB_ROUTES_MARKER not in text
+
+
+def test_render_without_ids_sends_job_paths_to_the_shared_upstream(nginx_render: ModuleType) -> None:
+    """The template as compose's envsubst leaves it (no ids): job paths go to `stya2k`, asking on after a 404."""
+    text = nginx_render.render(TEMPLATE.read_text(), _lb_variables(), ["10.0.0.5:8000", "10.0.0.6:8000"])
+    assert "default stya2k;  # stya2k:job-routes" in text and "stya2k_replica_" not in text
+    job_location = re.search(r"location ~ \^/v1/jobs/\[\^/\]\+ \{(.*?)\n        \}", text, re.DOTALL)
+    assert job_location is not None
+    body = job_location.group(1)
+    assert "proxy_pass http://$stya2k_job_upstream;" in body
+    retry = _directive(body, "proxy_next_upstream")[0].split()
+    assert "http_404" in retry and "non_idempotent" not in retry, "GET and DELETE of a job only, 404 = not here"
+    assert _directive(body, "proxy_next_upstream_tries") == ["0"], "as many tries as replicas"
+
+
+def test_render_refuses_unusable_replica_ids(nginx_render: ModuleType) -> None:
+    template = TEMPLATE.read_text()
+    for backends, message in (
+        (["r1=127.0.0.1:1", "127.0.0.1:2"], "every backend its replica id"),
+        (["r1=127.0.0.1:1", "r1=127.0.0.1:2"], "more than one backend"),
+        (["R1=127.0.0.1:1"], "is not 1-32 of a-z"),
+        (["r.1=127.0.0.1:1"], "is not 1-32 of a-z"),
+        (["=127.0.0.1:1"], "is not 1-32 of a-z"),
+        (["r1=127.0.0.1"], "not host:port"),
+    ):
+        with pytest.raises(nginx_render.RenderError, match=message):
+            nginx_render.render(template, _lb_variables(), backends)
+
+
+def test_nginx_job_route_and_render_agree_with_the_service_id_format(nginx_render: ModuleType) -> None:
+    """The map's regex on $uri, render.py's replica-id check and the service's are one format."""
+    from service.jobs import JOB_ID_PATTERN, job_replica, new_job_id
+    from service.settings import REPLICA_ID_PATTERN
+
+    assert nginx_render.REPLICA_ID.pattern == REPLICA_ID_PATTERN.pattern
+    (route,) = re.findall(r'"~(\^/v1/jobs/[^"]+)" \$1;', TEMPLATE.read_text())
+    uri = re.compile(route)
+    assert REPLICA_ID_PATTERN.pattern.strip("^$") in route and JOB_ID_PATTERN.pattern.endswith("([0-9a-f]{32})$")
+    samples = [new_job_id("r1"), new_job_id("a" * 32), new_job_id("4f2a9c1b7d3e"), "r1." + "a" * 31, "R1." + "a" * 32,
+               "a" * 33 + "." + "a" * 32, "-r." + "a" * 32, "r1.x", "nope", "r1." + "A" * 32]  # fmt: skip
+    for job_id in samples:
+        for suffix in ("", "/result"):
+            match = uri.match(f"/v1/jobs/{job_id}{suffix}")
+            assert (match.group(1) if match else None) == job_replica(job_id), job_id
+    assert uri.match(f"/v1/jobs/{new_job_id('r1')}/other") is None
+
+
+def _nginx_binary_or_skip() -> str:
     nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
     if nginx is None:
         pytest.skip("nginx is not installed (.ci/install-nginx.sh installs Debian's nginx)")
+    return nginx
+
+
+@pytest.mark.parametrize(
+    "backends",
+    [["127.0.0.1:18001", "127.0.0.1:18002"], ["r1=127.0.0.1:18001", "default=127.0.0.1:18002"]],
+    ids=["addresses", "replica-ids"],
+)
+def test_nginx_accepts_the_rendered_config(nginx_render: ModuleType, tmp_path: Path, backends: list[str]) -> None:
+    nginx = _nginx_binary_or_skip()
     config = tmp_path / "nginx.conf"
-    config.write_text(
-        nginx_render.render_file(backends=["127.0.0.1:18001", "127.0.0.1:18002"], port=18080, state_dir=tmp_path)
-    )
+    config.write_text(nginx_render.render_file(backends=backends, port=18080, state_dir=tmp_path))
     pid = f"pid {tmp_path / 'nginx.pid'};"
     result = subprocess.run(
         [nginx, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(config), "-g", pid],

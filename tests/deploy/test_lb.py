@@ -95,6 +95,7 @@ class Cluster:
     access_log: Path
     render: ModuleType
     state_dir: Path
+    backends: list[str]  # as render.py got them: HOST:PORT or ID=HOST:PORT
 
     @property
     def url(self) -> str:
@@ -104,7 +105,7 @@ class Cluster:
         """Mark `replica` down and reload nginx gracefully (new workers, old ones finish their requests)."""
         self.config.write_text(
             self.render.render_file(
-                backends=[r.address for r in self.replicas],
+                backends=self.backends,
                 down={replica.address},
                 port=self.lb_port,
                 state_dir=self.state_dir,
@@ -117,7 +118,7 @@ class Cluster:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def _start_replica(port: int, log_dir: Path) -> Replica:
+def _start_replica(port: int, log_dir: Path, extra_env: dict[str, str] | None = None) -> Replica:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STYA2K_")},
         "STYA2K_HOST": "127.0.0.1",
@@ -129,6 +130,7 @@ def _start_replica(port: int, log_dir: Path) -> Replica:
         "STYA2K_DRAIN_GRACE_S": str(DRAIN_GRACE_S),
         "STYA2K_DRAIN_TIMEOUT_S": "15",
         "STYA2K_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     log = (log_dir / f"replica-{port}.log").open("wb")
     process = subprocess.Popen(
@@ -155,16 +157,27 @@ def _wait_until(predicate: object, timeout: float, what: str) -> None:
 
 
 @contextmanager
-def running_cluster(tmp_path: Path, render: ModuleType) -> Iterator[Cluster]:
+def running_cluster(
+    tmp_path: Path,
+    render: ModuleType,
+    replica_env: list[dict[str, str]] | None = None,
+    replica_ids: list[str] | None = None,
+) -> Iterator[Cluster]:
+    """Two replicas (``replica_env``: extra settings of each) behind nginx; with ``replica_ids`` nginx is
+    rendered with ``ID=HOST:PORT`` backends (job paths routed by id), else with plain addresses."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        replicas = [_start_replica(_free_port(), tmp_path) for _ in range(2)]
+        replicas = [_start_replica(_free_port(), tmp_path, env) for env in (replica_env or [{}, {}])]
         processes.extend(r.process for r in replicas)
         lb_port = _free_port()
         state_dir = tmp_path / "nginx"
         state_dir.mkdir()
         config = state_dir / "nginx.conf"
-        config.write_text(render.render_file(backends=[r.address for r in replicas], port=lb_port, state_dir=state_dir))
+        if replica_ids is None:
+            backends = [r.address for r in replicas]
+        else:
+            backends = [f"{name}={r.address}" for name, r in zip(replica_ids, replicas, strict=True)]
+        config.write_text(render.render_file(backends=backends, port=lb_port, state_dir=state_dir))
         access_log = tmp_path / "access.log"
         assert NGINX is not None
         global_directives = f"daemon off; pid {state_dir / 'nginx.pid'};"
@@ -175,7 +188,7 @@ def running_cluster(tmp_path: Path, render: ModuleType) -> Iterator[Cluster]:
             start_new_session=True,
         )
         processes.append(nginx)
-        cluster = Cluster(replicas, nginx, lb_port, config, access_log, render, state_dir)
+        cluster = Cluster(replicas, nginx, lb_port, config, access_log, render, state_dir, backends)
         for replica in replicas:
             _wait_until(lambda r=replica: r.ready_status() == 200, START_TIMEOUT_S, f"replica {replica.port}")
         _wait_until(lambda: httpx.get(f"{cluster.url}/lb/health", timeout=2).status_code == 200, 20, "nginx")
@@ -333,3 +346,160 @@ def test_sigkill_mid_load_is_hidden_by_the_retry(tmp_path: Path, nginx_render: M
         )
         assert response.status_code == 503 and response.headers["Retry-After"] == "1"
         assert response.json()["error"]["code"] == "not_ready", "with no replica left nginx answers in the API's shape"
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+# 64 px tiles: a 128x128 job is 8 steps (4 tiles, two passes), so it is queued / running for several polls.
+JOB_ENV = {"STYA2K_TILE_PX": "64", "STYA2K_TILE_MARGIN_PX": "64", "STYA2K_JOBS_QUEUE_SIZE": "4"}
+HEX32 = "0123456789abcdef" * 2
+
+
+def _job_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128), (180, 90, 20)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _submit_job(url: str) -> httpx.Response:
+    files = {"content": ("c.png", _job_png(), "image/png"), "style": ("s.png", STYLE, "image/png")}
+    return httpx.post(f"{url}/v1/jobs", files=files, data={"mode": "stylize", "max_side": "128"}, timeout=30)
+
+
+def _submit_jobs(url: str, count: int) -> list[str]:
+    accepted = [_submit_job(url) for _ in range(count)]
+    assert all(r.status_code == 202 for r in accepted), [r.text for r in accepted]
+    job_ids = [str(r.json()["id"]) for r in accepted]
+    assert all(r.headers["location"] == f"/v1/jobs/{j}" for r, j in zip(accepted, job_ids, strict=True))
+    return job_ids
+
+
+def _poll_until_done(url: str, job_id: str, timeout_s: float = 60) -> int:
+    """Poll the job's status through the balancer until it is done; every poll must find the job. Returns polls."""
+    polls, deadline = 0, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10)
+        polls += 1
+        assert response.status_code == 200, f"poll {polls} of {job_id}: {response.status_code} {response.text}"
+        body = response.json()
+        assert body["id"] == job_id and body["links"]["self"] == f"/v1/jobs/{job_id}"
+        if body["state"] == "done":
+            return polls
+        assert body["state"] in ("queued", "running"), body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not done within {timeout_s} s")
+
+
+def _fetch_results(url: str, job_ids: list[str], times: int) -> None:
+    for job_id in job_ids:
+        for _ in range(times):
+            result = httpx.get(f"{url}/v1/jobs/{job_id}/result", timeout=10)
+            assert result.status_code == 200 and result.headers["x-job-id"] == job_id, result.text
+            assert result.headers["x-output-size"] == "128x128" and result.content.startswith(b"\x89PNG")
+
+
+def _delete_done_job(url: str, job_id: str) -> None:
+    """DELETE of a done job deletes its result (only its holder can do that): then the result is 410."""
+    deleted = httpx.delete(f"{url}/v1/jobs/{job_id}", timeout=10)
+    assert deleted.status_code == 200 and deleted.json()["state"] == "expired", deleted.text
+    _json_error(httpx.get(f"{url}/v1/jobs/{job_id}/result", timeout=10), 410, "job_expired")
+
+
+def _json_error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    return str(error["message"])
+
+
+def _job_entries(cluster: Cluster, since: int) -> list[dict[str, object]]:
+    return [e for e in cluster.log_entries()[since:] if str(e["uri"]).startswith("/v1/jobs/")]
+
+
+def _render_and_reload(cluster: Cluster, backends: list[str]) -> None:
+    """New config, graceful reload; returns once the new workers answer (a forged id gets nginx's own 404)."""
+    cluster.backends = backends
+    cluster.config.write_text(
+        cluster.render.render_file(backends=backends, port=cluster.lb_port, state_dir=cluster.state_dir)
+    )
+    cluster.nginx.send_signal(signal.SIGHUP)
+
+    def reloaded() -> bool:
+        response = httpx.get(f"{cluster.url}/v1/jobs/zz.{HEX32}", timeout=10)
+        return "behind this load balancer" in response.json()["error"]["message"]
+
+    _wait_until(reloaded, 20, "nginx to reload with the job routes")
+
+
+def test_jobs_reach_the_replica_that_holds_them(tmp_path: Path, nginx_render: ModuleType) -> None:
+    """Two phases on one pair of replicas (r1, r2). First nginx without the replicas' ids (the compose case:
+    scaled replicas are named by their host names, unknown to nginx): a job path goes to the shared upstream and
+    on to the next replica while the answer is 404. Then rendered with ``ID=HOST:PORT``: each job path goes
+    straight to its replica, and an id naming no replica gets nginx's own JSON 404."""
+    ids = ["r1", "r2"]
+    env = [{**JOB_ENV, "STYA2K_REPLICA_ID": name} for name in ids]
+    with running_cluster(tmp_path, nginx_render, replica_env=env) as cluster:
+        holder = {name: replica for name, replica in zip(ids, cluster.replicas, strict=True)}
+        for name, replica in holder.items():
+            assert httpx.get(f"http://{replica.address}/v1/info", timeout=10).json()["replica_id"] == name
+
+        # Without ids: every request finds its job, some after a 404 from the other replica.
+        job_ids = _submit_jobs(cluster.url, 2)
+        for job_id in job_ids:
+            _poll_until_done(cluster.url, job_id)
+        _fetch_results(cluster.url, job_ids, 3)
+        _delete_done_job(cluster.url, job_ids[1])
+        entries = _job_entries(cluster, 0)
+        assert all(e["status"] in (200, 410) for e in entries), [e for e in entries if e["status"] not in (200, 410)]
+        asked_twice = [e for e in entries if "," in str(e["upstream_addr"])]
+        assert asked_twice, "least_conn alternates: some requests must have met the other replica first"
+        assert all(str(e["upstream_status"]).startswith("404, ") for e in asked_twice), asked_twice
+        # A forged id: every replica says 404, the client gets the last one's JSON (naming the "holder").
+        response = httpx.get(f"{cluster.url}/v1/jobs/zz.{HEX32}", timeout=10)
+        assert "held by replica 'zz'" in _json_error(response, 404, "job_not_found")
+        assert "," in str(cluster.log_entries()[-1]["upstream_addr"]), "both replicas must have been asked"
+
+        # With ids. POST goes to any replica (least_conn): four submissions reach both.
+        _render_and_reload(cluster, [f"{name}={replica.address}" for name, replica in holder.items()])
+        since = len(cluster.log_entries())
+        job_ids = _submit_jobs(cluster.url, 4)
+        assert {j.split(".")[0] for j in job_ids} == set(ids), f"submissions were not spread: {job_ids}"
+        polls = sum(_poll_until_done(cluster.url, job_id) for job_id in job_ids)
+        _fetch_results(cluster.url, job_ids, 3)
+        _delete_done_job(cluster.url, job_ids[0])
+        # Every job request went to its holder alone, first time (no retry, no other replica).
+        entries = _job_entries(cluster, since)
+        assert len(entries) == polls + 3 * len(job_ids) + 2
+        for entry in entries:
+            job_id = str(entry["uri"]).split("/")[3]
+            assert entry["upstream_addr"] == holder[job_id.split(".")[0]].address, entry
+        sys.stdout.write(f"\njobs: {len(job_ids)} jobs, {len(entries)} job requests, each to its replica\n")
+
+        # Ids naming no replica here, or no id at all: nginx's own JSON 404, no replica asked.
+        since = len(cluster.log_entries())
+        for method, path in (
+            ("GET", f"/v1/jobs/r3.{HEX32}"),
+            ("GET", f"/v1/jobs/r3.{HEX32}/result"),
+            ("DELETE", f"/v1/jobs/r3.{HEX32}"),
+            ("GET", "/v1/jobs/not-a-job-id"),
+            ("GET", f"/v1/jobs/R1.{HEX32}"),
+        ):
+            response = httpx.request(method, cluster.url + path, headers={"X-Request-ID": "forged-1"}, timeout=10)
+            message = _json_error(response, 404, "job_not_found")
+            assert "behind this load balancer" in message and response.headers["x-request-id"] == "forged-1"
+            if "r3" in path:
+                assert 'no replica "r3"' in message
+        forged = cluster.log_entries()[since:]
+        assert len(forged) == 5 and all(e["upstream_addr"] in ("", "-") for e in forged), forged
+        # An id of a replica here but no such job: that replica answers itself.
+        message = _json_error(httpx.get(f"{cluster.url}/v1/jobs/r2.{HEX32}", timeout=10), 404, "job_not_found")
+        assert "replica 'r2'" in message
+
+        # The holder gone: its jobs are lost, said in JSON (nginx does not hand the poll to another replica).
+        r2 = holder["r2"]
+        r2.process.kill()
+        r2.process.wait(timeout=10)
+        lost = next(j for j in job_ids if j.startswith("r2."))
+        message = _json_error(httpx.get(f"{cluster.url}/v1/jobs/{lost}", timeout=10), 503, "not_ready")
+        assert '"r2"' in message and "submit it again" in message
+        assert _submit_job(cluster.url).status_code == 202, "a new job still goes to the replica that is up"
