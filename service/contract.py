@@ -74,6 +74,21 @@ class OutputFormat(StrEnum):
 OUTPUT_FORMATS: dict[str, str] = {fmt.value: fmt.media_type for fmt in OutputFormat}  # name -> media type
 
 
+class StyleFit(StrEnum):
+    # How a style image becomes the model's input at STYA2K_STYLE_SIZE px; a request's style_fit, else the
+    # server's STYA2K_STYLE_FIT. (A comment, not a docstring: pydantic would put it into the OpenAPI schema.)
+
+    crop = "crop"  # short side to the size, then a centred square: the texture scale is the same for every style
+    whole = "whole"  # long side to the size, aspect kept: nothing is cut off (a panorama keeps its sides)
+
+    @staticmethod
+    def text() -> str:
+        return " or ".join(StyleFit)
+
+
+DEFAULT_STYLE_FIT = StyleFit.crop
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransferRequest:
     """One transfer as file bytes plus options, before any decoding (HTTP form, JSON body or command line)."""
@@ -89,6 +104,7 @@ class TransferRequest:
     masks: list[bytes] | None = None  # multistyle: one grayscale mask per style ...
     labels: bytes | None = None  # ... or one label map (pixel value i -> style i)
     feather: float = DEFAULT_FEATHER
+    style_fit: StyleFit | None = None  # None: the server's STYA2K_STYLE_FIT
 
 
 def normalise_weights(weights: list[float], count: int) -> list[float]:
@@ -114,8 +130,8 @@ def normalise_weights(weights: list[float], count: int) -> list[float]:
 class StyleInput:
     """One style of a job: either already-encoded features (cache hit) or a prepared image tensor."""
 
-    key: str  # sha256 of the uploaded bytes + style size
-    image: torch.Tensor | None  # (3, S, S) float in [0, 1], when not cached
+    key: str  # sha256 of the uploaded bytes + style size + fit
+    image: torch.Tensor | None  # (3, Hs, Ws) float in [0, 1], when not cached; crop: Hs = Ws = S
     features: StyleFeatures | None  # batch size 1, when cached
 
 
@@ -139,4 +155,7 @@ class TransferJob:
         return int(self.content.shape[2])
 
 
-BatchKey = tuple[Mode, int, int, int]  # (mode, padded height, padded width, number of styles)
+# (mode, padded height, padded width, number of styles, padded style sizes): the padded (Hs, Ws) of each style
+# only when some style is not the S x S square of style_fit=crop, else (): style features of different sizes
+# cannot be stacked into one batch, and crop traffic batches exactly as before.
+BatchKey = tuple[Mode, int, int, int, tuple[tuple[int, int], ...]]

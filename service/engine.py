@@ -24,8 +24,9 @@ from model.checkpoint import FROZEN_PREFIX, sha256_file
 from model.functional import preserve_color
 from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, select_device
 from model.imageio import quantize
+from model.stya2k import padded_size
 from model.tiling import TileConfig, TiledStylizer, needs_tiling
-from service.contract import BatchKey, Mode, TransferJob
+from service.contract import BatchKey, Mode, StyleInput, TransferJob
 from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
 from service.geometry import MIN_SIDE, bucket_shape, pad_to
 from service.metrics import ServiceMetrics
@@ -113,6 +114,15 @@ class Precision:
     @property
     def name(self) -> str:
         return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+
+def _padded_style_size(style: StyleInput) -> tuple[int, int]:
+    """The padded (Hs, Ws) a style's features have (or will have, when it is still an image)."""
+    if style.features is not None:
+        return style.features.padded_size
+    if style.image is None:
+        raise RuntimeError(f"style {style.key[:12]} has neither features nor an image")
+    return padded_size(int(style.image.shape[-2]), int(style.image.shape[-1]))
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -362,7 +372,14 @@ class Engine:
     # ------------------------------------------------------------------ batching
     def batch_key(self, job: TransferJob) -> BatchKey:
         height, width = bucket_shape(job.height, job.width, self.settings.bucket_px)
-        return (job.mode, height, width, len(job.styles))
+        return (job.mode, height, width, len(job.styles), self._style_sizes(job))
+
+    def _style_sizes(self, job: TransferJob) -> tuple[tuple[int, int], ...]:
+        """The padded size of each style, or () when every one is the crop square (all crop-fit traffic):
+        features of different sizes cannot share a batch (StyleFeatures.cat), crop traffic keeps its keys."""
+        sizes = tuple(_padded_style_size(style) for style in job.styles)
+        square = padded_size(self.settings.style_size, self.settings.style_size)
+        return () if all(size == square for size in sizes) else sizes
 
     def lookup_style(self, key: str) -> model.StyleFeatures | None:
         return self.cache.get(key)
@@ -381,7 +398,7 @@ class Engine:
             raise
 
     def _run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]:
-        mode, height, width, count = self.batch_key(jobs[0])
+        mode, height, width, count, _ = self.batch_key(jobs[0])
         with self._inference():
             encoded = self._encode_missing_styles(jobs)
             content = torch.stack([pad_to(job.content[None], height, width)[0] for job in jobs])
@@ -413,11 +430,13 @@ class Engine:
                         raise RuntimeError(f"style {style.key[:12]} has neither features nor an image")
                     missing[style.key] = style.image
         encoded: dict[str, model.StyleFeatures] = {}
-        keys = list(missing)
+        by_shape: dict[tuple[int, ...], list[str]] = {}  # only images of one shape stack (style_fit=whole)
+        for key, image in missing.items():
+            by_shape.setdefault(tuple(image.shape), []).append(key)
         chunk = self.max_batch_size
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, S, S)
+        parts = [keys[start : start + chunk] for keys in by_shape.values() for start in range(0, len(keys), chunk)]
+        for part in parts:
+            images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, Hs, Ws)
             features = self.network.encode_style(images)
             for index, key in enumerate(part):
                 single = features[index]

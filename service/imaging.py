@@ -301,13 +301,21 @@ def _swap(size: tuple[int, int], transpose: Image.Transpose | None) -> tuple[int
 
 
 def decode_image(
-    data: bytes, field: str, limits: ImageLimits, *, fit: int | None = None, cover: int | None = None
+    data: bytes,
+    field: str,
+    limits: ImageLimits,
+    *,
+    fit: int | None = None,
+    cover: int | None = None,
+    long_side: int | None = None,
 ) -> Image.Image:
     """Bytes of any supported format to an upright 8-bit RGB image.
 
     ``fit``: the result is resized so its longest side is at most ``fit`` (the size :func:`fit_within` gives
-    for the original). ``cover``: the caller will shrink the short side to ``cover``. Either lets a large
-    image be pre-shrunk by an integer factor (keeping 3x the need) while it is converted, strip by strip.
+    for the original). ``cover``: the caller will shrink the short side to ``cover``. ``long_side``: the result
+    is resized so its longest side is exactly ``long_side``, up or down (:func:`long_side_size`; 400 when the
+    short side would fall below MIN_SIDE). Each lets a large image be pre-shrunk by an integer factor (keeping
+    3x the need) while it is converted, strip by strip.
     """
     img = _open(data, field, limits)
     stored = img.size
@@ -316,13 +324,32 @@ def decode_image(
     need: tuple[int, int] | None = None
     if fit is not None:
         need = fit_within(*stored, fit)
+    elif long_side is not None:
+        need = long_side_size(*stored, long_side, field)  # refused here, before the pixels are decoded
     elif cover is not None:
         scale = cover / min(stored)
         need = (max(1, round(stored[0] * scale)), max(1, round(stored[1] * scale)))
     out, transpose = _decode(img, field, limits, need, to_rgb, "RGB")
     if fit is not None:
         out = resize(out, fit_within(*_swap(stored, transpose), fit))
+    elif long_side is not None:
+        out = resize(out, long_side_size(*_swap(stored, transpose), long_side, field))
     return out
+
+
+def long_side_size(width: int, height: int, side: int, field: str) -> tuple[int, int]:
+    """(W, H) with the longest side ``side`` and the aspect kept (style_fit=whole); an image so elongated that
+    its short side would fall below MIN_SIDE is refused (400) rather than distorted."""
+    scale = side / max(width, height)
+    size = (round(width * scale), round(height * scale))
+    if min(size) < MIN_SIDE:
+        longest = side // MIN_SIDE
+        raise InvalidImage(
+            f"{field}: {width}x{height} is too elongated for style_fit=whole: at its long side of {side} px "
+            f"(STYA2K_STYLE_SIZE) the short side would be {min(size)} px, below the minimum of {MIN_SIDE} px; "
+            f"send an image of aspect ratio up to {longest}:1, or use style_fit=crop"
+        )
+    return size
 
 
 def decode_mask(data: bytes, field: str, limits: ImageLimits, size: tuple[int, int] | None = None) -> Image.Image:
@@ -396,7 +423,7 @@ def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def square_crop(img: Image.Image, side: int) -> Image.Image:
-    """Short side to ``side`` then a centred square crop: styles keep their texture scale undistorted."""
+    """Short side to ``side`` then a centred square crop (style_fit=crop): every style at one texture scale."""
     width, height = img.size
     scale = side / min(width, height)
     scaled = resize(img, (max(side, round(width * scale)), max(side, round(height * scale))))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from service.contract import MAX_SIDE
+from service.contract import DEFAULT_STYLE_FIT, MAX_SIDE, StyleFit
 
 ENV_PREFIX = "STYA2K_"
 RANDOM_WEIGHTS = "random"
@@ -69,7 +69,15 @@ class Settings:
     max_input_pixels: int = setting(40_000_000, "largest decoded input image (width x height); larger ones get 413")
     max_side: int = setting(1024, "largest output side a client may ask for (max_side field)")
     default_side: int = setting(512, "output side when the client does not ask")
-    style_size: int = setting(256, "styles are resized (short side) and centre-cropped to this square")
+    style_size: int = setting(
+        256, "side in px styles are prepared at: crop = short side, then this square; whole = long side"
+    )
+    style_fit: str = setting(
+        DEFAULT_STYLE_FIT.value,
+        "crop | whole: how a style image becomes the model's input; crop cuts a centred square (a panorama "
+        "loses its sides), whole keeps all of it (long side = STYA2K_STYLE_SIZE); a request's style_fit "
+        "overrides it",
+    )
     max_styles: int = setting(4, "most styles in one interpolate / multistyle request")
     cache_bytes: int = setting(256 * 1024 * 1024, "memory for cached style features (repeated styles skip the encoder)")
     # Decoded pixels held at once by all decodes together (width x height x bytes per pixel of the decoded
@@ -230,6 +238,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {f.name: _parser_for(f.type) fo
 _CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
+    "style_fit": tuple(fit.value for fit in StyleFit),
 }
 # (minimum, maximum) inclusive; None = unbounded on that side
 _RANGES: dict[str, tuple[float | None, float | None]] = {

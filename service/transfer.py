@@ -22,7 +22,17 @@ import torch
 from model import StyleFeatures
 from service import imaging, regions
 from service.batcher import BatchResult
-from service.contract import MAX_SIDE, Mode, OutputFormat, StyleInput, TransferJob, TransferRequest, normalise_weights
+from service.contract import (
+    DEFAULT_STYLE_FIT,
+    MAX_SIDE,
+    Mode,
+    OutputFormat,
+    StyleFit,
+    StyleInput,
+    TransferJob,
+    TransferRequest,
+    normalise_weights,
+)
 from service.engine import Engine
 from service.errors import InvalidImage, InvalidParameter, ServiceError
 from service.metrics import ServiceMetrics
@@ -178,6 +188,12 @@ def validate(request: TransferRequest, settings: Settings, max_side: int | None 
     count = len(request.styles)
     side_limit = max_side or settings.max_side
     mode = Mode(request.mode)
+    if request.style_fit is not None:
+        if request.style_fit not in {fit.value for fit in StyleFit}:
+            raise InvalidParameter(
+                "style_fit", f"{str(request.style_fit)[:40]!r} is not allowed; allowed: {StyleFit.text()}"
+            )
+        request = dataclasses.replace(request, style_fit=StyleFit(request.style_fit))
     if mode.single_style:
         if count != 1:
             raise InvalidParameter("style", f"{count} style files given; {mode} takes exactly one")
@@ -204,8 +220,9 @@ def validate(request: TransferRequest, settings: Settings, max_side: int | None 
     return dataclasses.replace(request, mode=mode)
 
 
-def style_key(data: bytes, style_size: int) -> str:
-    return f"{hashlib.sha256(data).hexdigest()}:{style_size}"
+def style_key(data: bytes, style_size: int, fit: StyleFit = DEFAULT_STYLE_FIT) -> str:
+    """The style cache's key: the same bytes prepared at another size or fit are other features."""
+    return f"{hashlib.sha256(data).hexdigest()}:{style_size}:{fit}"
 
 
 def prepare_guarded(
@@ -238,9 +255,10 @@ def prepare(
     content_img = imaging.decode_image(request.content, "content", limits, fit=side)
     size = imaging.fit_within(*content_img.size, side)  # (W, H)
     content = imaging.to_tensor(imaging.resize(content_img, size))  # (3, H, W)
+    fit = StyleFit(request.style_fit or settings.style_fit)
     styles = tuple(
         _prepare_style(
-            data, f"style[{i}]" if len(request.styles) > 1 else "style", settings, limits, lookup_style
+            data, f"style[{i}]" if len(request.styles) > 1 else "style", fit, settings, limits, lookup_style
         )
         for i, data in enumerate(request.styles)
     )
@@ -264,17 +282,21 @@ def prepare(
 def _prepare_style(
     data: bytes,
     field: str,
+    fit: StyleFit,
     settings: Settings,
     limits: imaging.ImageLimits,
     lookup_style: Callable[[str], StyleFeatures | None],
 ) -> StyleInput:
-    key = style_key(data, settings.style_size)
+    side = settings.style_size
+    key = style_key(data, side, fit)
     cached = lookup_style(key)
     if cached is not None:
         return StyleInput(key=key, image=None, features=cached)  # skip decoding altogether
-    image = imaging.decode_image(data, field, limits, cover=settings.style_size)
-    tensor = imaging.to_tensor(imaging.square_crop(image, settings.style_size))  # (3, S, S)
-    return StyleInput(key=key, image=tensor, features=None)
+    if fit is StyleFit.whole:
+        image = imaging.decode_image(data, field, limits, long_side=side)  # (Ws, Hs), max(Ws, Hs) = S
+    else:
+        image = imaging.square_crop(imaging.decode_image(data, field, limits, cover=side), side)  # (S, S)
+    return StyleInput(key=key, image=imaging.to_tensor(image), features=None)  # (3, Hs, Ws)
 
 
 def _region_weights(

@@ -66,6 +66,7 @@ async def info(state: State) -> dict[str, Any]:
             "max_side": settings.max_side,
             "default_side": settings.default_side,
             "style_size": settings.style_size,
+            "style_fit": settings.style_fit,  # the default of a request's style_fit
             "max_styles": settings.max_styles,
             "deadline_ms": settings.deadline_ms,
             # The jobs API (POST /v1/jobs): larger outputs than the sync endpoints, in time and memory bounds
