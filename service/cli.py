@@ -36,6 +36,7 @@ from service.contract import (
     Mode,
     OutputFormat,
     Range,
+    StyleFit,
     TransferRequest,
 )
 
@@ -145,6 +146,7 @@ class RemoteBackend:
             "preserve_color": transfer.preserve_color,
             "max_side": transfer.max_side,
             "format": str(transfer.format),
+            "style_fit": str(transfer.style_fit) if transfer.style_fit is not None else None,  # None: the server's
         }
         started = time.monotonic()
         try:
@@ -300,6 +302,7 @@ def run_stylize(args: argparse.Namespace) -> int:
                 preserve_color=args.preserve_color,
                 max_side=args.max_side,
                 format=fmt,
+                style_fit=args.style_fit,
             )
             try:
                 # One pair: a bar over its tile steps when it is large; many: the bar over the pairs only.
@@ -361,6 +364,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
             preserve_color=args.preserve_color,
             max_side=args.max_side,
             format=fmt,
+            style_fit=args.style_fit,
             weights=weights,
         )
 
@@ -381,6 +385,7 @@ def run_multistyle(args: argparse.Namespace) -> int:
             preserve_color=args.preserve_color,
             max_side=args.max_side,
             format=fmt,
+            style_fit=args.style_fit,
             masks=[read_file(Path(m), "mask") for m in args.masks] if args.masks else None,
             labels=read_file(Path(args.labels), "labels") if args.labels else None,
             feather=args.feather,
@@ -499,6 +504,13 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         choices=[f.value for f in OutputFormat],
         default=None,
         help="output encoding; default: from OUT's suffix",
+    )
+    parser.add_argument(
+        "--style-fit",
+        choices=[fit.value for fit in StyleFit],
+        default=None,
+        help="how each style image is prepared: crop = a centred square (a wide image loses its sides), whole = "
+        "the whole image (long side to the style size); default: crop, with --url the server's STYA2K_STYLE_FIT",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     where = parser.add_argument_group("where the model runs (default: in this process)")

@@ -38,6 +38,7 @@ ImageInput: TypeAlias = "bytes | str | os.PathLike[str] | IO[bytes] | Any"
 
 RETRY_STATUSES = frozenset({429, 503})
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+STYLE_FITS = ("crop", "whole")  # style_fit: crop = centred square, whole = the whole image (the server's contract)
 _MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -336,11 +337,14 @@ class _Core:
         masks: Sequence[ImageInput] | None = None,
         labels: ImageInput | None = None,
         feather: float | None = None,
+        style_fit: str | None = None,
         deadline_ms: float | None = None,
         request_id: str | None = None,
     ) -> PreparedRequest:
         if format not in OUTPUT_FORMATS:
             raise ValueError(f"format {format!r} is not supported; use one of {', '.join(OUTPUT_FORMATS)}")
+        if style_fit is not None and style_fit not in STYLE_FITS:
+            raise ValueError(f"style_fit {style_fit!r} is not supported; use one of {', '.join(STYLE_FITS)}")
         files = [("content", ("content", read_image(content, "content"), "application/octet-stream"))]
         for index, style in enumerate(styles):
             files.append(("style", (f"style{index}", read_image(style, f"style[{index}]"), "application/octet-stream")))
@@ -355,6 +359,8 @@ class _Core:
             data["weights"] = ",".join(repr(float(w)) for w in weights)
         if feather is not None:
             data["feather"] = repr(float(feather))
+        if style_fit is not None:  # None: the server's STYA2K_STYLE_FIT
+            data["style_fit"] = str(style_fit)
         return PreparedRequest("POST", f"/v1/{mode}", files, data, self._headers(deadline_ms, request_id))
 
     def job(self, mode: str, content: ImageInput, styles: Sequence[ImageInput], **options: Any) -> PreparedRequest:
@@ -516,7 +522,12 @@ def _styles(styles: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
 
 
 def _options(
-    alpha: float, preserve_color: bool, max_side: int | None, format: str, deadline_ms: float | None
+    alpha: float,
+    preserve_color: bool,
+    max_side: int | None,
+    format: str,
+    deadline_ms: float | None,
+    style_fit: str | None = None,
 ) -> dict[str, Any]:
     """The transfer options every transfer method takes."""
     return {
@@ -525,6 +536,7 @@ def _options(
         "max_side": max_side,
         "format": format,
         "deadline_ms": deadline_ms,
+        "style_fit": style_fit,
     }
 
 
@@ -583,9 +595,12 @@ class Client:
         max_side: int | None = None,
         format: str = "png",
         deadline_ms: float | None = None,
+        style_fit: str | None = None,
     ) -> StylizedImage:
-        """``content`` in the style of ``style``; ``alpha`` in 0..1 is the style strength."""
-        options = _options(alpha, preserve_color, max_side, format, deadline_ms)
+        """``content`` in the style of ``style``; ``alpha`` in 0..1 is the style strength. ``style_fit``: "crop"
+        (a centred square of the style) or "whole" (all of it, long side to the server's style size); None: the
+        server's default (STYA2K_STYLE_FIT). Every transfer method takes it."""
+        options = _options(alpha, preserve_color, max_side, format, deadline_ms, style_fit)
         prepared = self._core.transfer("stylize", content, [style], **options)
         return self._core.image(self._send(prepared), format)
 
@@ -600,9 +615,10 @@ class Client:
         max_side: int | None = None,
         format: str = "png",
         deadline_ms: float | None = None,
+        style_fit: str | None = None,
     ) -> StylizedImage:
         """A blend of 2..N styles; ``weights`` (one per style, >= 0) are normalised by the server."""
-        options = _options(alpha, preserve_color, max_side, format, deadline_ms)
+        options = _options(alpha, preserve_color, max_side, format, deadline_ms, style_fit)
         prepared = self._core.transfer("interpolate", content, styles, weights=weights, **options)
         return self._core.image(self._send(prepared), format)
 
@@ -619,9 +635,10 @@ class Client:
         max_side: int | None = None,
         format: str = "png",
         deadline_ms: float | None = None,
+        style_fit: str | None = None,
     ) -> StylizedImage:
         """Each region in its own style: one grayscale mask per style (white = region) or one label map."""
-        options = _options(alpha, preserve_color, max_side, format, deadline_ms)
+        options = _options(alpha, preserve_color, max_side, format, deadline_ms, style_fit)
         prepared = self._core.transfer(
             "multistyle", content, styles, masks=masks, labels=labels, feather=feather, **options
         )
@@ -641,10 +658,11 @@ class Client:
         preserve_color: bool = False,
         max_side: int | None = None,
         format: str = "png",
+        style_fit: str | None = None,
     ) -> Job:
         """Submit a transfer of any ``mode`` (stylize, interpolate, multistyle) as a job (``POST /v1/jobs``), for
         outputs beyond the sync endpoints' ``max_side``; bad input raises here. ``styles``: one image or a list."""
-        options = _options(alpha, preserve_color, max_side, format, None)
+        options = _options(alpha, preserve_color, max_side, format, None, style_fit)
         prepared = self._core.job(
             mode, content, _styles(styles), weights=weights, masks=masks, labels=labels, feather=feather, **options
         )
@@ -735,8 +753,9 @@ class AsyncClient:
         max_side: int | None = None,
         format: str = "png",
         deadline_ms: float | None = None,
+        style_fit: str | None = None,
     ) -> StylizedImage:
-        options = _options(alpha, preserve_color, max_side, format, deadline_ms)
+        options = _options(alpha, preserve_color, max_side, format, deadline_ms, style_fit)
         prepared = self._core.transfer("stylize", content, [style], **options)
         return self._core.image(await self._send(prepared), format)
 
@@ -751,8 +770,9 @@ class AsyncClient:
         max_side: int | None = None,
         format: str = "png",
         deadline_ms: float | None = None,
+        style_fit: str | None = None,
     ) -> StylizedImage:
-        options = _options(alpha, preserve_color, max_side, format, deadline_ms)
+        options = _options(alpha, preserve_color, max_side, format, deadline_ms, style_fit)
         prepared = self._core.transfer("interpolate", content, styles, weights=weights, **options)
         return self._core.image(await self._send(prepared), format)
 
@@ -769,8 +789,9 @@ class AsyncClient:
         max_side: int | None = None,
         format: str = "png",
         deadline_ms: float | None = None,
+        style_fit: str | None = None,
     ) -> StylizedImage:
-        options = _options(alpha, preserve_color, max_side, format, deadline_ms)
+        options = _options(alpha, preserve_color, max_side, format, deadline_ms, style_fit)
         prepared = self._core.transfer(
             "multistyle", content, styles, masks=masks, labels=labels, feather=feather, **options
         )
@@ -790,10 +811,11 @@ class AsyncClient:
         preserve_color: bool = False,
         max_side: int | None = None,
         format: str = "png",
+        style_fit: str | None = None,
     ) -> AsyncJob:
         """Submit a transfer of any ``mode`` (stylize, interpolate, multistyle) as a job (``POST /v1/jobs``), for
         outputs beyond the sync endpoints' ``max_side``; bad input raises here. ``styles``: one image or a list."""
-        options = _options(alpha, preserve_color, max_side, format, None)
+        options = _options(alpha, preserve_color, max_side, format, None, style_fit)
         prepared = self._core.job(
             mode, content, _styles(styles), weights=weights, masks=masks, labels=labels, feather=feather, **options
         )

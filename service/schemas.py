@@ -10,7 +10,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.contract import ALPHA, DEFAULT_ALPHA, DEFAULT_FEATHER, FEATHER, MAX_SIDE, OutputFormat
+from service.contract import ALPHA, DEFAULT_ALPHA, DEFAULT_FEATHER, FEATHER, MAX_SIDE, OutputFormat, StyleFit
 from service.errors import BadRequest, BodyTooLarge, InvalidParameter, ServiceError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -29,6 +29,12 @@ FEATHER_DOC = (
     f"Width in output px of the soft blend at region borders. Range {FEATHER.text()}, default {DEFAULT_FEATHER:g}."
 )
 WEIGHTS_DOC = "One non-negative weight per style, not all zero; normalised to sum 1."
+STYLE_FIT_DOC = (
+    f"How each style image is prepared ({StyleFit.text()}): crop = short side to STYA2K_STYLE_SIZE, then a "
+    "centred square (the sides of a wide image are cut off); whole = the whole image, long side to "
+    "STYA2K_STYLE_SIZE, aspect kept (refused when its short side would fall below 16 px). Default: the "
+    "server's STYA2K_STYLE_FIT (crop unless configured; GET /v1/info limits.style_fit)."
+)
 
 Alpha = Annotated[float, Field(ge=ALPHA.low, le=ALPHA.high, description=ALPHA_DOC, allow_inf_nan=False)]
 MaxSide = Annotated[int | None, Field(ge=MAX_SIDE.low, description=MAX_SIDE_DOC)]
@@ -46,6 +52,7 @@ class JSONRequest(BaseModel):
     preserve_color: bool = Field(False, description=PRESERVE_COLOR_DOC)
     max_side: MaxSide = None
     format: OutputFormat = Field(OutputFormat.png, description=FORMAT_DOC)
+    style_fit: StyleFit | None = Field(None, description=STYLE_FIT_DOC)
 
 
 class StylizeJSON(JSONRequest):

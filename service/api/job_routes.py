@@ -20,6 +20,7 @@ from service.api.requests import (
     MaxSideForm,
     PreserveForm,
     StyleFiles,
+    StyleFitForm,
     check_form,
 )
 from service.api.responses import ERROR_RESPONSES
@@ -99,6 +100,7 @@ async def submit_job(
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
     format: FormatForm = OutputFormat.png,
+    style_fit: StyleFitForm = None,
 ) -> JSONResponse:
     """Accept a transfer of any mode as a job, up to `STYA2K_JOBS_MAX_SIDE`: validated and decoded now (bad input
     is refused here), computed when its turn comes. Poll the Location for its state."""
@@ -113,6 +115,7 @@ async def submit_job(
         preserve_color=preserve_color,
         max_side=max_side,
         format=format,
+        style_fit=style_fit,
         weights=parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
         masks=[await m.read() for m in mask] if mask else None,
         labels=await labels.read() if labels is not None else None,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import File, Form, Request, UploadFile
 
 from service.api.state import BODY_STATE_KEY, ServiceState
-from service.contract import ALPHA, FEATHER, MAX_SIDE, Mode, OutputFormat, TransferRequest
+from service.contract import ALPHA, FEATHER, MAX_SIDE, Mode, OutputFormat, StyleFit, TransferRequest
 from service.errors import InvalidParameter
 from service.schemas import (
     ALPHA_DOC,
@@ -18,6 +18,7 @@ from service.schemas import (
     FORMAT_DOC,
     MAX_SIDE_DOC,
     PRESERVE_COLOR_DOC,
+    STYLE_FIT_DOC,
     WEIGHTS_DOC,
     InterpolateJSON,
     JSONLimits,
@@ -45,6 +46,7 @@ WeightsForm = Annotated[str, Form(description=WEIGHTS_DOC + " Comma-separated, e
 FeatherForm = Annotated[
     float, Form(ge=FEATHER.low, le=FEATHER.high, allow_inf_nan=False, description=FEATHER_DOC)
 ]
+StyleFitForm = Annotated[StyleFit | None, Form(description=STYLE_FIT_DOC)]
 
 
 def deadline(request: Request, settings: Settings) -> float:
@@ -72,6 +74,7 @@ FORM_ALLOWED = {
     "format": ", ".join(list(OutputFormat)[:-1]) + f" or {list(OutputFormat)[-1]}",
     "feather": f"a number {FEATHER.text()}",
     "weights": "comma-separated numbers, one per style",
+    "style_fit": StyleFit.text(),
 }
 _INTEGER = re.compile(r"\s*\d+\s*")
 
@@ -116,6 +119,7 @@ def parse_json_transfer(body: bytes, model: type[JSONRequest], settings: Setting
         "preserve_color": parsed.preserve_color,
         "max_side": parsed.max_side,
         "format": parsed.format,
+        "style_fit": parsed.style_fit,
     }
     if isinstance(parsed, StylizeJSON):
         return TransferRequest(mode=Mode.stylize, styles=[decode(parsed.style, "style")], **common)

@@ -25,6 +25,7 @@ from service.api.requests import (
     PreserveForm,
     StyleFile,
     StyleFiles,
+    StyleFitForm,
     WeightsForm,
     check_form,
     json_transfer,
@@ -67,6 +68,7 @@ async def stylize(
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
     format: FormatForm = OutputFormat.png,
+    style_fit: StyleFitForm = None,
 ) -> Response:
     """Stylize `content` with one `style`."""
     await check_form(request)
@@ -78,6 +80,7 @@ async def stylize(
         preserve_color=preserve_color,
         max_side=max_side,
         format=format,
+        style_fit=style_fit,
     )
     return await _answer(request, state, transfer, image_response)
 
@@ -93,6 +96,7 @@ async def interpolate(
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
     format: FormatForm = OutputFormat.png,
+    style_fit: StyleFitForm = None,
 ) -> Response:
     """Convex combination of the transferred features of 2..N styles (paper section 4.4)."""
     await check_form(request, frozenset({"style"}))
@@ -104,6 +108,7 @@ async def interpolate(
         preserve_color=preserve_color,
         max_side=max_side,
         format=format,
+        style_fit=style_fit,
         weights=parse_weights_text(weights, state.settings.max_styles),
     )
     return await _answer(request, state, transfer, image_response)
@@ -122,6 +127,7 @@ async def multistyle(
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
     format: FormatForm = OutputFormat.png,
+    style_fit: StyleFitForm = None,
 ) -> Response:
     """Each region (masks or a label map) rendered in its own style, blended softly at the borders."""
     await check_form(request, frozenset({"style", "mask"}))
@@ -133,6 +139,7 @@ async def multistyle(
         preserve_color=preserve_color,
         max_side=max_side,
         format=format,
+        style_fit=style_fit,
         masks=[await m.read() for m in mask] if mask else None,
         labels=await labels.read() if labels is not None else None,
         feather=feather,

@@ -16,12 +16,14 @@ from service.contract import (
     ALPHA,
     DEFAULT_ALPHA,
     DEFAULT_FEATHER,
+    DEFAULT_STYLE_FIT,
     FEATHER,
     MAX_SIDE,
     OUTPUT_FORMATS,
     Mode,
     OutputFormat,
     Range,
+    StyleFit,
     TransferRequest,
 )
 from service.errors import InvalidParameter
@@ -96,6 +98,32 @@ def test_form_and_json_schemas_state_the_contract_ranges() -> None:
     assert set(models["OutputFormat"]["enum"]) == {f.value for f in OutputFormat}
 
 
+def _enum(field: dict[str, Any], models: dict[str, Any]) -> list[str]:
+    """The allowed values of an optional enum field (``anyOf`` [a $ref to the enum, null])."""
+    option = next(o for o in field["anyOf"] if o.get("type") != "null")
+    return list(models[option["$ref"].rsplit("/", 1)[1]]["enum"]) if "$ref" in option else list(option["enum"])
+
+
+def test_style_fit_is_one_enum_with_the_server_default() -> None:
+    schema = _openapi()
+    models = schema["components"]["schemas"]
+    values = [f.value for f in StyleFit]
+    assert values == ["crop", "whole"] and DEFAULT_STYLE_FIT is StyleFit.crop
+    assert Settings().style_fit == DEFAULT_STYLE_FIT.value and TransferRequest(
+        mode=Mode.stylize, content=b"c", styles=[b"s"]
+    ).style_fit is None  # None: the server's setting
+    for path in ("/v1/stylize", "/v1/interpolate", "/v1/multistyle", "/v1/jobs"):
+        field = _form_fields(schema, path)["style_fit"]
+        assert _enum(field, models) == values and field.get("default") is None, path
+    for name in ("StylizeJSON", "InterpolateJSON", "MultistyleJSON"):
+        assert _enum(models[name]["properties"]["style_fit"], models) == values
+    assert _option(cli.build_parser(), "stylize", "style_fit").choices == values
+    assert _option(cli.build_parser(), "multistyle", "style_fit").default is None
+    from service.client import STYLE_FITS  # the standalone client repeats the values: kept equal here
+
+    assert list(STYLE_FITS) == values
+
+
 def _option(parser: argparse.ArgumentParser, command: str, dest: str) -> argparse.Action:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return next(a for a in sub.choices[command]._actions if a.dest == dest)
@@ -123,3 +151,4 @@ def test_api_docs_state_the_contract_ranges() -> None:
     assert f"| {MAX_SIDE.text('`STYA2K_MAX_SIDE`')} |" in text
     assert f"default {DEFAULT_FEATHER:g},\n  {FEATHER.text()})" in text
     assert "| " + ", ".join(OutputFormat) + " |" in text
+    assert f"| style_fit | str | `STYA2K_STYLE_FIT` ({DEFAULT_STYLE_FIT}) | {', '.join(StyleFit)} |" in text
