@@ -384,3 +384,23 @@ def test_server_errors_are_shown(page: Page, tmp_path: Path) -> None:
     page.set_file("#content-file", broken)
     assert "content" in page.wait_for("document.getElementById('error').textContent.includes('content') && "
                                       "document.getElementById('error').textContent")  # fmt: skip
+
+
+def test_whole_style_option(page: Page, server: RunningServer, tmp_path: Path) -> None:
+    from service.contract import StyleFit
+    from service.transfer import style_key
+
+    content, style = tmp_path / "content.png", tmp_path / "panorama.png"
+    content.write_bytes(image_bytes((80, 60), color=(30, 120, 200)))
+    style.write_bytes(image_bytes((200, 60), color=(160, 60, 210)))
+    assert page.evaluate("document.getElementById('whole-style').checked") is False  # the server's default: crop
+    page.set_file("#content-file", content)
+    page.set_file("#style-file-0", style)
+    page.wait_for("document.querySelector('.style-row img').naturalWidth === 200")
+    page.click("#whole-style")
+    page.click("#run")
+    assert _result_size(page) == (64, 48)
+    assert page.evaluate("document.getElementById('error').textContent") == ""
+    features = server.state.engine.cache.peek(style_key(style.read_bytes(), server.state.settings.style_size,
+                                                        StyleFit.whole))  # fmt: skip
+    assert features is not None and features.padded_size == (32, 64)  # the whole 200x60 style, at 64x19
