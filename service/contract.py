@@ -1,6 +1,6 @@
 """The transfer contract: what a client may ask for, and the job the model computes from it.
 
-The lowest module of the service: plain Python (torch only for annotations), so the HTTP routes, the
+The lowest floor of the service but the errors: plain Python (torch only for annotations), so the HTTP routes, the
 pydantic models, the command line, the decode step and the engine all read one definition of each mode,
 field, range and default. The ranges here are the ones the docs state (docs/API.md).
 """
@@ -60,7 +60,7 @@ DEFAULT_FEATHER = 8.0
 
 
 class OutputFormat(StrEnum):
-    """Output encodings, with their media types."""
+    # Output encodings (a comment, not a docstring: pydantic would put a docstring into the OpenAPI schema).
 
     png = "png"
     jpeg = "jpeg"

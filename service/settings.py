@@ -177,17 +177,17 @@ class Settings:
     def uses_random_weights(self) -> bool:
         return self.weights == RANDOM_WEIGHTS
 
+    @property
+    def replica(self) -> str:
+        """The replica id job ids carry: STYA2K_REPLICA_ID, or one derived from the host name."""
+        return self.replica_id if self.replica_id is not None else hostname_replica_id()
+
 
 def _parse_int(key: str, raw: str) -> int:
     try:
         return int(raw.strip())
     except ValueError:
         raise SettingsError(f"{key}={raw!r} is not an integer") from None
-
-    @property
-    def replica(self) -> str:
-        """The replica id job ids carry: STYA2K_REPLICA_ID, or one derived from the host name."""
-        return self.replica_id if self.replica_id is not None else hostname_replica_id()
 
 
 def _parse_float(key: str, raw: str) -> float:
