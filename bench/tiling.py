@@ -109,6 +109,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "content": source,
         "peak_bytes_first_render": first_render,
         "peak_bytes": peak.peak_bytes()[0],
+        "peak_rss_bytes": peak.peak_bytes()[1],  # the process's own high-water mark: model, torch and all
         "peak_method": peak.method,
         "stats_step_s": sum(times["stats"]) / max(1, len(times["stats"])),
         "render_step_s": sum(times["render"]) / max(1, len(times["render"])),
@@ -174,12 +175,13 @@ def render(result: dict[str, Any]) -> str:
                 else "")
         rows.append([
             f"{row['side']}x{row['side']}", row["tiles"], f"{row['steps_run']} of {row['steps_total']}",
-            fmt_bytes(row["peak_bytes_first_render"]), fmt_bytes(row["peak_bytes"]), f"{row['stats_step_s']:.2f}",
+            fmt_bytes(row["peak_bytes_first_render"]), fmt_bytes(row["peak_bytes"]),
+            fmt_bytes(row["peak_rss_bytes"]) if "peak_rss_bytes" in row else "", f"{row['stats_step_s']:.2f}",
             f"{row['render_step_s']:.2f}", time_text, diff,
         ])
     table = markdown_table(
-        ["output", "tiles", "steps run", "peak after 1st transfer step", "peak after all", "s / stats step",
-         "s / render step", "whole image", "tiled vs untiled: mean / p99 (of 255)"],
+        ["output", "tiles", "steps run", "peak after 1st transfer step", "peak after all", "process peak",
+         "s / stats step", "s / render step", "whole image", "tiled vs untiled: mean / p99 (of 255)"],
         rows,
     )
     return (
@@ -188,8 +190,9 @@ def render(result: dict[str, Any]) -> str:
         f"content: {result['rows'][0]['content']}.\n"
         f"Command: `{meta['command']}`.\n\n{table}\n\n"
         "Peak = resident memory above the process's baseline after loading the model (CPU) or allocated tensor bytes "
-        "(CUDA). The largest tiles run first, so the first transfer step meets the peak; the last column of the two "
-        "shows whether later steps raised it. A row with fewer steps run than total ran that many steps of both "
+        "(CUDA); process peak = the whole process's high-water mark (CPU: VmHWM, the model and torch included; CUDA: "
+        "allocated bytes). The largest tiles run first, so the first transfer step meets the peak; the second peak "
+        "column shows whether later steps raised it. A row with fewer steps run than total ran that many steps of both "
         "passes (its statistics come from the tiles seen); its whole-image time is the measured mean per step "
         "times the number of steps.\n"
     )
