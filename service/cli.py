@@ -298,11 +298,7 @@ def run_stylize(args: argparse.Namespace) -> int:
                 mode=Mode.stylize,
                 content=read_file(content_path, "content"),
                 styles=[read_file(style_path, "style")],
-                alpha=args.alpha,
-                preserve_color=args.preserve_color,
-                max_side=args.max_side,
-                format=fmt,
-                style_fit=args.style_fit,
+                **_options(args, fmt),
             )
             try:
                 # One pair: a bar over its tile steps when it is large; many: the bar over the pairs only.
@@ -324,6 +320,17 @@ def run_stylize(args: argparse.Namespace) -> int:
     for line in failures:
         sys.stderr.write(f"error: {line}\n")
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _options(args: argparse.Namespace, fmt: OutputFormat) -> dict[str, Any]:
+    """The options every transfer command shares, as TransferRequest fields."""
+    return {
+        "alpha": args.alpha,
+        "preserve_color": args.preserve_color,
+        "max_side": args.max_side,
+        "format": fmt,
+        "style_fit": args.style_fit,
+    }
 
 
 def _single_transfer(args: argparse.Namespace, transfer_for: Callable[[OutputFormat], TransferRequest]) -> int:
@@ -360,11 +367,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
             mode=Mode.interpolate,
             content=read_file(Path(args.content), "content"),
             styles=[read_file(Path(s), "style") for s in args.styles],
-            alpha=args.alpha,
-            preserve_color=args.preserve_color,
-            max_side=args.max_side,
-            format=fmt,
-            style_fit=args.style_fit,
+            **_options(args, fmt),
             weights=weights,
         )
 
@@ -381,11 +384,7 @@ def run_multistyle(args: argparse.Namespace) -> int:
             mode=Mode.multistyle,
             content=read_file(Path(args.content), "content"),
             styles=[read_file(Path(s), "style") for s in args.styles],
-            alpha=args.alpha,
-            preserve_color=args.preserve_color,
-            max_side=args.max_side,
-            format=fmt,
-            style_fit=args.style_fit,
+            **_options(args, fmt),
             masks=[read_file(Path(m), "mask") for m in args.masks] if args.masks else None,
             labels=read_file(Path(args.labels), "labels") if args.labels else None,
             feather=args.feather,
