@@ -14,7 +14,10 @@ sends half a header, and it has no header timeout; with the Kubernetes Service t
   ``Connection: close``;
 * the body read timeout is enforced by the gateway middleware (service/app.py), which reads the body;
 * a logging filter that reports "accept() out of system resource" once per interval instead of one
-  traceback per failed accept.
+  traceback per failed accept;
+* one send() per response: uvicorn writes the header and the body separately, and a process killed between
+  the two leaves a proxy with a response it has begun to forward and can neither finish nor retry; the
+  writes of one event-loop step are joined (`CoalescedWrites`), so a kill loses a whole response or none.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -41,10 +45,11 @@ FD_RESERVE_MIN = 64
 LINGER_S = 1.0  # a refused connection is kept this long to read what the client sent, so it sees the 503
 MAX_LINGERING = 32  # beyond this many, refused connections are closed at once (no fd pile-up under a flood)
 # asyncio accepts up to `backlog` connections in one burst before any protocol sees them (and before an
-# evicted connection's descriptor is closed), so the burst must fit in the descriptors kept free as well.
+# evicted connection's descriptor is closed), so two such bursts must fit in the descriptors kept free as well
+# (see _reserve).
 # A short listen queue drops SYNs under a connect burst (the client retries after 1 s), so it is as long as
-# the open-files limit allows: a quarter of it, 64..2048.
-MIN_BACKLOG, MAX_BACKLOG = 64, 2048
+# the open-files limit allows: an eighth of it (two bursts are kept free), 32..2048.
+MIN_BACKLOG, MAX_BACKLOG = 32, 2048
 # Connections accepted beyond the limit when every connection is busy: they may only ask for the health and
 # metrics endpoints (a probe must not fail because slow clients hold every slot), others get 503.
 PROBE_SLOTS = 16
@@ -75,6 +80,84 @@ def raw_response(status: int, reason: str, code: str, message: str, retry_after_
     if retry_after_s is not None:
         head.append(f"retry-after: {retry_after_s}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+class CoalescedWrites(asyncio.Transport):
+    """A transport whose writes made in one event-loop step leave in one ``write`` of the real transport.
+
+    Everything else is the real transport's. Closing sends what is pending first; aborting drops it, as the
+    real transport's abort drops its own buffer.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(data) for data in self._pending)
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
 
 
 class ConnectionGuard:
@@ -122,7 +205,7 @@ class GuardedH11Protocol(H11Protocol):
             guard.overflow += 1
             guard.count("probe_slot")
             self.app_state = {**self.app_state, OVERFLOW_STATE_KEY: True}
-        super().connection_made(transport)
+        super().connection_made(CoalescedWrites(transport, self.loop))
         if not self._overflow:
             self._counted = True
             guard.set_open(+1)
@@ -294,7 +377,7 @@ def fit_connection_limit(wanted: int) -> Fitted:
             log.warning("could not raise the open-files limit from %d", soft)
     if soft == resource.RLIM_INFINITY:
         return Fitted(wanted, MAX_BACKLOG)
-    backlog = min(MAX_BACKLOG, max(MIN_BACKLOG, soft // 4))
+    backlog = min(MAX_BACKLOG, max(MIN_BACKLOG, soft // 8))
     fitting = max(1, min(wanted, soft - _reserve(soft, backlog)))
     if fitting < wanted:
         log.warning(
@@ -308,7 +391,23 @@ def fit_connection_limit(wanted: int) -> Fitted:
 
 
 def _reserve(files: int, backlog: int) -> int:
-    return max(FD_RESERVE_MIN, files // 10) + backlog + MAX_LINGERING + PROBE_SLOTS
+    """Descriptors kept free for what is not a counted connection, for an open-files limit of ``files``.
+
+    Two accept bursts, not one: asyncio accepts up to ``backlog`` connections in one loop iteration and only
+    then runs their protocols, which refuse or evict; the descriptors those close are released one iteration
+    later still, after the next burst may have been accepted. So at the worst moment one burst waits to be
+    closed while the next is being accepted (seen as one EMFILE at a 256-file limit on a loaded machine).
+    """
+    headroom = max(FD_RESERVE_MIN, files // 10, _open_descriptors() + FD_RESERVE_MIN // 2)
+    return headroom + 2 * backlog + MAX_LINGERING + PROBE_SLOTS
+
+
+def _open_descriptors() -> int:
+    """How many descriptors this process holds now (log files, the event loop's epoll, pipes); 0 if unknown."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return len(os.listdir(folder))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- logging

@@ -98,6 +98,10 @@ class Gateway:
         metrics = self.state.metrics
 
         overflow = bool(scope["state"].get(OVERFLOW_STATE_KEY))
+        # The response start waits for the first body part, and the two leave in one write (CoalescedWrites in
+        # connections.py): a proxy in front can retry a request whose replica dies before answering, never one
+        # whose header it has already forwarded. A handler that fails before its body still gets a clean 500.
+        held_start: list[Message] = []
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -110,6 +114,10 @@ class Gateway:
                 if overflow and b"connection" not in present:
                     response_headers.append((b"connection", b"close"))  # a probe slot serves one request
                 message["headers"] = response_headers
+                held_start[:] = [message]
+                return
+            if held_start:
+                await send(held_start.pop())
             await send(message)
 
         if is_transfer:
@@ -126,7 +134,9 @@ class Gateway:
             await self.app(scope, body_receive, send_with_id)
         except Exception:
             log.exception("unhandled error in the app")
-            if status["code"] == 500:
+            if held_start or status["code"] == 500:  # nothing was sent yet: the client gets a 500, not a torn reply
+                held_start.clear()
+                status["code"] = 500
                 await self._reject_internal(send_with_id)
         finally:
             elapsed = time.monotonic() - started

@@ -41,7 +41,7 @@ from bench.reliability import (
     send_body_attack,
     small_png,
 )
-from service import imaging
+from service import connections, imaging
 from service.connections import PROBE_SLOTS, RateLimitedResourceLog
 from service.errors import BodyTooLarge, ImageTooLarge
 from service.schemas import JSONLimits, check_json_structure
@@ -217,6 +217,22 @@ def test_connection_limit_is_fitted_to_the_open_files_limit(tmp_path: Path) -> N
     assert "open-files limit 256 allows only" in log
     assert log.count("out of system resource") == 0, log[-2000:]
     assert result["closed_by_server"] >= 300 - 256  # the excess was evicted at once, not left to accept()
+
+
+def test_fitted_limit_leaves_room_for_two_accept_bursts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arithmetic behind the test above: counted connections, probe slots, lingering refusals and the
+    descriptors already open, plus one accept burst waiting to be closed while the next is accepted."""
+
+    def no_raise(*_: object) -> None:
+        raise ValueError("hard limit")
+
+    for files in (256, 1024, 4096):
+        monkeypatch.setattr(connections.resource, "getrlimit", lambda _kind, f=files: (f, f))
+        monkeypatch.setattr(connections.resource, "setrlimit", no_raise)
+        fitted = connections.fit_connection_limit(100_000)
+        worst = (fitted.max_connections + connections.PROBE_SLOTS + connections.MAX_LINGERING
+                 + 2 * fitted.backlog + connections._open_descriptors())  # fmt: skip
+        assert fitted.max_connections >= 1 and worst <= files, (files, fitted)
 
 
 def test_resource_log_filter_reports_once_per_interval() -> None:
