@@ -55,6 +55,7 @@ def _number(value: float) -> str:
 ALPHA = Range(0.0, 1.0)  # style strength: 0 = content reconstruction, 1 = full style
 FEATHER = Range(0.0, 64.0)  # multistyle: width in output px of the soft blend at region borders
 MAX_SIDE = Range(64)  # output's longest side; the top is the server's STYA2K_MAX_SIDE
+SMOOTHING = Range(0.0, 0.95)  # video: temporal smoothing strength (0 = off); 1 would freeze the first frame
 DEFAULT_ALPHA = 1.0
 DEFAULT_FEATHER = 8.0
 
@@ -105,6 +106,29 @@ class TransferRequest:
     labels: bytes | None = None  # ... or one label map (pixel value i -> style i)
     feather: float = DEFAULT_FEATHER
     style_fit: StyleFit | None = None  # None: the server's STYA2K_STYLE_FIT
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoRequest:
+    """One video transfer as file bytes plus options (HTTP form or command line): every frame gets the same
+    style (stylize) or the same weighted mix of styles (interpolate)."""
+
+    mode: Mode
+    video: bytes
+    styles: list[bytes]
+    alpha: float = DEFAULT_ALPHA
+    preserve_color: bool = False
+    max_side: int | None = None  # None: the server's default side (at most STYA2K_VIDEO_MAX_SIDE)
+    weights: list[float] | None = None
+    style_fit: StyleFit | None = None
+    smoothing: float = 0.0  # temporal smoothing strength (model.temporal.TemporalSmoother); 0 = off
+
+    def as_transfer(self) -> TransferRequest:
+        """The per-frame transfer it asks for (what the image validation checks): content is each frame."""
+        return TransferRequest(
+            mode=self.mode, content=b"", styles=self.styles, alpha=self.alpha, preserve_color=self.preserve_color,
+            max_side=self.max_side, weights=self.weights, style_fit=self.style_fit,
+        )  # fmt: skip
 
 
 def normalise_weights(weights: list[float], count: int) -> list[float]:

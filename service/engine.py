@@ -417,18 +417,30 @@ class Engine:
         self._largest_ok_pixels = max(self._largest_ok_pixels, height * width)
         return results
 
+    def with_style_features(self, styles: Sequence[StyleInput]) -> tuple[StyleInput, ...]:
+        """The styles with their features, encoding those that have none (once each): a video's frames then
+        reuse them however small the style cache is."""
+        with self._inference():
+            encoded = self._encode_styles(styles)
+        return tuple(
+            style if style.features is not None else StyleInput(key=style.key, image=None, features=encoded[style.key])
+            for style in styles
+        )
+
     def _encode_missing_styles(self, jobs: Sequence[TransferJob]) -> dict[str, model.StyleFeatures]:
         """Encode each uncached style of the batch once (deduplicated by key); cache and return them.
 
         The returned dict keeps them usable for this batch even when the cache is too small to hold them.
         """
+        return self._encode_styles([style for job in jobs for style in job.styles])
+
+    def _encode_styles(self, styles: Sequence[StyleInput]) -> dict[str, model.StyleFeatures]:
         missing: dict[str, torch.Tensor] = {}
-        for job in jobs:
-            for style in job.styles:
-                if style.features is None and style.key not in missing:
-                    if style.image is None:
-                        raise RuntimeError(f"style {style.key[:12]} has neither features nor an image")
-                    missing[style.key] = style.image
+        for style in styles:
+            if style.features is None and style.key not in missing:
+                if style.image is None:
+                    raise RuntimeError(f"style {style.key[:12]} has neither features nor an image")
+                missing[style.key] = style.image
         encoded: dict[str, model.StyleFeatures] = {}
         by_shape: dict[tuple[int, ...], list[str]] = {}  # only images of one shape stack (style_fit=whole)
         for key, image in missing.items():

@@ -32,6 +32,24 @@ class InvalidImage(ServiceError):
     status, code, reason = 400, "invalid_image", "invalid"
 
 
+class InvalidVideo(ServiceError):
+    """Not a readable video: no video stream, truncated, corrupt."""
+
+    status, code, reason = 400, "invalid_video", "invalid"
+
+
+class UnsupportedVideo(ServiceError):
+    """A readable video this service cannot take: a codec it cannot decode, a variable frame rate."""
+
+    status, code, reason = 415, "unsupported_video", "invalid"
+
+
+class VideoTooLarge(ServiceError):
+    """Over a video limit: bytes, duration, frames or frame size (the STYA2K_VIDEO_* settings)."""
+
+    status, code, reason = 413, "video_too_large", "too_large"
+
+
 class BadRequest(ServiceError):
     status, code, reason = 400, "bad_request", "invalid"
 

@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +39,7 @@ import torch
 from model import StyleFeatures
 from service import imaging
 from service.batcher import Batcher, BatchResult, ModelThread
-from service.contract import Mode, TransferJob, TransferRequest
+from service.contract import Mode, TransferJob, TransferRequest, VideoRequest
 from service.engine import Engine
 from service.errors import (
     DeadlineExceeded,
@@ -63,6 +63,7 @@ from service.transfer import (
     compute_tiled,
     prepare_transfer,
 )
+from service.video import PreparedVideo, VideoOutcome, complete_video, prepare_video
 
 log = logging.getLogger("service.jobs")
 T = TypeVar("T")
@@ -112,15 +113,16 @@ class Job:
     accepted_at: float
     accepted_wall: float
     deadline: float
-    prepared: PreparedTransfer | None  # dropped when the job ends (the decoded images are the big part)
+    prepared: PreparedTransfer | PreparedVideo | None  # dropped when the job ends (its decoded inputs)
     runner: JobRunner | None
+    kind: str = "image"  # or "video": progress counts frames
     state: JobState = JobState.queued
     started_at: float | None = None
     finished_at: float | None = None
-    done: int = 0  # steps (tiles of both passes; 1 for a job done in one pass)
+    done: int = 0  # steps (tiles of both passes; 1 for a job done in one pass) or a video's frames
     total: int = 1
     error: ServiceError | None = None
-    outcome: TransferOutcome | None = None
+    outcome: TransferOutcome | VideoOutcome | None = None
     gone: str | None = None  # why the result is no longer here (the 410 message)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -140,9 +142,10 @@ class Job:
         queued_until = self.started_at if self.started_at is not None else end
         body: dict[str, Any] = {
             "id": self.id,
+            "kind": self.kind,
             "mode": str(self.mode),
             "state": str(self.state),
-            "progress": {"done": self.done, "total": self.total},
+            "progress": {"done": self.done, "total": self.total, "unit": "frames" if self.kind == "video" else "steps"},
             "timings": {
                 "queued_s": round(queued_until - self.accepted_at, 3),
                 "running_s": None if self.started_at is None else round(end - self.started_at, 3),
@@ -162,6 +165,7 @@ class Job:
                 "height": self.outcome.height,
                 "bytes": len(self.outcome.body),
                 "expires_at": self.wall(self.finished_at + ttl_s),
+                **self.outcome.details(),
             }
         if self.gone is not None:
             body["expired_reason"] = self.gone
@@ -186,6 +190,10 @@ class JobRunner:
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
+
+    async def call_model(self, fn: Callable[..., T], *args: Any) -> T:
+        """One turn of the model thread (a video's batch of frames): sync batches run between two turns."""
+        return await self.model_thread.call(fn, *args)
 
     async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
         if self.engine.needs_tiling(job):
@@ -266,13 +274,25 @@ class JobStore:
     # ------------------------------------------------------------------------------------------- requests
     async def accept(self, request: TransferRequest, runner: JobRunner) -> Job:
         """Validate and decode ``request`` (bad input raises here, nothing is queued), then queue it."""
+        return await self._accept(
+            prepare_transfer(request, self.settings, runner, self.metrics, max_side=self.settings.jobs_max_side),
+            runner,
+        )
+
+    async def accept_video(self, request: VideoRequest, runner: JobRunner) -> Job:
+        """Validate and probe the video, decode the styles (bad input raises here), then queue it."""
+        return await self._accept(prepare_video(request, self.settings, runner, self.metrics), runner)
+
+    async def _accept(self, preparing: Coroutine[Any, Any, PreparedTransfer | PreparedVideo], runner: JobRunner) -> Job:
         self._sweep()
-        self._check_room()
+        try:
+            self._check_room()
+        except ServiceError:
+            preparing.close()  # never started: no "coroutine was never awaited" warning
+            raise
         self._reserved += 1
         try:
-            prepared = await prepare_transfer(
-                request, self.settings, runner, self.metrics, max_side=self.settings.jobs_max_side
-            )
+            prepared = await preparing
         finally:
             self._reserved -= 1
         if self._closed:
@@ -286,7 +306,10 @@ class JobStore:
             deadline=now + self.settings.job_timeout_s,
             prepared=prepared,
             runner=runner,
+            kind="video" if isinstance(prepared, PreparedVideo) else "image",
         )
+        if isinstance(prepared, PreparedVideo):
+            job.total = prepared.info.frames
         self._jobs[job.id] = job
         self._queue.append(job)
         self._wake.set()
@@ -311,7 +334,7 @@ class JobStore:
             )
         return job
 
-    def result(self, job_id: str) -> TransferOutcome:
+    def result(self, job_id: str) -> TransferOutcome | VideoOutcome:
         job = self.get(job_id)
         if job.state is JobState.done and job.outcome is not None:
             return job.outcome
@@ -383,7 +406,11 @@ class JobStore:
         runner = dataclasses.replace(job.runner, deadline=job.deadline, on_progress=self._progress_hook(job))
         try:
             async with asyncio.timeout(max(0.0, job.deadline - time.monotonic())):
-                outcome = await complete_transfer(job.prepared, runner, self.metrics)
+                outcome: TransferOutcome | VideoOutcome
+                if isinstance(job.prepared, PreparedVideo):
+                    outcome = await complete_video(job.prepared, runner, runner.on_progress)
+                else:
+                    outcome = await complete_transfer(job.prepared, runner, self.metrics)
         except TimeoutError:
             job.error = DeadlineExceeded(self._late_message(job, ""))
             self._end(job, JobState.failed)
@@ -414,7 +441,7 @@ class JobStore:
 
         return report
 
-    def _complete(self, job: Job, outcome: TransferOutcome) -> None:
+    def _complete(self, job: Job, outcome: TransferOutcome | VideoOutcome) -> None:
         size, limit = len(outcome.body), self.settings.job_result_bytes
         if size > limit:
             job.error = ImageTooLarge(

@@ -115,6 +115,18 @@ class Settings:
         "this replica's name, the first part of its job ids (the load balancer routes job paths by it): 1-32 of "
         "a-z 0-9 -, unique per replica; unset: the host name's first label",
     )
+    # Video jobs (docs/API.md "Video"): frame-by-frame transfer of a clip, H.264 mp4 out
+    video_max_side: int = setting(
+        1024, "largest output side of a video job (frames are not tiled); default: STYA2K_DEFAULT_SIDE"
+    )
+    video_max_seconds: float = setting(120.0, "longest video a job may take, in seconds of footage")
+    video_max_frames: int = setting(3600, "most frames a video job may take")
+    video_max_input_pixels: int = setting(
+        3840 * 2160, "largest frame of an uploaded video, in pixels (frames are scaled down to the output side)"
+    )
+    video_max_bytes: int = setting(
+        20 * 1024 * 1024, "largest uploaded video file (at most STYA2K_MAX_BODY_BYTES, which applies first)"
+    )
     # Connections (docs/RELIABILITY.md)
     max_connections: int = setting(
         1000,
@@ -261,6 +273,11 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "job_result_ttl_s": (1, 7 * 24 * 3600),
     "job_result_bytes": (1024, None),
     "tile_px": (64, 8192),
+    "video_max_side": (MAX_SIDE.low, 4096),
+    "video_max_seconds": (0.1, 24 * 3600),
+    "video_max_frames": (2, 1_000_000),
+    "video_max_input_pixels": (256, None),
+    "video_max_bytes": (1024, None),
     "tile_margin_px": (64, 1024),
     "cache_bytes": (0, None),
     "decode_budget_bytes": (1024 * 1024, None),
@@ -302,6 +319,15 @@ def _validate(settings: Settings) -> None:
     if settings.jobs_max_side < settings.default_side:
         raise SettingsError(
             f"STYA2K_JOBS_MAX_SIDE={settings.jobs_max_side} is below STYA2K_DEFAULT_SIDE={settings.default_side}"
+        )
+    if settings.video_max_side < settings.default_side:
+        raise SettingsError(
+            f"STYA2K_VIDEO_MAX_SIDE={settings.video_max_side} is below STYA2K_DEFAULT_SIDE={settings.default_side}"
+        )
+    if settings.video_max_bytes > settings.max_body_bytes:
+        raise SettingsError(
+            f"STYA2K_VIDEO_MAX_BYTES={settings.video_max_bytes} exceeds STYA2K_MAX_BODY_BYTES="
+            f"{settings.max_body_bytes}, which refuses larger bodies first; raise both"
         )
     for name in ("tile_px", "tile_margin_px"):
         if getattr(settings, name) % 64:

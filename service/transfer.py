@@ -73,6 +73,9 @@ class EngineRunner:
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
+    async def call_model(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
     async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
         if self.engine.needs_tiling(job):
             return await compute_tiled(self.engine, job, _inline, self.on_progress)
@@ -132,6 +135,14 @@ class TransferOutcome:
     compute_s: float
     batch_id: int
     batch_size: int
+
+    @property
+    def media_type(self) -> str:
+        return self.format.media_type
+
+    def details(self) -> dict[str, Any]:
+        """The job view's result fields beyond format, size and bytes (a video's has more)."""
+        return {}
 
 
 async def run_transfer(
@@ -257,7 +268,7 @@ def prepare(
     content = imaging.to_tensor(imaging.resize(content_img, size))  # (3, H, W)
     fit = StyleFit(request.style_fit or settings.style_fit)
     styles = tuple(
-        _prepare_style(
+        prepare_style(
             data, f"style[{i}]" if len(request.styles) > 1 else "style", fit, settings, limits, lookup_style
         )
         for i, data in enumerate(request.styles)
@@ -279,7 +290,7 @@ def prepare(
     )
 
 
-def _prepare_style(
+def prepare_style(
     data: bytes,
     field: str,
     fit: StyleFit,

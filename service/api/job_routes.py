@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from service.api.requests import (
     AlphaForm,
-    ContentFile,
-    FormatForm,
     LabelsFile,
     MaskFiles,
     MaxSideForm,
@@ -25,10 +23,20 @@ from service.api.requests import (
 )
 from service.api.responses import ERROR_RESPONSES
 from service.api.state import ServiceState, State
-from service.contract import DEFAULT_ALPHA, FEATHER, OUTPUT_FORMATS, Mode, OutputFormat, TransferRequest
+from service.contract import (
+    DEFAULT_ALPHA,
+    FEATHER,
+    OUTPUT_FORMATS,
+    SMOOTHING,
+    Mode,
+    OutputFormat,
+    TransferRequest,
+    VideoRequest,
+)
 from service.errors import Draining, InvalidParameter, NotReady
 from service.jobs import JOBS_PATH, JobRunner, JobState
-from service.schemas import FEATHER_DOC, WEIGHTS_DOC, ErrorResponse, parse_weights_text
+from service.schemas import FEATHER_DOC, FORMAT_DOC, WEIGHTS_DOC, ErrorResponse, parse_weights_text
+from service.video import VIDEO_MEDIA_TYPE
 
 router = APIRouter()
 
@@ -40,6 +48,22 @@ OptionalFeatherForm = Annotated[
     float | None,
     Form(ge=FEATHER.low, le=FEATHER.high, allow_inf_nan=False, description=FEATHER_DOC + " Mode multistyle only."),
 ]
+OptionalContentFile = Annotated[
+    UploadFile | None, File(description="Content photo (PNG, JPEG, WebP, BMP, TIFF, GIF); or send video instead")
+]
+VideoFile = Annotated[
+    UploadFile | None,
+    File(description="Content video instead of a photo (mp4, mov, webm, mkv, gif; constant frame rate): the "
+                     "result is an H.264 mp4 at the source's frame rate with its audio track; modes stylize "
+                     "and interpolate"),
+]  # fmt: skip
+OptionalFormatForm = Annotated[OutputFormat | None, Form(description=FORMAT_DOC + " Photos only (a video gives mp4).")]
+SmoothingForm = Annotated[
+    float | None,
+    Form(ge=SMOOTHING.low, le=SMOOTHING.high, allow_inf_nan=False,
+         description="Video only: temporal smoothing strength (flow-guided blending with the previous frame; "
+                     "less flicker, some ghosting on fast motion); 0 = off"),
+]  # fmt: skip
 # The fields each mode takes beyond the common ones; any other is refused rather than silently ignored.
 MODE_FIELDS: dict[Mode, frozenset[str]] = {
     Mode.stylize: frozenset(),
@@ -90,8 +114,9 @@ async def submit_job(
     request: Request,
     state: State,
     mode: ModeForm,
-    content: ContentFile,
     style: StyleFiles,
+    content: OptionalContentFile = None,
+    video: VideoFile = None,
     weights: OptionalWeightsForm = None,
     mask: MaskFiles = None,
     labels: LabelsFile = None,
@@ -99,14 +124,37 @@ async def submit_job(
     alpha: AlphaForm = DEFAULT_ALPHA,
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
-    format: FormatForm = OutputFormat.png,
+    format: OptionalFormatForm = None,
     style_fit: StyleFitForm = None,
+    smoothing: SmoothingForm = None,
 ) -> JSONResponse:
-    """Accept a transfer of any mode as a job, up to `STYA2K_JOBS_MAX_SIDE`: validated and decoded now (bad input
-    is refused here), computed when its turn comes. Poll the Location for its state."""
+    """Accept a transfer of any mode as a job, up to `STYA2K_JOBS_MAX_SIDE`, or a video (field `video` instead of
+    `content`): validated and decoded (a video probed) now, so bad input is refused here; computed when its turn
+    comes. Poll the Location for its state and progress."""
     await check_form(request, frozenset({"style", "mask"}))
     _check_mode_fields(mode, {"weights": weights, "mask": mask, "labels": labels, "feather": feather})
+    if (content is None) == (video is None):
+        raise InvalidParameter("content", "send either a content photo (content) or a video (video), not both")
+    if video is None and smoothing is not None:
+        raise InvalidParameter("smoothing", "a video field only; a photo has no previous frame to smooth with")
     runner = _ready(state)
+    if video is not None:
+        if format is not None:
+            raise InvalidParameter("format", "a video job's result is always an H.264 mp4; leave format out")
+        video_request = VideoRequest(
+            mode=mode,
+            video=await video.read(),
+            styles=[await s.read() for s in style],
+            alpha=alpha,
+            preserve_color=preserve_color,
+            max_side=max_side,
+            style_fit=style_fit,
+            weights=parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
+            smoothing=smoothing or 0.0,
+        )
+        job = await state.jobs.accept_video(video_request, runner)
+        return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
+    assert content is not None
     transfer = TransferRequest(
         mode=mode,
         content=await content.read(),
@@ -114,7 +162,7 @@ async def submit_job(
         alpha=alpha,
         preserve_color=preserve_color,
         max_side=max_side,
-        format=format,
+        format=format or OutputFormat.png,
         style_fit=style_fit,
         weights=parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
         masks=[await m.read() for m in mask] if mask else None,
@@ -135,15 +183,16 @@ async def job_status(job_id: str, state: State) -> JSONResponse:
 @router.get(
     JOBS_PATH + "/{job_id}/result",
     response_class=Response,
-    responses={200: {"content": {mime: {} for mime in OUTPUT_FORMATS.values()}, "description": "The image"},
+    responses={200: {"content": {mime: {} for mime in (*OUTPUT_FORMATS.values(), VIDEO_MEDIA_TYPE)},
+                     "description": "The image (or a video job's mp4)"},
                404: JOB_ERRORS[404], 409: JOB_ERRORS[409], 410: JOB_ERRORS[410]},
     tags=["jobs"],
 )  # fmt: skip
 async def job_result(job_id: str, state: State) -> Response:
-    """The finished job's image (409 while it is not done, 410 once its result is gone)."""
+    """The finished job's image or video (409 while it is not done, 410 once its result is gone)."""
     outcome = state.jobs.result(job_id)
     headers = {"X-Output-Size": f"{outcome.width}x{outcome.height}", "X-Job-Id": job_id}
-    return Response(outcome.body, media_type=OUTPUT_FORMATS[outcome.format], headers=headers)
+    return Response(outcome.body, media_type=outcome.media_type, headers=headers)
 
 
 @router.delete(

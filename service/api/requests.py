@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import File, Form, Request, UploadFile
 
 from service.api.state import BODY_STATE_KEY, ServiceState
-from service.contract import ALPHA, FEATHER, MAX_SIDE, Mode, OutputFormat, StyleFit, TransferRequest
+from service.contract import ALPHA, FEATHER, MAX_SIDE, SMOOTHING, Mode, OutputFormat, StyleFit, TransferRequest
 from service.errors import InvalidParameter
 from service.schemas import (
     ALPHA_DOC,
@@ -75,6 +75,7 @@ FORM_ALLOWED = {
     "feather": f"a number {FEATHER.text()}",
     "weights": "comma-separated numbers, one per style",
     "style_fit": StyleFit.text(),
+    "smoothing": f"a number {SMOOTHING.text()}",
 }
 _INTEGER = re.compile(r"\s*\d+\s*")
 

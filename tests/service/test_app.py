@@ -11,6 +11,7 @@ import httpx
 from PIL import Image
 from service_helpers import RunningServer, image_bytes
 
+from model.hardware import NATIVE_BF16_FLAGS, cpu_flags
 from service import imaging
 
 
@@ -34,7 +35,9 @@ def test_health_info_and_index(server: RunningServer) -> None:
         assert info["model"]["arch"] == "a2k"
         assert info["model"]["weights"] == "random"
         assert info["model"]["parameters"] > 1_000_000
-        assert info["device"] == "cpu" and info["dtype"] == "float32"
+        # auto precision: float32, or bfloat16 where this CPU has it natively and the start-up probe found it faster
+        native_bf16 = bool(set(NATIVE_BF16_FLAGS) & cpu_flags())
+        assert info["device"] == "cpu" and info["dtype"] in (("float32", "bfloat16") if native_bf16 else ("float32",))
         assert info["batching"] == {"max_batch_size": 8, "max_wait_ms": 150.0, "queue_size": 64, "bucket_px": 64}
         page = client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]

@@ -125,7 +125,7 @@ def test_tiled_job_progresses_through_its_steps_and_equals_the_sync_result(
 
     done = wait_for(jobs_server, response.headers["location"], finished)
     assert done["state"] == "done", done
-    assert done["progress"] == {"done": 12, "total": 12}  # 3 x 2 tiles, two passes
+    assert done["progress"] == {"done": 12, "total": 12, "unit": "steps"}  # 3 x 2 tiles, two passes
     steps = [body["progress"]["done"] for body in done["_seen"]]
     assert steps == sorted(steps) and steps[0] <= 1 and len(set(steps)) >= 4  # it moved, one step at a time
     timings = done["timings"]
@@ -153,7 +153,7 @@ def test_small_job_runs_in_one_pass_on_the_batcher(jobs_server: RunningServer, s
     response = submit(jobs_server, content, [style], max_side=64, format="webp")
     assert response.status_code == 202, response.text
     done = wait_for(jobs_server, response.headers["location"], finished)
-    assert done["state"] == "done" and done["progress"] == {"done": 1, "total": 1}
+    assert done["state"] == "done" and done["progress"] == {"done": 1, "total": 1, "unit": "steps"}
     result = httpx.get(jobs_server.url + done["links"]["result"], timeout=30)
     assert result.headers["content-type"] == "image/webp"
     with jobs_server.client() as client:
