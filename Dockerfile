@@ -62,7 +62,7 @@ RUN site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])
     && rm -rf "$site/torch/include" "$site/torch/share/cmake" "$site/torch/test" \
     && find "$site/torch/bin" -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
     && pip uninstall -q -y pip \
-    && python3 -c "import torch, fastapi, uvicorn, PIL; print('torch', torch.__version__)"
+    && python3 -c "import torch, fastapi, uvicorn, PIL, av, cv2; print('torch', torch.__version__, 'ffmpeg', av.ffmpeg_version_info)"
 
 # --- Runtime image.
 FROM base AS runtime
