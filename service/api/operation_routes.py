@@ -75,6 +75,12 @@ async def info(state: State) -> dict[str, Any]:
             "job_timeout_s": settings.job_timeout_s,
             "job_result_ttl_s": settings.job_result_ttl_s,
             "job_result_bytes": settings.job_result_bytes,
+            # Video jobs (POST /v1/jobs with a video field)
+            "video_max_side": settings.video_max_side,
+            "video_max_seconds": settings.video_max_seconds,
+            "video_max_frames": settings.video_max_frames,
+            "video_max_input_pixels": settings.video_max_input_pixels,
+            "video_max_bytes": settings.video_max_bytes,
         },
         "jobs": state.jobs.counts(),
         "cache": {

@@ -191,6 +191,13 @@ def test_video_byte_and_duration_limits(server_factory: Any, style: bytes) -> No
     assert (status, code) == (413, "video_too_large") and "STYA2K_VIDEO_MAX_SECONDS" in message
 
 
+def test_info_states_the_video_limits(video_server: RunningServer) -> None:
+    limits = httpx.get(video_server.url + "/v1/info", timeout=30).json()["limits"]
+    assert limits["video_max_frames"] == VIDEO_LIMITS["video_max_frames"]
+    assert limits["video_max_input_pixels"] == VIDEO_LIMITS["video_max_input_pixels"]
+    assert {"video_max_side", "video_max_seconds", "video_max_bytes"} <= set(limits)
+
+
 def test_video_settings_are_checked_against_the_body_limit() -> None:
     with pytest.raises(SettingsError, match="STYA2K_VIDEO_MAX_BYTES"):
         Settings(weights="random", max_body_bytes=1024 * 1024, video_max_bytes=2 * 1024 * 1024)
