@@ -4,7 +4,9 @@ A job is validated and decoded before it is accepted (:func:`service.transfer.pr
 endpoints' own path), so bad input is refused at submission and an accepted job can only fail in the model or
 on its time limit. One worker runs the accepted jobs in order: a job small enough for one forward pass goes
 through the batcher like a sync request; a large one runs as tile steps, each its own turn of the model thread,
-so sync requests' batches run between two tiles instead of waiting minutes for the whole job.
+so sync requests' batches run between two tiles instead of waiting minutes for the whole job. A video job
+(:mod:`service.video`) is probed at submission the same way and runs as batches of frames, one model-thread
+turn each; its progress counts frames.
 
 Persistence: none. Jobs live in this process's memory and a restart loses them (queued, running and finished).
 A result is recomputable from its inputs, which the client still has, and a disk or a shared store would add a
