@@ -15,16 +15,19 @@ transcoded to AAC (the job's result says which).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
 import itertools
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -472,6 +475,36 @@ def _prepare_blocking(
     return PreparedVideo(request=request, info=info, size=size, styles=styles, weights=weights)
 
 
+class _MediaWork:
+    """A video job's files and the one thread that touches them.
+
+    PyAV objects must not be used from two threads at once, and a cancelled job's last read or write may still
+    be running in its thread when the job unwinds: so every file step, the clean-up included, is queued on one
+    thread of the job's own, and the clean-up runs after whatever is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stya2k-video")
+        self.folder = Path(tempfile.mkdtemp(prefix="stya2k-video-"))
+        self.reader: FrameReader | None = None
+        self.writer: Mp4Writer | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def release(self) -> None:
+        """Close the files and delete the folder, after the step in flight (never blocks the caller)."""
+        self._pool.submit(self._clean_up)
+        self._pool.shutdown(wait=False)
+
+    def _clean_up(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.reader is not None:
+            self.reader.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 async def complete_video(
     prepared: PreparedVideo, runner: VideoRunner, on_progress: ProgressHook | None = None
 ) -> VideoOutcome:
@@ -480,30 +513,28 @@ async def complete_video(
     started = time.monotonic()
     styles = await runner.call_model(engine.with_style_features, prepared.styles)  # encoded once for all frames
     smoother = _smoother(request.smoothing)
-    total = info.frames
-    with tempfile.TemporaryDirectory(prefix="stya2k-video-") as folder:
-        reader = await runner.offload(FrameReader, request.video, info, prepared.size)
-        writer: Mp4Writer | None = None
-        try:
-            writer = await runner.offload(Mp4Writer, Path(folder) / "out.mp4", prepared.size, info.rate, request.video)
-            done = 0
+    total, done = info.frames, 0
+    media = _MediaWork()
+    try:
+        reader = media.reader = await media.run(FrameReader, request.video, info, prepared.size)
+        writer = media.writer = await media.run(
+            Mp4Writer, media.folder / "out.mp4", prepared.size, info.rate, request.video
+        )
+        if on_progress is not None:
+            on_progress(0, total)
+        while frames := await media.run(reader.read, max(1, engine.max_batch_size)):
+            jobs = [_frame_job(request, frame, styles, prepared.weights) for frame in frames]
+            images = await runner.call_model(_stylize, engine, jobs)
+            await media.run(_write_frames, writer, frames, images, smoother)
+            done += len(frames)
+            total = max(total, done)
             if on_progress is not None:
-                on_progress(0, total)
-            while frames := await runner.offload(reader.read, max(1, engine.max_batch_size)):
-                jobs = [_frame_job(request, frame, styles, prepared.weights) for frame in frames]
-                images = await runner.call_model(_stylize, engine, jobs)
-                await runner.offload(_write_frames, writer, frames, images, smoother)
-                done += len(frames)
-                total = max(total, done)
-                if on_progress is not None:
-                    on_progress(done, total)
-            if done == 0:
-                raise InvalidVideo("no frame of the video could be decoded")
-            body = await runner.offload(writer.finish)
-        finally:
-            if writer is not None:
-                writer.close()
-            reader.close()
+                on_progress(done, total)
+        if done == 0:
+            raise InvalidVideo("no frame of the video could be decoded")
+        body = await media.run(writer.finish)
+    finally:
+        media.release()
     return VideoOutcome(
         body=body, width=prepared.size[0], height=prepared.size[1], frames=done, rate=info.rate,
         audio=writer.audio, smoothing=request.smoothing, compute_s=time.monotonic() - started,
