@@ -1,4 +1,4 @@
-"""The ``stya2k`` command line: serve, stylize, interpolate, multistyle, train, eval.
+"""The ``stya2k`` command line: serve, stylize, interpolate, multistyle, video, train, eval.
 
 Transfers run the model in this process (``--weights``, ``--device``) or, with ``--url``, on a running
 server through :mod:`service.client`. Local mode uses the service's own decode / resize / encode path
@@ -6,7 +6,9 @@ server through :mod:`service.client`. Local mode uses the service's own decode /
 
 A large output (``--max-side`` above the tile side) is computed tile by tile with a progress bar: locally with
 the engine's tile steps, against a server through its jobs API when the side exceeds what the server's sync
-endpoints allow (``GET /v1/info`` limits).
+endpoints allow (``GET /v1/info`` limits). A video is stylized frame by frame into an H.264 mp4 with a progress bar
+over its frames: locally with :mod:`service.video` (the server's own pipeline, with its STYA2K_VIDEO_* limits read
+from the environment), with ``--url`` as a video job.
 
 Exit codes: 0 success, 1 failure (bad image, model or server error), 2 usage error.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -22,10 +25,10 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.contract import (
     ALPHA,
@@ -33,12 +36,19 @@ from service.contract import (
     DEFAULT_FEATHER,
     FEATHER,
     MAX_SIDE,
+    SMOOTHING,
     Mode,
     OutputFormat,
     Range,
     StyleFit,
     TransferRequest,
+    VideoRequest,
 )
+
+if TYPE_CHECKING:  # imported when used: the model package loads torch, and --help must not wait for it
+    from service.settings import Settings
+    from service.transfer import EngineRunner
+    from service.video import VideoOutcome
 
 log = logging.getLogger("service.cli")
 
@@ -48,6 +58,9 @@ SUFFIX_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 DELEGATED = {"train": "model.train", "eval": "model.evaluate"}
 LOCAL_MAX_SIDE = 8192  # local mode: the only limit is the machine's memory
 JOB_POLL_S = 0.5  # --url with a job: seconds between two status polls
+VIDEO_SUFFIXES = (".mp4", ".m4v")  # the video command writes an H.264 mp4
+VIDEO_ENV_PREFIX = "STYA2K_VIDEO_"  # a server's video limits; the local video command honours them too
+FRAME_BAR_LINES = 20  # off a terminal a video's frame bar writes about this many lines, not one per frame
 
 
 class UsageError(Exception):
@@ -63,21 +76,33 @@ class Failure(Exception):
 class Output:
     data: bytes
     milliseconds: float
+    detail: str = ""  # a video's frames, rate, size and audio, for the summary line
 
 
-StepHook = Callable[[int, int], None]  # (steps done, steps in all) of one large transfer
+StepHook = Callable[[int, int], None]  # (steps done, steps in all) of one large transfer, or a video's frames
 
 
 class Backend(Protocol):
     def run(self, transfer: TransferRequest, on_progress: StepHook | None = None) -> Output: ...
 
+    def run_video(self, request: VideoRequest, on_progress: StepHook | None = None) -> Output: ...
+
     def close(self) -> None: ...
 
 
 class LocalBackend:
-    """The model in this process: the service's own :func:`~service.transfer.run_transfer` and engine."""
+    """The model in this process: the service's own :func:`~service.transfer.run_transfer` (a video's
+    :mod:`service.video` pipeline) and engine."""
 
-    def __init__(self, weights: str | None, device: str, threads: int, tile_px: int, tile_margin_px: int) -> None:
+    def __init__(
+        self,
+        weights: str | None,
+        device: str,
+        threads: int,
+        tile_px: int,
+        tile_margin_px: int,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         from service.engine import Engine
         from service.metrics import ServiceMetrics
         from service.settings import Settings, SettingsError
@@ -92,6 +117,7 @@ class LocalBackend:
                 max_input_pixels=400_000_000,
                 tile_px=tile_px,
                 tile_margin_px=tile_margin_px,
+                **(extra or {}),
             )
         except SettingsError as exc:
             raise UsageError(_as_flags(str(exc))) from None
@@ -113,8 +139,58 @@ class LocalBackend:
             raise Failure(exc.message) from None
         return Output(outcome.body, (time.monotonic() - started) * 1000)
 
+    def run_video(self, request: VideoRequest, on_progress: StepHook | None = None) -> Output:
+        """:func:`service.video.prepare_video` + :func:`~service.video.complete_video` in this process."""
+        from service.errors import ServiceError
+        from service.transfer import EngineRunner
+
+        started = time.monotonic()
+        runner = EngineRunner(self.engine, on_progress)  # on_progress hears of the frames
+        try:
+            outcome = asyncio.run(_stylize_video(request, self.settings, runner))
+        except ServiceError as exc:
+            raise Failure(exc.message) from None
+        fields = {"width": outcome.width, "height": outcome.height, **outcome.details()}
+        return Output(outcome.body, (time.monotonic() - started) * 1000, video_detail(fields))
+
     def close(self) -> None:
         return None
+
+
+async def _stylize_video(request: VideoRequest, settings: Settings, runner: EngineRunner) -> VideoOutcome:
+    """Probe and prepare, then every frame, as a video job does (a bad video fails before any model work)."""
+    from service.video import complete_video, prepare_video
+
+    prepared = await prepare_video(request, settings, runner)
+    return await complete_video(prepared, runner, runner.on_progress)
+
+
+def video_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The STYA2K_VIDEO_* variables of ``env`` (default the process's) as Settings fields, for the local video
+    command: a server's video limits (and their messages, which name the variables) hold locally too. The body
+    limit, a server's only, is raised to let the video limit through."""
+    from service.settings import Settings, SettingsError
+
+    env = os.environ if env is None else env
+    wanted = {key: value for key, value in env.items() if key.startswith(VIDEO_ENV_PREFIX)}
+    try:
+        parsed = Settings.from_env({**wanted, "STYA2K_MAX_BODY_BYTES": str(2**62)})
+    except SettingsError as exc:
+        raise UsageError(f"environment: {exc}") from None
+    fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(Settings) if f.name.startswith("video_")}
+    return {**fields, "max_body_bytes": max(Settings.max_body_bytes, parsed.video_max_bytes)}
+
+
+def video_detail(fields: Mapping[str, Any]) -> str:
+    """A video result in a few words, from the job view's ``result`` fields: "10 frames at 12 fps, 64x48, ..."."""
+    frames = fields.get("frames", "?")
+    parts = [f"{frames} frame{'' if frames == 1 else 's'} at {float(fields.get('fps') or 0):g} fps"]
+    if fields.get("width") and fields.get("height"):
+        parts.append(f"{fields['width']}x{fields['height']}")
+    parts.append(f"audio {fields.get('audio', 'none')}")
+    if fields.get("smoothing"):
+        parts.append(f"smoothing {fields['smoothing']:g}")
+    return ", ".join(parts)
 
 
 def _as_flags(message: str) -> str:
@@ -189,14 +265,45 @@ class RemoteBackend:
         job.wait(on_progress=hook, poll_s=JOB_POLL_S)
         return Output(job.result().data, (time.monotonic() - started) * 1000)
 
+    def run_video(self, request: VideoRequest, on_progress: StepHook | None = None) -> Output:
+        """A video job (``POST /v1/jobs`` with a video field): submit, poll the frames, fetch the mp4; an
+        interrupted wait cancels the job."""
+        from service.client import StyA2KError
+
+        started = time.monotonic()
+        try:
+            job = self.client.submit_video(
+                request.video,
+                request.styles,
+                weights=request.weights if request.mode is Mode.interpolate else None,
+                alpha=request.alpha,
+                preserve_color=request.preserve_color,
+                max_side=request.max_side,
+                style_fit=str(request.style_fit) if request.style_fit is not None else None,  # None: the server's
+                smoothing=request.smoothing or None,
+            )
+            log.info("video job %s submitted", job.id)
+            hook = (lambda status: on_progress(status.done, status.total)) if on_progress is not None else None
+            try:
+                done = job.wait(on_progress=hook, poll_s=JOB_POLL_S)
+            except KeyboardInterrupt:
+                with contextlib.suppress(StyA2KError):
+                    job.cancel()  # the server would otherwise compute every frame for nobody
+                raise
+            video = job.result()
+        except StyA2KError as exc:
+            raise Failure(str(exc)) from None
+        return Output(video.data, (time.monotonic() - started) * 1000, video_detail(done.result or {}))
+
     def close(self) -> None:
         self.client.close()
 
 
-def open_backend(args: argparse.Namespace) -> Backend:
+def open_backend(args: argparse.Namespace, extra: Mapping[str, Any] | None = None) -> Backend:
+    """``--url``: the server; else the model in this process, with ``extra`` settings."""
     if args.url:
         return RemoteBackend(args.url, args.api_key, args.timeout)
-    return LocalBackend(args.checkpoint, args.device, args.threads, args.tile_px, args.tile_margin_px)
+    return LocalBackend(args.checkpoint, args.device, args.threads, args.tile_px, args.tile_margin_px, extra)
 
 
 def tile_label(step: int, total: int) -> str:
@@ -209,20 +316,30 @@ def tile_label(step: int, total: int) -> str:
     return f"{which} pass, tile {(step - 1) % tiles + 1}/{tiles}"
 
 
-class StepBar:
-    """A progress bar over one large transfer's tile steps, fed (done, total) reports (a poll may skip some)."""
+def frame_label(step: int, total: int) -> str:
+    """A video's bar: the count says which frame."""
+    return "frames"
 
-    def __init__(self, enabled: bool) -> None:
+
+class StepBar:
+    """A progress bar over one large transfer's tile steps (or a video's frames: ``label=frame_label``), fed
+    (done, total) reports (a poll may skip some). ``lines``: off a terminal, write about this many lines in all
+    rather than one per step."""
+
+    def __init__(self, enabled: bool, label: Callable[[int, int], str] = tile_label, lines: int | None = None) -> None:
         self.enabled = enabled
+        self.label = label
+        self.lines = lines
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
         from model.progress import Progress
 
         if self.bar is None or self.bar.total != total:  # a queued job reports 0/1 until its tiles are known
-            self.bar = Progress(total, sys.stderr, enabled=self.enabled)  # shows nothing for a 1-step job
+            every = max(1, total // self.lines) if self.lines else 1
+            self.bar = Progress(total, sys.stderr, enabled=self.enabled, every=every)  # nothing for a 1-step job
         while self.bar.done < min(done, total):
-            self.bar.step(tile_label(self.bar.done + 1, total))
+            self.bar.step(self.label(self.bar.done + 1, total))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -354,13 +471,19 @@ def _check_style_count(styles: Sequence[str], command: str) -> None:
         raise UsageError(f"{command} needs at least 2 styles, got {len(styles)}")
 
 
-def run_interpolate(args: argparse.Namespace) -> int:
-    _check_style_count(args.styles, "interpolate")
-    weights = parse_weights(args.weights) if args.weights else [1.0] * len(args.styles)
-    if len(weights) != len(args.styles):
-        raise UsageError(f"--weights: {len(weights)} weights for {len(args.styles)} styles; give one per style")
+def style_weights(values: Sequence[str] | None, count: int) -> list[float]:
+    """``--weights`` for ``count`` styles (default equal): one per style, >= 0, not all zero."""
+    weights = parse_weights(values) if values else [1.0] * count
+    if len(weights) != count:
+        raise UsageError(f"--weights: {len(weights)} weights for {count} styles; give one per style")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UsageError("--weights must be >= 0 and not all zero")
+    return weights
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    _check_style_count(args.styles, "interpolate")
+    weights = style_weights(args.weights, len(args.styles))
 
     def transfer(fmt: OutputFormat) -> TransferRequest:
         return TransferRequest(
@@ -391,6 +514,66 @@ def run_multistyle(args: argparse.Namespace) -> int:
         )
 
     return _single_transfer(args, transfer)
+
+
+def run_video(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder; give the output file name")
+    if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UsageError(f"output {out}: the result is an H.264 mp4; name it .mp4 (not {out.suffix})")
+    if len(args.styles) == 1 and args.weights:
+        raise UsageError("--weights blends 2..N styles; give several styles, or leave --weights out")
+    many = len(args.styles) > 1
+    request = VideoRequest(
+        mode=Mode.interpolate if many else Mode.stylize,
+        video=read_file(Path(args.video), "video"),
+        styles=[read_file(Path(s), "style") for s in args.styles],
+        alpha=args.alpha,
+        preserve_color=args.preserve_color,
+        max_side=args.max_side,
+        weights=style_weights(args.weights, len(args.styles)) if many else None,
+        style_fit=args.style_fit,
+        smoothing=args.smoothing,
+    )
+    extra = None if args.url else video_settings()
+    if extra is not None:
+        _check_local_video(request, extra)
+    backend = open_backend(args, extra)
+    try:
+        result = backend.run_video(request, StepBar(not args.quiet, label=frame_label, lines=FRAME_BAR_LINES))
+    finally:
+        backend.close()
+    write_output(out, result.data)
+    if not args.quiet:
+        sys.stderr.write(f"wrote {out} ({result.detail}; {result.milliseconds:.0f} ms)\n")
+    return EXIT_OK
+
+
+def _check_local_video(request: VideoRequest, settings: Mapping[str, Any]) -> None:
+    """Before the model loads: the side against STYA2K_VIDEO_MAX_SIDE (usage error) and the video's probe (a file
+    that is no video, or over a limit, fails at once; prepare_video probes it again, which costs a demux)."""
+    from service.errors import ServiceError
+    from service.video import VideoLimits, probe
+
+    limit = settings["video_max_side"]
+    if request.max_side is not None and request.max_side > limit:
+        raise UsageError(
+            f"--max-side {request.max_side} exceeds the video limit of {limit} px (frames are not tiled; "
+            "STYA2K_VIDEO_MAX_SIDE raises it, up to 4096)"
+        )
+    limits = VideoLimits(
+        max_bytes=settings["video_max_bytes"],
+        max_seconds=settings["video_max_seconds"],
+        max_frames=settings["video_max_frames"],
+        max_input_pixels=settings["video_max_input_pixels"],
+    )
+    try:
+        probe(request.video, limits)
+    except ServiceError as exc:
+        raise Failure(exc.message) from None
+    except Exception as exc:  # FFmpeg on odd input, as prepare_video words it: bad input, not a crash
+        raise Failure(f"the video could not be read ({type(exc).__name__}: {exc})") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -478,11 +661,25 @@ def _number_in(allowed: Range, kind: type[float] | type[int]) -> Callable[[str],
     return parse
 
 
-def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
+IMAGE_MAX_SIDE_HELP = (
+    f"longest output side in px, at least {MAX_SIDE.low:g} (never upscaled); default 512. Larger than the tile "
+    "side: computed tile by tile with a progress bar; with --url beyond the server's STYA2K_MAX_SIDE: run as a job "
+    "(POST /v1/jobs, up to its STYA2K_JOBS_MAX_SIDE)"
+)
+VIDEO_MAX_SIDE_HELP = (
+    f"longest side of the output frames in px, at least {MAX_SIDE.low:g} (never upscaled; both sides rounded down "
+    "to even numbers); default 512; at most STYA2K_VIDEO_MAX_SIDE (1024; frames are not tiled), with --url the "
+    "server's"
+)
+
+
+def _add_transfer_options(parser: argparse.ArgumentParser, video: bool = False) -> None:
+    """The options of the transfer commands; ``video``: the video command's (an mp4 out, no tiles, smoothing)."""
     # default=SUPPRESS: a required option has no default, so the help must not show "(default: None)".
     parser.add_argument(
-        "-o", "--output", required=True, metavar="OUT", default=argparse.SUPPRESS, help="output image file (required)"
-    )
+        "-o", "--output", required=True, metavar="OUT", default=argparse.SUPPRESS,
+        help="output video file, an H.264 mp4 (.mp4; required)" if video else "output image file (required)",
+    )  # fmt: skip
     parser.add_argument(
         "--alpha",
         type=_number_in(ALPHA, float),
@@ -494,16 +691,15 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         "--max-side",
         type=_number_in(MAX_SIDE, int),
         default=None,
-        help=f"longest output side in px, at least {MAX_SIDE.low:g} (never upscaled); default 512. Larger than "
-        "the tile side: computed tile by tile with a progress bar; with --url beyond the server's STYA2K_MAX_SIDE: "
-        "run as a job (POST /v1/jobs, up to its STYA2K_JOBS_MAX_SIDE)",
+        help=VIDEO_MAX_SIDE_HELP if video else IMAGE_MAX_SIDE_HELP,
     )
-    parser.add_argument(
-        "--format",
-        choices=[f.value for f in OutputFormat],
-        default=None,
-        help="output encoding; default: from OUT's suffix",
-    )
+    if not video:
+        parser.add_argument(
+            "--format",
+            choices=[f.value for f in OutputFormat],
+            default=None,
+            help="output encoding; default: from OUT's suffix",
+        )
     parser.add_argument(
         "--style-fit",
         choices=[fit.value for fit in StyleFit],
@@ -511,7 +707,19 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         help="how each style image is prepared: crop = a centred square (a wide image loses its sides), whole = "
         "the whole image (long side to the style size); default: crop, with --url the server's STYA2K_STYLE_FIT",
     )
+    if video:
+        parser.add_argument(
+            "--smoothing",
+            type=_number_in(SMOOTHING, float),
+            default=0.0,
+            help=f"temporal smoothing strength ({SMOOTHING.text()}): each output frame is blended with the previous "
+            "one along the optical flow; less flicker, some ghosting on fast motion; 0 = off",
+        )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    _add_where_options(parser, tiles=not video)
+
+
+def _add_where_options(parser: argparse.ArgumentParser, tiles: bool) -> None:
     where = parser.add_argument_group("where the model runs (default: in this process)")
     where.add_argument(
         "--checkpoint",
@@ -523,14 +731,17 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--threads", type=int, default=0, help="local: torch CPU threads; 0 = torch's default")
     from service.settings import Settings  # torch-free: --help stays fast
 
-    where.add_argument(
-        "--tile-px", type=int, default=Settings.tile_px, help="local: large outputs are computed in square tiles "
-        "of this side (a multiple of 64; smaller = less memory, more steps) [STYA2K_TILE_PX of a server]",
-    )
-    where.add_argument(
-        "--tile-margin-px", type=int, default=Settings.tile_margin_px,
-        help="local: context computed around each tile (a multiple of 64) [STYA2K_TILE_MARGIN_PX of a server]",
-    )
+    if tiles:
+        where.add_argument(
+            "--tile-px", type=int, default=Settings.tile_px, help="local: large outputs are computed in square "
+            "tiles of this side (a multiple of 64; smaller = less memory, more steps) [STYA2K_TILE_PX of a server]",
+        )
+        where.add_argument(
+            "--tile-margin-px", type=int, default=Settings.tile_margin_px,
+            help="local: context computed around each tile (a multiple of 64) [STYA2K_TILE_MARGIN_PX of a server]",
+        )
+    else:  # a video's frames are never tiled
+        parser.set_defaults(tile_px=Settings.tile_px, tile_margin_px=Settings.tile_margin_px)
     where.add_argument("--url", default=None, help="use a running server instead, e.g. http://127.0.0.1:8000")
     where.add_argument(
         "--api-key", default=os.environ.get("STYA2K_API_KEY"), help="server's API key [env STYA2K_API_KEY]"
@@ -592,6 +803,24 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
     )
     _add_transfer_options(multistyle)
     multistyle.set_defaults(handler=run_multistyle)
+
+    video = sub.add_parser(
+        "video",
+        help="every frame of VIDEO in the style of STYLE (or a blend of styles) -> mp4",
+        description="Stylize a clip (mp4, mov, webm, mkv, gif, ...; constant frame rate) frame by frame into an "
+        "H.264 mp4 at its frame rate, with its audio track, and a progress bar over the frames. Several styles "
+        "are blended (--weights). With --url it runs as a job on the server (POST /v1/jobs); locally the "
+        "server's STYA2K_VIDEO_* limits (seconds, frames, bytes, frame size, side) apply from the environment.",
+        formatter_class=_Formatter,
+    )
+    video.add_argument("video", help="input video (mp4, mov, webm, mkv, gif, ...)")
+    video.add_argument("styles", nargs="+", metavar="STYLE", help="style image; several: a weighted blend")
+    video.add_argument(
+        "--weights", nargs="+", metavar="W", help="with several styles: one weight >= 0 per style (normalised); "
+        "default equal",
+    )  # fmt: skip
+    _add_transfer_options(video, video=True)
+    video.set_defaults(handler=run_video)
 
     for command, module in DELEGATED.items():
         what = "train the model" if command == "train" else "evaluate weights (quality metrics)"

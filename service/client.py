@@ -17,6 +17,12 @@ jobs API::
     job = client.submit("photo.jpg", "painting.jpg", max_side=4096)
     job.wait(timeout=600, on_progress=lambda s: print(s.done, "/", s.total))
     job.result().save("out.png")
+
+and so do videos (``POST /v1/jobs`` with a ``video`` field; progress in frames, the result an H.264 mp4)::
+
+    job = client.submit_video("clip.mp4", "painting.jpg", max_side=512, smoothing=0.5)
+    job.wait(timeout=3600, on_progress=lambda s: print(s.done, "/", s.total, s.unit))
+    job.result().save("out.mp4")
 """
 
 from __future__ import annotations
@@ -35,11 +41,14 @@ import httpx
 
 ImageInput: TypeAlias = "bytes | str | os.PathLike[str] | IO[bytes] | Any"
 """An image: file bytes, a path, a binary file object, or a PIL image (sent as PNG)."""
+VideoInput: TypeAlias = "bytes | str | os.PathLike[str] | IO[bytes]"
+"""A video file (mp4, mov, webm, mkv, gif, ...): its bytes, a path, or a binary file object."""
 
 RETRY_STATUSES = frozenset({429, 503})
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 STYLE_FITS = ("crop", "whole")  # style_fit: crop = centred square, whole = the whole image (the server's contract)
 _MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+VIDEO_FORMAT = "mp4"  # a video job's result is always an H.264 mp4
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -76,7 +85,8 @@ class RequestTimeout(StyA2KError):
 
 
 class BadRequest(StyA2KError):
-    """400: a corrupt image (``invalid_image``) or a malformed request (``bad_request``)."""
+    """400: a corrupt image (``invalid_image``), a video that is not readable, has no video stream or is truncated
+    (``invalid_video``), or a malformed request (``bad_request``)."""
 
 
 class Unauthorized(StyA2KError):
@@ -88,11 +98,13 @@ class NotFound(StyA2KError):
 
 
 class PayloadTooLarge(StyA2KError):
-    """413: the body or an image exceeds the server's limits."""
+    """413: the body, an image or a video (``video_too_large``: bytes, seconds, frames, frame size) exceeds the
+    server's limits."""
 
 
 class UnsupportedMediaType(StyA2KError):
-    """415: not an image format the server reads."""
+    """415: not an image format the server reads, or a video it cannot take (``unsupported_video``: a codec it
+    cannot decode, a variable frame rate)."""
 
 
 class InvalidParameter(StyA2KError):
@@ -137,6 +149,7 @@ class JobCancelled(JobFailed):
 
 _BY_CODE: dict[str, type[StyA2KError]] = {
     "invalid_image": BadRequest,
+    "invalid_video": BadRequest,
     "bad_request": BadRequest,
     "unauthorized": Unauthorized,
     "not_found": NotFound,
@@ -144,6 +157,8 @@ _BY_CODE: dict[str, type[StyA2KError]] = {
     "body_too_large": PayloadTooLarge,
     "image_too_large": PayloadTooLarge,
     "unsupported_media_type": UnsupportedMediaType,
+    "unsupported_video": UnsupportedMediaType,
+    "video_too_large": PayloadTooLarge,
     "invalid_parameter": InvalidParameter,
     "queue_full": QueueFull,
     "not_ready": ServiceUnavailable,
@@ -207,6 +222,29 @@ class StylizedImage:
         return target
 
 
+@dataclass(frozen=True)
+class StylizedVideo:
+    """A video job's result: the H.264 mp4, its size (``X-Output-Size``) and the job's ``result`` fields
+    (``frames``, ``fps``, ``frame_rate``, ``audio``, ``smoothing``, ...; empty when the job's last status
+    seen was not the done one)."""
+
+    data: bytes
+    size: tuple[int, int] | None  # (width, height)
+    details: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+    format: str = VIDEO_FORMAT
+
+    @property
+    def frames(self) -> int | None:
+        frames = self.details.get("frames")
+        return int(frames) if frames is not None else None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        target = Path(path)
+        target.write_bytes(self.data)
+        return target
+
+
 JOB_END_STATES = frozenset({"done", "failed", "cancelled", "expired"})
 
 
@@ -216,7 +254,7 @@ class JobStatus:
 
     id: str
     state: str  # queued | running | done | failed | cancelled | expired
-    done: int  # steps done (tiles of both passes; 1 for a job computed in one pass)
+    done: int  # steps done (tiles of both passes; 1 for a job computed in one pass), or a video's frames
     total: int
     queued_s: float | None
     running_s: float | None
@@ -224,6 +262,9 @@ class JobStatus:
     error_code: str | None
     error_message: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    kind: str = "image"  # or "video"
+    unit: str = "steps"  # what done / total count: "steps", or a video's "frames"
+    result: dict[str, Any] | None = None  # a done job's result fields (format, width, height, bytes, ...)
 
     @property
     def finished(self) -> bool:
@@ -243,6 +284,9 @@ class JobStatus:
             error_code=error.get("code"),
             error_message=error.get("message"),
             raw=body,
+            kind=str(body.get("kind", "image")),
+            unit=str(progress.get("unit", "steps")),
+            result=body.get("result"),
         )
 
 
@@ -294,6 +338,44 @@ def read_image(image: ImageInput, what: str) -> bytes:
     raise TypeError(f"{what}: expected bytes, a path, a binary file or a PIL image, got {type(image).__name__}")
 
 
+def read_video(video: VideoInput, what: str = "video") -> tuple[str, bytes]:
+    """A video input as (file name, bytes); the name is the path's, else ``what``."""
+    if isinstance(video, bytes | bytearray | memoryview | str | os.PathLike) or hasattr(video, "read"):
+        name = Path(video).name if isinstance(video, str | os.PathLike) else what
+        return name, read_image(video, what)
+    raise TypeError(f"{what}: expected bytes, a path or a binary file, got {type(video).__name__}")
+
+
+def _style_files(styles: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [
+        ("style", (f"style{index}", read_image(style, f"style[{index}]"), "application/octet-stream"))
+        for index, style in enumerate(styles)
+    ]
+
+
+def _check_style_fit(style_fit: str | None) -> None:
+    if style_fit is not None and style_fit not in STYLE_FITS:
+        raise ValueError(f"style_fit {style_fit!r} is not supported; use one of {', '.join(STYLE_FITS)}")
+
+
+def _common_fields(
+    alpha: float,
+    preserve_color: bool,
+    max_side: int | None,
+    weights: Sequence[float] | None,
+    style_fit: str | None,
+) -> dict[str, str]:
+    """The form fields photos and videos share."""
+    data = {"alpha": repr(float(alpha)), "preserve_color": "true" if preserve_color else "false"}
+    if max_side is not None:
+        data["max_side"] = str(int(max_side))
+    if weights is not None:
+        data["weights"] = ",".join(repr(float(w)) for w in weights)
+    if style_fit is not None:  # None: the server's STYA2K_STYLE_FIT
+        data["style_fit"] = str(style_fit)
+    return data
+
+
 class _Core:
     """Request building, retry policy and response parsing shared by the sync and async clients."""
 
@@ -343,30 +425,49 @@ class _Core:
     ) -> PreparedRequest:
         if format not in OUTPUT_FORMATS:
             raise ValueError(f"format {format!r} is not supported; use one of {', '.join(OUTPUT_FORMATS)}")
-        if style_fit is not None and style_fit not in STYLE_FITS:
-            raise ValueError(f"style_fit {style_fit!r} is not supported; use one of {', '.join(STYLE_FITS)}")
+        _check_style_fit(style_fit)
         files = [("content", ("content", read_image(content, "content"), "application/octet-stream"))]
-        for index, style in enumerate(styles):
-            files.append(("style", (f"style{index}", read_image(style, f"style[{index}]"), "application/octet-stream")))
+        files += _style_files(styles)
         for index, mask in enumerate(masks or ()):
             files.append(("mask", (f"mask{index}", read_image(mask, f"mask[{index}]"), "application/octet-stream")))
         if labels is not None:
             files.append(("labels", ("labels", read_image(labels, "labels"), "application/octet-stream")))
-        data = {"alpha": repr(float(alpha)), "preserve_color": "true" if preserve_color else "false", "format": format}
-        if max_side is not None:
-            data["max_side"] = str(int(max_side))
-        if weights is not None:
-            data["weights"] = ",".join(repr(float(w)) for w in weights)
+        data = {**_common_fields(alpha, preserve_color, max_side, weights, style_fit), "format": format}
         if feather is not None:
             data["feather"] = repr(float(feather))
-        if style_fit is not None:  # None: the server's STYA2K_STYLE_FIT
-            data["style_fit"] = str(style_fit)
         return PreparedRequest("POST", f"/v1/{mode}", files, data, self._headers(deadline_ms, request_id))
 
     def job(self, mode: str, content: ImageInput, styles: Sequence[ImageInput], **options: Any) -> PreparedRequest:
         """``POST /v1/jobs``: the form of ``POST /v1/<mode>`` plus its ``mode`` field."""
         prepared = self.transfer(mode, content, styles, **options)
         return dataclasses.replace(prepared, path="/v1/jobs", data={**prepared.data, "mode": mode})
+
+    def video_job(
+        self,
+        video: VideoInput,
+        styles: Sequence[ImageInput],
+        *,
+        weights: Sequence[float] | None,
+        alpha: float,
+        preserve_color: bool,
+        max_side: int | None,
+        style_fit: str | None,
+        smoothing: float | None,
+    ) -> PreparedRequest:
+        """``POST /v1/jobs`` with a ``video`` field: one style (stylize) or several (interpolate; equal weights
+        unless given)."""
+        _check_style_fit(style_fit)
+        if not styles:
+            raise ValueError("style: give at least one style image")
+        mode = "interpolate" if len(styles) > 1 else "stylize"
+        if mode == "interpolate" and weights is None:
+            weights = [1.0] * len(styles)
+        name, data = read_video(video)
+        files = [("video", (name, data, "application/octet-stream")), *_style_files(styles)]
+        fields = {"mode": mode, **_common_fields(alpha, preserve_color, max_side, weights, style_fit)}
+        if smoothing is not None:  # None: off (the server's default, 0)
+            fields["smoothing"] = repr(float(smoothing))
+        return PreparedRequest("POST", "/v1/jobs", files, fields, self._headers(None, None))
 
     def get(self, path: str) -> PreparedRequest:
         return PreparedRequest("GET", path, headers=self._headers(None, None))
@@ -428,6 +529,17 @@ class _Core:
             total_ms=_float_header(response, "x-total-ms"),
         )
 
+    def video(self, response: httpx.Response, status: JobStatus) -> StylizedVideo:
+        """A video job's ``/result``; ``status`` (the job's last seen) supplies the result's details."""
+        if response.status_code != 200:
+            raise self.error(response)
+        return StylizedVideo(
+            data=response.content,
+            size=_output_size(response),
+            details=dict(status.result or {}) if status.state == "done" else {},
+            request_id=response.headers.get("x-request-id"),
+        )
+
     def json(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code != 200:
             raise self.error(response)
@@ -459,6 +571,12 @@ def _float_header(response: httpx.Response, name: str) -> float | None:
         return float(raw) if raw is not None else None
     except ValueError:
         return None
+
+
+def _output_size(response: httpx.Response) -> tuple[int, int] | None:
+    """``X-Output-Size: WxH`` as (width, height)."""
+    width, _, height = response.headers.get("x-output-size", "").partition("x")
+    return (int(width), int(height)) if width.isdigit() and height.isdigit() else None
 
 
 def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
@@ -668,9 +786,36 @@ class Client:
         )
         return Job(self, self._core.job_status(self._send(prepared)), format)
 
+    def submit_video(
+        self,
+        video: VideoInput,
+        styles: ImageInput | Sequence[ImageInput],
+        *,
+        weights: Sequence[float] | None = None,
+        alpha: float = 1.0,
+        preserve_color: bool = False,
+        max_side: int | None = None,
+        style_fit: str | None = None,
+        smoothing: float | None = None,
+    ) -> VideoJob:
+        """Submit a video (mp4, mov, webm, mkv, gif, ...) as a job: every frame in the style of ``styles`` (one
+        image: stylize; a list of several: interpolate, with ``weights`` or equal ones), the result an H.264 mp4
+        at the source's frame rate with its audio. ``max_side``: the output's longest side (default the server's
+        STYA2K_DEFAULT_SIDE, at most its STYA2K_VIDEO_MAX_SIDE); ``smoothing`` (0..0.95): temporal smoothing,
+        less flicker (None: off). The video is checked at submission: BadRequest (not a video, no video stream,
+        truncated), UnsupportedMediaType (codec, variable frame rate), PayloadTooLarge (the STYA2K_VIDEO_*
+        limits) raise here. The job's progress counts frames; ``result()`` is a :class:`StylizedVideo`."""
+        prepared = self._core.video_job(
+            video, _styles(styles), weights=weights, alpha=alpha, preserve_color=preserve_color, max_side=max_side,
+            style_fit=style_fit, smoothing=smoothing,
+        )  # fmt: skip
+        return VideoJob(self, self._core.job_status(self._send(prepared)))
+
     def job(self, job_id: str, format: str = "png") -> Job:
-        """A job submitted earlier (to this same server: jobs live on the replica that accepted them)."""
-        return Job(self, self._core.job_status(self._send(self._core.get(f"/v1/jobs/{job_id}"))), format)
+        """A job submitted earlier (to this same server: jobs live on the replica that accepted them); a
+        :class:`VideoJob` when it is a video's."""
+        status = self._core.job_status(self._send(self._core.get(f"/v1/jobs/{job_id}")))
+        return VideoJob(self, status) if status.kind == "video" else Job(self, status, format)
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``: model, device, batching and limits."""
@@ -821,9 +966,28 @@ class AsyncClient:
         )
         return AsyncJob(self, self._core.job_status(await self._send(prepared)), format)
 
+    async def submit_video(
+        self,
+        video: VideoInput,
+        styles: ImageInput | Sequence[ImageInput],
+        *,
+        weights: Sequence[float] | None = None,
+        alpha: float = 1.0,
+        preserve_color: bool = False,
+        max_side: int | None = None,
+        style_fit: str | None = None,
+        smoothing: float | None = None,
+    ) -> AsyncVideoJob:
+        """:meth:`Client.submit_video` (``await job.wait()``, ``await job.result()``)."""
+        prepared = self._core.video_job(
+            video, _styles(styles), weights=weights, alpha=alpha, preserve_color=preserve_color, max_side=max_side,
+            style_fit=style_fit, smoothing=smoothing,
+        )  # fmt: skip
+        return AsyncVideoJob(self, self._core.job_status(await self._send(prepared)))
+
     async def job(self, job_id: str, format: str = "png") -> AsyncJob:
-        response = await self._send(self._core.get(f"/v1/jobs/{job_id}"))
-        return AsyncJob(self, self._core.job_status(response), format)
+        status = self._core.job_status(await self._send(self._core.get(f"/v1/jobs/{job_id}")))
+        return AsyncVideoJob(self, status) if status.kind == "video" else AsyncJob(self, status, format)
 
     async def info(self) -> dict[str, Any]:
         return self._core.json(await self._send(self._core.get("/v1/info")))
@@ -917,9 +1081,35 @@ class AsyncJob:
         return self.last
 
 
+class VideoJob(Job):
+    """A video's job (:meth:`Client.submit_video`): a :class:`Job` whose progress counts frames
+    (``status().unit == "frames"``) and whose :meth:`result` is the mp4; ``wait`` returns the done status, whose
+    ``result`` holds ``frames``, ``fps``, ``frame_rate``, ``audio``, ``smoothing``, ``width``, ``height``."""
+
+    def __init__(self, client: Client, status: JobStatus) -> None:
+        super().__init__(client, status, VIDEO_FORMAT)
+
+    def result(self) -> StylizedVideo:  # type: ignore[override]
+        """The mp4 (JobNotDone while the job is not done, JobExpired once the result is gone)."""
+        client = self._client
+        return client._core.video(client._send(client._core.get(self.path + "/result")), self.last)
+
+
+class AsyncVideoJob(AsyncJob):
+    """:class:`VideoJob` of an :class:`AsyncClient` (``await job.wait()``, ``await job.result()``)."""
+
+    def __init__(self, client: AsyncClient, status: JobStatus) -> None:
+        super().__init__(client, status, VIDEO_FORMAT)
+
+    async def result(self) -> StylizedVideo:  # type: ignore[override]
+        client = self._client
+        return client._core.video(await client._send(client._core.get(self.path + "/result")), self.last)
+
+
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "AsyncVideoJob",
     "BadRequest",
     "Client",
     "ConnectionFailed",
@@ -941,6 +1131,8 @@ __all__ = [
     "ServiceUnavailable",
     "StyA2KError",
     "StylizedImage",
+    "StylizedVideo",
     "Unauthorized",
     "UnsupportedMediaType",
+    "VideoJob",
 ]

@@ -60,7 +60,7 @@ def test_help_lists_every_command_and_needs_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "False"]  # --help works however broken the model package is
     help_text = cli.build_parser().format_help()
-    for command in ("serve", "stylize", "interpolate", "multistyle", "train", "eval"):
+    for command in ("serve", "stylize", "interpolate", "multistyle", "video", "train", "eval"):
         assert command in help_text
 
 
