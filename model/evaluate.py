@@ -13,7 +13,7 @@ Two references that need no training can be rows too: ``reference:identity`` (th
 ``reference:color`` (per-channel RGB mean/std colour transfer from the style).
 F is the project's frozen VGG-19 encoder (the same for all weights compared), so absolute values are on our
 encoder's (normalised) feature scale, not the paper's. With ``--video-dir`` it also stylizes each clip frame by
-frame and reports the optical-flow warping error (needs the ``eval`` extra).
+frame and reports the optical-flow warping error (OpenCV, a main dependency).
 
     python -m model.evaluate --weights weights/stya2k-v0.1-cpu.pt --size 256 --out-json q.json --out-md q.md
 """

@@ -8,8 +8,8 @@ valid pixels of the squared RGB difference between stylized frame t and stylized
 :class:`TemporalSmoother` is the training-free remedy (issue 20): it blends each stylized frame with the
 previous smoothed output warped along the same DIS flow, where the flow can be trusted.
 
-Needs opencv-python-headless + numpy (the ``eval`` extra); importing this module without them raises
-ImportError with an explanation.
+Needs opencv-python-headless + numpy (main dependencies since video smoothing); importing this module without
+them raises ImportError with an explanation.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from torch import Tensor
 try:
     import cv2
     import numpy as np
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as exc:  # pragma: no cover - exercised only in an install that skipped the dependencies
     raise ImportError(
-        "temporal consistency needs the 'eval' extra: pip install 'stya2k-serve[eval]' "
-        "(opencv-python-headless, numpy)"
+        "optical flow (the warping-error metric, video smoothing) needs OpenCV and numpy, dependencies of "
+        "stya2k-serve: pip install opencv-python-headless==5.0.0.93 numpy==2.4.6"
     ) from exc
 
 

@@ -209,6 +209,11 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
     if len(data) > limits.max_bytes:
         raise VideoTooLarge(f"the video is {len(data)} bytes; the limit is {limits.max_bytes} (STYA2K_VIDEO_MAX_BYTES)")
     with _open(data) as container:
+        demuxer = container.format.name
+        if demuxer == "image2" or demuxer.endswith("_pipe"):  # FFmpeg reads a photo as a one-frame video
+            raise InvalidVideo(
+                f"this is a still image ({demuxer.removesuffix('_pipe')}), not a video; send a photo as content"
+            )
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise InvalidVideo(f"the file has no video stream (streams: {', '.join(kinds)})")

@@ -111,6 +111,7 @@ def page_security_headers(html: str) -> dict[str, str]:
     )
     policy = (
         f"default-src 'none'; script-src {hashes or chr(39) + 'none' + chr(39)}; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
     )
     return {"Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}

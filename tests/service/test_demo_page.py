@@ -416,6 +416,8 @@ def _run_clip(page: Page, tmp_path: Path) -> dict[str, Any]:
     page.click("#add-style")
     page.set_file("#video-file", clip)
     page.wait_for("document.getElementById('content-video').src.startsWith('blob:')")
+    # the preview's size arrives with its metadata and moves the layout: click only after it settled
+    page.wait_for("(v => v.readyState >= 1 || v.error !== null)(document.getElementById('content-video'))")
     page.click(".style-row [data-style-sample=waves]")
     page.click(".style-row:nth-child(2) [data-style-sample=mosaic]")
     page.wait_for("[...document.querySelectorAll('.style-row img')].every((i) => i.naturalWidth > 0)")
@@ -458,12 +460,6 @@ def test_a_clip_runs_as_a_video_job_with_progress_in_frames(page: Page, server: 
     assert page.evaluate("document.getElementById('content-video').hasAttribute('src')") is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the demo page's Content-Security-Policy (service/api/operation_routes.py page_security_headers) has "
-    "default-src 'none' and no media-src, so Chromium refuses blob: media ('Media load rejected by URL safety "
-    "check'); adding media-src 'self' blob: makes both clips play (checked by hand): then drop this marker",
-)
 def test_the_clip_and_its_result_play_in_the_page(page: Page, tmp_path: Path) -> None:
     if not page.evaluate("document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.640015\"')"):
         pytest.skip("this Chromium has no H.264 decoder (a build without proprietary codecs)")

@@ -145,6 +145,8 @@ def test_bad_videos_are_refused_at_submission_with_what_is_wrong(video_server: R
     cases = {
         "not a video": (b"hello world" * 50, 400, "invalid_video", "not a readable video"),
         "audio only": (audio_only(), 400, "invalid_video", "no video stream"),
+        "a photo": (image_bytes((64, 48)), 400, "invalid_video", "still image (png)"),
+        "a jpeg": (image_bytes((64, 48), "JPEG"), 400, "invalid_video", "still image"),
         "truncated": (faststart[: len(faststart) // 2], 400, "invalid_video", ""),
         "variable rate": (make_clip(variable_rate=True, audio=None), 415, "unsupported_video", "variable frame rate"),
         "too many frames": (make_clip(frames=401, rate=50, size=(16, 16), audio=None), 413, "video_too_large",
