@@ -50,6 +50,12 @@ class VideoTooLarge(ServiceError):
     status, code, reason = 413, "video_too_large", "too_large"
 
 
+class VideoUnavailable(ServiceError):
+    """This installation cannot take videos (PyAV missing: a partial install)."""
+
+    status, code, reason = 501, "video_unavailable", None
+
+
 class BadRequest(ServiceError):
     status, code, reason = 400, "bad_request", "invalid"
 

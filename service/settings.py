@@ -125,7 +125,7 @@ class Settings:
         3840 * 2160, "largest frame of an uploaded video, in pixels (frames are scaled down to the output side)"
     )
     video_max_bytes: int = setting(
-        20 * 1024 * 1024, "largest uploaded video file (at most STYA2K_MAX_BODY_BYTES, which applies first)"
+        20 * 1024 * 1024, "largest uploaded video file (STYA2K_MAX_BODY_BYTES, the limit of every body, applies first)"
     )
     # Connections (docs/RELIABILITY.md)
     max_connections: int = setting(
@@ -323,11 +323,6 @@ def _validate(settings: Settings) -> None:
     if settings.video_max_side < settings.default_side:
         raise SettingsError(
             f"STYA2K_VIDEO_MAX_SIDE={settings.video_max_side} is below STYA2K_DEFAULT_SIDE={settings.default_side}"
-        )
-    if settings.video_max_bytes > settings.max_body_bytes:
-        raise SettingsError(
-            f"STYA2K_VIDEO_MAX_BYTES={settings.video_max_bytes} exceeds STYA2K_MAX_BODY_BYTES="
-            f"{settings.max_body_bytes}, which refuses larger bodies first; raise both"
         )
     for name in ("tile_px", "tile_margin_px"):
         if getattr(settings, name) % 64:

@@ -33,16 +33,27 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import av
-import av.error
 import torch
+
+try:
+    import av
+    import av.error
+except ImportError:  # pragma: no cover - an install without the av pin (the GPU lease box, bench/gpu)
+    av = None
 
 from model import StyleFeatures
 from model.imageio import quantize
 from service import geometry, imaging
 from service.contract import SMOOTHING, Mode, StyleFit, StyleInput, TransferJob, VideoRequest
 from service.engine import Engine
-from service.errors import InvalidParameter, InvalidVideo, ServiceError, UnsupportedVideo, VideoTooLarge
+from service.errors import (
+    InvalidParameter,
+    InvalidVideo,
+    ServiceError,
+    UnsupportedVideo,
+    VideoTooLarge,
+    VideoUnavailable,
+)
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.transfer import ProgressHook, prepare_style, validate
@@ -178,7 +189,16 @@ def output_size(info: VideoInfo, side: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------- probing
+def _require_av() -> None:
+    if av is None:
+        raise VideoUnavailable(
+            "video jobs need PyAV, which this installation lacks: pip install av==18.1.0 (a dependency of "
+            "stya2k-serve; only a partial install skips it)"
+        )
+
+
 def _open(data: bytes) -> av.container.InputContainer:
+    _require_av()
     try:
         return av.open(io.BytesIO(data), mode="r")
     except (av.error.InvalidDataError, av.error.EOFError) as exc:
@@ -370,6 +390,7 @@ class Mp4Writer:
     """H.264 frames at a constant rate into an mp4 file, then the source's audio track (copied or as AAC)."""
 
     def __init__(self, path: Path, size: tuple[int, int], rate: Fraction, source: bytes) -> None:
+        _require_av()
         self._path = path
         # faststart: the index goes before the frames, so players start before the whole file has arrived
         self._out = av.open(str(path), mode="w", format="mp4", container_options={"movflags": "+faststart"})

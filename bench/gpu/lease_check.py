@@ -40,6 +40,9 @@ BOX_PYTHON = "3.12"
 # Held by the box's image and deliberately not carried: the CUDA torch build and its own pillow and numpy
 # (compiled and large: numpy alone would be 16 MiB of the 64).
 BOX_PROVIDES = frozenset({"torch", "pillow", "numpy"})
+# Runtime pins the lease does not carry: video jobs only, which the lease does not run, and too large for the
+# carry budget (av 35 MB, OpenCV 50 MB); the service starts without them (video jobs answer 501 video_unavailable).
+LEASE_SKIPS = frozenset({"av", "opencv-python-headless"})
 CARRY_LIMIT_BYTES = 64 * 2**20  # what may travel to the device machine in one call
 CARRY_MARGIN_BYTES = 4 * 2**20  # others commit meanwhile: keep room
 

@@ -18,7 +18,6 @@ from service_helpers import RunningServer, image_bytes, start_server
 from video_clips import audio_only, describe, make_clip
 
 import model
-from service.settings import Settings, SettingsError
 
 VIDEO_LIMITS = {"video_max_frames": 400, "video_max_seconds": 30.0, "video_max_input_pixels": 320 * 240}
 
@@ -200,9 +199,20 @@ def test_info_states_the_video_limits(video_server: RunningServer) -> None:
     assert {"video_max_side", "video_max_seconds", "video_max_bytes"} <= set(limits)
 
 
-def test_video_settings_are_checked_against_the_body_limit() -> None:
-    with pytest.raises(SettingsError, match="STYA2K_VIDEO_MAX_BYTES"):
-        Settings(weights="random", max_body_bytes=1024 * 1024, video_max_bytes=2 * 1024 * 1024)
+def test_the_body_limit_applies_first_when_it_is_lower(server_factory: Any, style: bytes) -> None:
+    small_bodies = server_factory(max_body_bytes=8192)  # below STYA2K_VIDEO_MAX_BYTES: still a valid setting
+    status, code, message = _error(submit(small_bodies, make_clip(frames=30, size=(96, 96)), [style]))
+    assert (status, code) == (413, "body_too_large") and "8192" in message
+
+
+def test_an_install_without_pyav_answers_video_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import video
+    from service.errors import VideoUnavailable
+
+    monkeypatch.setattr(video, "av", None)
+    with pytest.raises(VideoUnavailable, match=r"pip install av==18\.1\.0") as caught:
+        video.probe(make_clip(frames=2, audio=None), video.VideoLimits(10**6, 10.0, 10, 10**6))
+    assert caught.value.status == 501
 
 
 # ---------------------------------------------------------------------------------------------- progress, cancel
