@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,10 +47,12 @@ LINGER_S = 1.0  # a refused connection is kept this long to read what the client
 MAX_LINGERING = 32  # beyond this many, refused connections are closed at once (no fd pile-up under a flood)
 # asyncio accepts up to `backlog` connections in one burst before any protocol sees them (and before an
 # evicted connection's descriptor is closed), so two such bursts must fit in the descriptors kept free as well
-# (see _reserve).
-# A short listen queue drops SYNs under a connect burst (the client retries after 1 s), so it is as long as
-# the open-files limit allows: an eighth of it (two bursts are kept free), 32..2048.
+# (see _reserve): the burst is an eighth of the open-files limit, 32..2048.
 MIN_BACKLOG, MAX_BACKLOG = 32, 2048
+# The kernel's listen queue is another matter: a connection waiting there holds no descriptor of ours, and a
+# short queue drops SYNs under a connect burst (the client retries after 1 s). So after asyncio set it to the
+# burst, the server lengthens it to this (the kernel caps it at net.core.somaxconn); see relisten().
+LISTEN_QUEUE = 4096
 # Connections accepted beyond the limit when every connection is busy: they may only ask for the health and
 # metrics endpoints (a probe must not fail because slow clients hold every slot), others get 503.
 PROBE_SLOTS = 16
@@ -356,7 +359,20 @@ def guarded_protocol(limits: ConnectionLimits, metrics: ServiceMetrics | None) -
 @dataclass(frozen=True)
 class Fitted:
     max_connections: int
-    backlog: int
+    backlog: int  # asyncio's accept burst (uvicorn's backlog); the kernel queue is LISTEN_QUEUE
+
+
+def relisten(sock: Any, queue: int = LISTEN_QUEUE) -> None:
+    """Lengthen a listening socket's kernel queue without changing asyncio's accept burst.
+
+    ``sock`` is the socket or asyncio's TransportSocket wrapper of it; listen() on a duplicate of the descriptor
+    changes the one socket both refer to.
+    """
+    duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+    try:
+        duplicate.listen(queue)
+    finally:
+        duplicate.close()
 
 
 def fit_connection_limit(wanted: int) -> Fitted:

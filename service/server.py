@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -19,7 +20,13 @@ import uvicorn
 
 from service.api.state import ServiceState
 from service.app import create_app
-from service.connections import ConnectionLimits, fit_connection_limit, guarded_protocol, install_resource_log_filter
+from service.connections import (
+    ConnectionLimits,
+    fit_connection_limit,
+    guarded_protocol,
+    install_resource_log_filter,
+    relisten,
+)
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -50,6 +57,12 @@ class DrainingServer(uvicorn.Server):
             log.warning("third signal: forcing exit")
             self.force_exit = True
             self.should_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):  # asyncio listened with the accept burst: lengthen the queue
+            for sock in server.sockets:
+                relisten(sock)
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_until is not None and time.monotonic() >= self.drain_until:

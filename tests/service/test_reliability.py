@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -217,6 +219,17 @@ def test_connection_limit_is_fitted_to_the_open_files_limit(tmp_path: Path) -> N
     assert "open-files limit 256 allows only" in log
     assert log.count("out of system resource") == 0, log[-2000:]
     assert result["closed_by_server"] >= 300 - 256  # the excess was evicted at once, not left to accept()
+
+
+def test_listen_queue_is_long_while_the_accept_burst_fits_the_descriptors(guarded: ServerProcess) -> None:
+    """At an open-files limit of 256 asyncio's accept burst is 32 (two bursts are kept free), but the kernel's
+    queue, which costs no descriptor, stays long: a connect burst is queued, not dropped (SYN retry after 1 s)."""
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read the listen queue")
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{guarded.port}"], capture_output=True, text=True, check=True)
+    queue = int(out.stdout.split()[2])  # Send-Q of a listening socket: its backlog (capped by somaxconn)
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert queue == min(connections.LISTEN_QUEUE, somaxconn) > 32, out.stdout
 
 
 def test_fitted_limit_leaves_room_for_two_accept_bursts(monkeypatch: pytest.MonkeyPatch) -> None:
