@@ -239,7 +239,10 @@ def test_image_is_small_runs_as_non_root_and_carries_the_healthcheck(built: Buil
         " /opt/venv/lib/python3*/site-packages/torch/test 2>/dev/null; true",
     ).stdout.split()  # fmt: skip
     assert leftovers == [], f"build leftovers in the image: {leftovers}"
-    assert built.size_bytes < 1_000_000_000, f"the CPU image is {built.size_bytes / 1e6:.0f} MB; aim: < 1 GB"
+    # The aim of issue 16 was < 1 GB (986 MB then). Video jobs (issue 20) add what no smaller package does: PyAV
+    # with its FFmpeg (104 MB installed) and OpenCV for the smoother's optical flow (153 MB): 1253 MB measured.
+    # The bound keeps the image from growing further unnoticed (docs/DEPLOY.md "Size" has the breakdown).
+    assert built.size_bytes < 1_300_000_000, f"the CPU image is {built.size_bytes / 1e6:.0f} MB; bound: < 1.3 GB"
 
 
 @dataclass
