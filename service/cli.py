@@ -167,18 +167,16 @@ async def _stylize_video(request: VideoRequest, settings: Settings, runner: Engi
 
 def video_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The STYA2K_VIDEO_* variables of ``env`` (default the process's) as Settings fields, for the local video
-    command: a server's video limits (and their messages, which name the variables) hold locally too. The body
-    limit, a server's only, is raised to let the video limit through."""
+    command: a server's video limits (and their messages, which name the variables) hold locally too."""
     from service.settings import Settings, SettingsError
 
     env = os.environ if env is None else env
     wanted = {key: value for key, value in env.items() if key.startswith(VIDEO_ENV_PREFIX)}
     try:
-        parsed = Settings.from_env({**wanted, "STYA2K_MAX_BODY_BYTES": str(2**62)})
+        parsed = Settings.from_env(wanted)
     except SettingsError as exc:
         raise UsageError(f"environment: {exc}") from None
-    fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(Settings) if f.name.startswith("video_")}
-    return {**fields, "max_body_bytes": max(Settings.max_body_bytes, parsed.video_max_bytes)}
+    return {f.name: getattr(parsed, f.name) for f in dataclasses.fields(Settings) if f.name.startswith("video_")}
 
 
 def video_detail(fields: Mapping[str, Any]) -> str:

@@ -21,7 +21,6 @@ import dataclasses
 import io
 import itertools
 import logging
-import os
 import shutil
 import statistics
 import tempfile
@@ -63,7 +62,6 @@ T = TypeVar("T")
 
 VIDEO_FORMAT = "mp4"
 VIDEO_MEDIA_TYPE = "video/mp4"
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".avi")
 # Audio codecs the mp4 muxer takes as they are; any other is transcoded to AAC.
 MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "alac", "flac", "opus", "ac3", "eac3"})
 AAC_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}  # by channel count; others are mixed to stereo
@@ -171,11 +169,6 @@ def validate_video_request(request: VideoRequest, settings: Settings) -> VideoRe
         )  # fmt: skip
     if not SMOOTHING.contains(request.smoothing):
         raise InvalidParameter("smoothing", f"{request.smoothing} is out of range; allowed {SMOOTHING.text()}")
-    if len(request.video) > settings.video_max_bytes:
-        raise VideoTooLarge(
-            f"the video is {len(request.video)} bytes; the limit is {settings.video_max_bytes} "
-            "(STYA2K_VIDEO_MAX_BYTES)"
-        )
     checked = validate(request.as_transfer(), settings, max_side=settings.video_max_side)
     return dataclasses.replace(
         request, mode=checked.mode, weights=checked.weights, style_fit=checked.style_fit
@@ -214,7 +207,7 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc)[:200]
 
 
-def _rotation(stream: av.video.stream.VideoStream, first: av.VideoFrame | None) -> int:
+def _rotation(first: av.VideoFrame | None) -> int:
     """Degrees counter-clockwise that display the frames upright (the display matrix of phone clips)."""
     degrees = getattr(first, "rotation", 0) if first is not None else 0
     return round(float(degrees or 0) / 90.0) % 4 * 90
@@ -251,11 +244,11 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
         rate = _constant_rate(times, stream)
         _check_complete(container, stream, times, rate)
-    info_rotation = _rotation(stream, first)
+    info_rotation = _rotation(first)
     if info_rotation in (90, 270):
         width, height = height, width
     info = VideoInfo(
-        container=container.format.name.split(",")[0], codec=codec, width=width, height=height,
+        container=demuxer.split(",")[0], codec=codec, width=width, height=height,
         rotation=info_rotation, frames=len(times), rate=rate, audio_codec=audio,
     )  # fmt: skip
     if info.frames < 1:
@@ -607,17 +600,3 @@ def _write_frames(writer: Mp4Writer, frames: Sequence[torch.Tensor], images: Seq
             smoothed = smoother.step(content, image.float().div(255))  # (3, H, W) in [0, 1]
             image = quantize(smoothed)
         writer.write(image)
-
-
-def video_seconds_hint(info: VideoInfo) -> str:
-    """A short description for logs: "12 frames, 1.0 s at 12 fps, 64x48 h264 in mp4, audio aac"."""
-    fps = float(info.rate)
-    audio = info.audio_codec or "none"
-    return (
-        f"{info.frames} frames, {info.seconds:.1f} s at {fps:g} fps, {info.width}x{info.height} {info.codec} "
-        f"in {info.container}, audio {audio}"
-    )
-
-
-def is_video_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES
