@@ -201,12 +201,17 @@ class PeakMemory:
     process per config (the caller's job) so earlier configs' freed-but-cached heap cannot hide growth.
     Where clear_refs is not writable it falls back to getrusage(RUSAGE_SELF).ru_maxrss deltas, which miss
     peaks lower than an earlier high-water mark (``method`` says which was used).
+
+    The kernel's VmHWM is not monotone between reads: it is max(current RSS, a high-water mark that is only
+    updated on some unmaps), so memory returned by other means (madvise, a shrinking heap) can make a later read
+    lower than an earlier one. Every read here is folded into a running maximum, so the peak never goes down.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.method = ""
         self.baseline_bytes = 0
+        self._highest_seen = 0
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -215,6 +220,7 @@ class PeakMemory:
             self.baseline_bytes = torch.cuda.memory_allocated(self.device)
             self.method = "torch.cuda.max_memory_allocated"
             return
+        self._highest_seen = 0
         try:
             Path("/proc/self/clear_refs").write_text("5")
             rss = _proc_status_kib("VmRSS")
@@ -235,6 +241,7 @@ class PeakMemory:
             peak = (_proc_status_kib("VmHWM") or 0) * 1024
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self._highest_seen = peak = max(self._highest_seen, peak)
         return max(0, peak - self.baseline_bytes), peak
 
 
