@@ -14,6 +14,9 @@ count) really differ, and the float32 reference runs in a process of its own rig
   omp_passive     OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning
   batch2          two images per call (time per image)
   compile         torch.compile of the transfer (its compile time reported separately)
+  huge_pages      THP_MEM_ALLOC_ENABLE=1: tensors of >= 2 MiB on transparent huge pages (the float32
+                  reference runs with it off, =0)
+  bf16_cl_thp     bf16 + channels_last + huge pages: what the service runs on a CPU with native bf16
 
 Difference vs float32 (same content, same cached style): mean / p99 / max absolute difference of the uint8
 outputs (0..255), and LPIPS (model/lpips.py, weights in ../shared/weights/lpips; skipped without them).
@@ -36,7 +39,8 @@ import torch
 from bench import common
 
 SECTION = "bench/levers.py"
-LEVERS = ("channels_last", "bf16", "bf16_cl", "threads1", "omp_passive", "batch2", "compile")
+LEVERS = ("channels_last", "bf16", "bf16_cl", "threads1", "omp_passive", "batch2", "compile", "huge_pages",
+          "bf16_cl_thp")
 LPIPS_DIR = common.REPO_ROOT.parent / "shared" / "weights" / "lpips"
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,10 +54,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------------ worker
 def lever_setup(lever: str) -> dict[str, Any]:
     """What a lever changes: env of the worker process and options of the call."""
+    env = {"THP_MEM_ALLOC_ENABLE": "1" if lever in ("huge_pages", "bf16_cl_thp") else "0"}
     return {
-        "env": {"OMP_WAIT_POLICY": "PASSIVE"} if lever == "omp_passive" else {},
-        "dtype": "bf16" if lever in ("bf16", "bf16_cl") else "fp32",
-        "channels_last": lever in ("channels_last", "bf16_cl"),
+        "env": env | ({"OMP_WAIT_POLICY": "PASSIVE"} if lever == "omp_passive" else {}),
+        "dtype": "bf16" if lever in ("bf16", "bf16_cl", "bf16_cl_thp") else "fp32",
+        "channels_last": lever in ("channels_last", "bf16_cl", "bf16_cl_thp"),
         "threads": 1 if lever == "threads1" else 0,
         "batch": 2 if lever == "batch2" else 1,
         "compile": lever == "compile",
@@ -111,12 +116,13 @@ def worker(payload: dict[str, Any]) -> dict[str, Any]:
     pixels = quantize(output[0].float().contiguous())  # (3, H, W) uint8
     torch.save(pixels, payload["output"])
     return {"first_s": first_s, "times_s": times, "s_per_image": min(times) / batch, "compile_s": compile_s,
-            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}
 
 
 def run_worker(setup: dict[str, Any], size: int, args: argparse.Namespace, output: Path) -> dict[str, Any]:
     payload = {"setup": setup, "size": size, "weights": args.weights, "iters": args.iters, "output": str(output)}
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | setup["env"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")} | setup["env"]
     done = subprocess.run([sys.executable, "-m", "bench.levers", "--worker", json.dumps(payload)],
                           cwd=common.REPO_ROOT, env=env, capture_output=True, text=True, timeout=args.timeout_s)
     if done.returncode != 0:

@@ -17,10 +17,12 @@ MVN_EPS = 1e-5
 def calc_mean_std(feat: Tensor, eps: float = MVN_EPS) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std over space (unbiased variance + eps), each (B, C, 1, 1)."""
     b, c = feat.shape[:2]
-    flat = feat.reshape(b, c, -1)
+    space = tuple(range(2, feat.dim()))
+    positions = feat[0, 0].numel()
+    # Reduced in place over the spatial dims: a reshape to (B, C, H*W) would copy a channels_last map first.
     # Unbiased variance is undefined for a single position; fall back to 0 (std = sqrt(eps)).
-    var = flat.var(dim=2, unbiased=flat.shape[2] > 1) + eps
-    return flat.mean(dim=2).view(b, c, 1, 1), var.sqrt().view(b, c, 1, 1)
+    var, mean = torch.var_mean(feat, dim=space, correction=1 if positions > 1 else 0)
+    return mean.view(b, c, 1, 1), (var + eps).sqrt().view(b, c, 1, 1)
 
 
 Stats = tuple[Tensor, Tensor]  # per-channel (mean, std), each (B, C, 1, 1)
@@ -67,34 +69,32 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     return pad_to(x, h + (-h) % multiple, w + (-w) % multiple), (h, w)
 
 
-def block(x: Tensor, p: int) -> Tensor:
-    """Algorithm 2 `block`: (B, C, H, W) -> (B, C, n, r), n = (H/p)(W/p) row-major blocks, r = p*p positions.
+def block_heads(x: Tensor, p: int, heads: int) -> Tensor:
+    """Algorithm 2 `block`, then channel groups as heads: (B, C, H, W) -> (B, h, n, r, d), contiguous.
 
-    Same element order as `F.unfold(x, p, stride=p)` viewed as (B, C, r, n) and transposed.
+    n = (H/p)(W/p) row-major blocks, r = p*p positions in a block (row-major), d = C/h: the element order of
+    `F.unfold(x, p, stride=p)`. One copy from either memory format; d is innermost so every attention kernel
+    reads it with stride 1 (the fused SDPA kernels need that; a strided d falls back to the unfused math path).
     """
     b, c, hh, ww = x.shape
-    x = x.reshape(b, c, hh // p, p, ww // p, p)  # (B, C, H/p, p, W/p, p)
-    return x.permute(0, 1, 2, 4, 3, 5).reshape(b, c, (hh // p) * (ww // p), p * p)
+    x = x.reshape(b, heads, c // heads, hh // p, p, ww // p, p)  # (B, h, d, H/p, p, W/p, p): a view
+    x = x.permute(0, 1, 3, 5, 4, 6, 2)  # (B, h, H/p, W/p, p, p, d)
+    return x.reshape(b, heads, (hh // p) * (ww // p), p * p, c // heads)
 
 
-def unblock(x: Tensor, p: int, size: tuple[int, int]) -> Tensor:
-    """Inverse of `block`: (B, C, n, r) -> (B, C, H, W) for the given (H, W)."""
-    b, c = x.shape[:2]
+def unblock_heads(x: Tensor, p: int, size: tuple[int, int], channels_last: bool = False) -> Tensor:
+    """Inverse of `block_heads`: (B, h, n, r, d) -> (B, h*d, H, W) for the given (H, W), in one copy.
+
+    ``channels_last``: lay the result out as NHWC (what the following 1x1 convolutions read best when the
+    network runs channels_last); the values are the same either way.
+    """
+    b, heads, _, _, d = x.shape
     hh, ww = size
-    x = x.reshape(b, c, hh // p, ww // p, p, p)  # (B, C, H/p, W/p, p, p)
-    return x.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hh, ww)
-
-
-def to_heads(x: Tensor, heads: int) -> Tensor:
-    """(B, C, n, r) -> (B, h, n, r, d): contiguous channel groups become heads, tokens last for SDPA."""
-    b, c, n, r = x.shape
-    return x.reshape(b, heads, c // heads, n, r).permute(0, 1, 3, 4, 2)
-
-
-def from_heads(x: Tensor) -> Tensor:
-    """(B, h, n, r, d) -> (B, C, n, r)."""
-    b, h, n, r, d = x.shape
-    return x.permute(0, 1, 4, 2, 3).reshape(b, h * d, n, r)
+    x = x.reshape(b, heads, hh // p, ww // p, p, p, d)  # (B, h, H/p, W/p, p, p, d)
+    if channels_last:
+        nhwc = x.permute(0, 2, 4, 3, 5, 1, 6).reshape(b, hh, ww, heads * d)  # (B, H, W, C)
+        return nhwc.permute(0, 3, 1, 2)
+    return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, heads * d, hh, ww)
 
 
 def aggregate_blocks(k: Tensor, v: Tensor, sim_alpha: Tensor | float,
@@ -145,10 +145,15 @@ def match_blocks(q: Tensor, k: Tensor, chunk_elems: int = 1 << 24) -> Tensor:
 
 
 def gather_blocks(x: Tensor, index: Tensor) -> Tensor:
-    """Reshuffle style blocks (eq. 11): x (B, h, n_s, r, d), index (B, h, n_c) -> (B, h, n_c, r, d)."""
-    b, h, _, r, d = x.shape
-    idx = index.reshape(b, h, -1, 1, 1).expand(b, h, index.shape[2], r, d)
-    return torch.gather(x, 2, idx)
+    """Reshuffle style blocks (eq. 11): x (B, h, n_s, r, d), index (B, h, n_c) -> (B, h, n_c, r, d).
+
+    One row copy per selected block (index_select over (B*h*n_s, r*d) rows) rather than an element-wise gather.
+    """
+    b, h, n_s, r, d = x.shape
+    n_c = index.shape[2]
+    first_row = torch.arange(b * h, device=index.device).view(b, h, 1) * n_s  # row of block 0 per (batch, head)
+    rows = (index + first_row).reshape(-1)  # (B*h*n_c,)
+    return x.reshape(b * h * n_s, r * d).index_select(0, rows).view(b, h, n_c, r, d)
 
 
 def progressive_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -177,11 +182,12 @@ def _blocked_branch(attention, q: Tensor, k: Tensor, v: Tensor, block_size: int,
     k, _ = pad_to_multiple(k, block_size)
     v, _ = pad_to_multiple(v, block_size)
     out = attention(
-        to_heads(block(q, block_size), heads),  # (B, h, n_c, r, d)
-        to_heads(block(k, block_size), heads),  # (B, h, n_s, r, d)
-        to_heads(block(v, block_size), heads),  # (B, h, n_s, r, dv)
+        block_heads(q, block_size, heads),  # (B, h, n_c, r, d)
+        block_heads(k, block_size, heads),  # (B, h, n_s, r, d)
+        block_heads(v, block_size, heads),  # (B, h, n_s, r, dv)
     )
-    return unblock(from_heads(out), block_size, q.shape[-2:])[..., :h, :w]
+    channels_last = q.dim() == 4 and q.is_contiguous(memory_format=torch.channels_last) and not q.is_contiguous()
+    return unblock_heads(out, block_size, q.shape[-2:], channels_last)[..., :h, :w]
 
 
 def distributed_branch(q: Tensor, k: Tensor, v: Tensor, block_size: int, heads: int,
@@ -211,10 +217,10 @@ def all_to_all(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     return out.transpose(-1, -2).reshape(b, cv, hh, ww)
 
 
-# BT.601 full-range RGB <-> YCbCr (what JPEG uses); the chroma offset 0.5 is irrelevant here.
-_RGB_TO_YCC = torch.tensor(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
-)  # (3, 3)
+# BT.601 full-range RGB <-> YCbCr (what JPEG uses); the chroma offset 0.5 is irrelevant here. A nested tuple, not
+# a tensor: importing the package allocates nothing, so a program can still choose its allocator settings after
+# the import (`model.hardware.request_huge_pages`).
+_RGB_TO_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))  # (3, 3)
 
 
 def preserve_color(stylized: Tensor, content: Tensor) -> Tensor:
@@ -222,7 +228,7 @@ def preserve_color(stylized: Tensor, content: Tensor) -> Tensor:
 
     stylized, content: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
     """
-    forward = _RGB_TO_YCC.to(stylized.device, torch.float32)
+    forward = torch.tensor(_RGB_TO_YCC, dtype=torch.float32, device=stylized.device)
     inverse = torch.linalg.inv(forward)
     stylized_ycc = torch.einsum("ij,bjhw->bihw", forward, stylized.float())  # (B, 3, H, W)
     content_ycc = torch.einsum("ij,bjhw->bihw", forward, content.float())

@@ -22,7 +22,7 @@ import torch
 import model
 from model.checkpoint import FROZEN_PREFIX, sha256_file
 from model.functional import preserve_color
-from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, select_device
+from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, huge_pages, select_device
 from model.imageio import quantize
 from model.stya2k import padded_size
 from model.tiling import TileConfig, TiledStylizer, needs_tiling
@@ -294,6 +294,7 @@ class Engine:
             "cpu_capability": cpu_capability(),
             "compile": self.settings.compile,
             "channels_last": True,
+            "huge_pages": huge_pages().reason if self.device.type == "cpu" else None,
             "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
             "startup_s": dict(self.startup),
         }

@@ -63,15 +63,17 @@ def random_maps(b=2, c=32, hw=(16, 24), hw_s=(24, 16), cv=None):
 
 
 @pytest.mark.parametrize("p", [4, 8])
-def test_block_matches_unfold_and_round_trips(p):
-    x = torch.randn(2, 6, 2 * p, 3 * p)
-    blocked = fn.block(x, p)
-    assert blocked.shape == (2, 6, 6, p * p)
-    torch.testing.assert_close(blocked, ref_block(x, p))
-    torch.testing.assert_close(fn.unblock(blocked, p, x.shape[-2:]), x)
-    heads = fn.to_heads(blocked, 2)
-    assert heads.shape == (2, 2, 6, p * p, 3)
-    torch.testing.assert_close(fn.from_heads(heads), blocked)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_block_heads_matches_unfold_and_round_trips(p, memory_format):
+    x = torch.randn(2, 6, 2 * p, 3 * p).contiguous(memory_format=memory_format)
+    heads = fn.block_heads(x, p, 2)
+    assert heads.shape == (2, 2, 6, p * p, 3) and heads.is_contiguous()  # d innermost, as fused SDPA needs
+    expected = ref_block(x, p).reshape(2, 2, 3, 6, p * p).permute(0, 1, 3, 4, 2)  # (B, h, n, r, d)
+    torch.testing.assert_close(heads, expected)
+    channels_last = memory_format == torch.channels_last
+    back = fn.unblock_heads(heads, p, x.shape[-2:], channels_last)
+    torch.testing.assert_close(back, x)
+    assert back.is_contiguous(memory_format=memory_format)
 
 
 @pytest.mark.parametrize("p", [4, 8])
@@ -92,8 +94,8 @@ def test_progressive_fast_path_matches_einsum_reference(p):
 
 def test_chunked_block_matching_equals_unchunked():
     q, k, _ = random_maps(b=1, c=16, hw=(32, 32), hw_s=(32, 32))
-    qb = fn.to_heads(fn.block(q, 4), 4)
-    kb = fn.to_heads(fn.block(k, 4), 4)
+    qb = fn.block_heads(q, 4, 4)
+    kb = fn.block_heads(k, 4, 4)
     full = fn.match_blocks(qb, kb)
     tiny = fn.match_blocks(qb, kb, chunk_elems=64)  # forces one content block per chunk
     assert torch.equal(full, tiny)
@@ -183,7 +185,7 @@ def test_preserve_color_takes_luma_from_stylized_and_chroma_from_content() -> No
     content = 0.25 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)  # mid-tones: no clamping
     stylized = 0.25 + 0.5 * torch.rand(1, 3, 8, 8, generator=generator)
     mixed = fn.preserve_color(stylized, content)
-    ycc = fn._RGB_TO_YCC
+    ycc = torch.tensor(fn._RGB_TO_YCC)
 
     def to_ycc(x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("ij,bjhw->bihw", ycc, x)

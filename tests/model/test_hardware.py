@@ -1,7 +1,10 @@
-"""model.hardware: device choice, /proc/cpuinfo parsing, the native-bf16 rule (trainer, bench and service)."""
+"""model.hardware: device choice, /proc/cpuinfo parsing, the native-bf16 rule, huge pages (trainer, bench, service)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,45 @@ def test_asking_for_a_missing_gpu_names_the_setting(monkeypatch: pytest.MonkeyPa
         hardware.select_device("cuda")
     with pytest.raises(RuntimeError, match=r"^STYA2K_DEVICE=cuda:0 but CUDA is not available"):
         hardware.select_device("cuda:0", setting="STYA2K_DEVICE=")
+
+
+def test_thp_mode_reads_the_bracketed_choice(tmp_path: Path) -> None:
+    mode_file = tmp_path / "enabled"
+    mode_file.write_text("always [madvise] never\n")
+    assert hardware.thp_mode(mode_file) == "madvise"
+    mode_file.write_text("[never]\n")
+    assert hardware.thp_mode(mode_file) == "never"
+    assert hardware.thp_mode(tmp_path / "missing") is None
+
+
+HUGE_PAGES_PROBE = """
+import sys
+if sys.argv[1] == "late":
+    import torch
+    torch.ones(3)  # the allocator reads THP_MEM_ALLOC_ENABLE at the first allocation
+import service.cli, service.engine  # importing the service allocates nothing
+from model.hardware import huge_pages, request_huge_pages
+request_huge_pages()
+state = huge_pages()
+print(state.active, state.reason)
+"""
+
+
+def _probe(mode: str, env: dict[str, str]) -> str:
+    proc = subprocess.run([sys.executable, "-c", HUGE_PAGES_PROBE, mode], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(hardware.thp_mode() not in ("always", "madvise"), reason="no transparent huge pages here")
+def test_huge_pages_are_on_in_a_fresh_process_and_report_why_not_otherwise() -> None:
+    env = {k: v for k, v in os.environ.items() if k != hardware.THP_ENV}
+    assert _probe("fresh", env).startswith("True on: THP_MEM_ALLOC_ENABLE=1")
+    assert _probe("fresh", {**env, hardware.THP_ENV: "0"}) == "False off: THP_MEM_ALLOC_ENABLE=0"
+    assert "a tensor was allocated before" in _probe("late", env)
+
+
+def test_huge_pages_off_where_the_kernel_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "thp_mode", lambda path=hardware.THP_MODE_FILE: "never")
+    assert hardware.huge_pages() == hardware.HugePages(False, "off: the kernel's transparent huge pages are never")

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from service_helpers import RunningServer, free_port, image_bytes
 
+from model import hardware
 from service import cli
 from service.client import Client
 from service.settings import Settings
@@ -312,6 +313,10 @@ def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(
         assert info["batching"]["max_batch_size"] == 5  # the flag beat STYA2K_MAX_BATCH_SIZE=3
         assert info["model"]["weights"] == "random"
         assert result.size == (64, 48)
+        # A real server process takes its big tensors from huge pages wherever the kernel offers them.
+        huge = "on:" if hardware.thp_mode() in ("always", "madvise") and "THP_MEM_ALLOC_ENABLE" not in os.environ \
+            else ""
+        assert info["runtime"]["huge_pages"].startswith(huge), info["runtime"]["huge_pages"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
