@@ -76,19 +76,29 @@ def test_block_heads_matches_unfold_and_round_trips(p, memory_format):
     assert back.is_contiguous(memory_format=memory_format)
 
 
+def as_format(maps, memory_format):
+    return [x.contiguous(memory_format=memory_format) for x in maps]
+
+
+FORMATS = pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+
+
+@FORMATS
 @pytest.mark.parametrize("p", [4, 8])
-def test_distributed_fast_path_matches_einsum_reference(p):
+def test_distributed_fast_path_matches_einsum_reference(p, memory_format):
     q, k, v = random_maps(hw=(2 * p, 3 * p), hw_s=(3 * p, p))
     alpha, beta = 0.7, 0.2
-    fast = fn.distributed_branch(q, k, v, p, heads=4, sim_alpha=alpha, sim_beta=beta)
+    fast = fn.distributed_branch(*as_format((q, k, v), memory_format), p, heads=4, sim_alpha=alpha, sim_beta=beta)
+    assert fast.is_contiguous(memory_format=memory_format)
     torch.testing.assert_close(fast, ref_distributed(q, k, v, p, 4, alpha, beta), atol=ATOL, rtol=RTOL)
 
 
+@FORMATS
 @pytest.mark.parametrize("p", [4, 8])
-def test_progressive_fast_path_matches_einsum_reference(p):
+def test_progressive_fast_path_matches_einsum_reference(p, memory_format):
     # Small-magnitude inputs keep block scores apart so argmax has no near-ties between the two paths.
     q, k, v = random_maps(hw=(2 * p, 2 * p), hw_s=(3 * p, 2 * p))
-    fast = fn.progressive_branch(q, k, v, p, heads=4)
+    fast = fn.progressive_branch(*as_format((q, k, v), memory_format), p, heads=4)
     torch.testing.assert_close(fast, ref_progressive(q, k, v, p, 4), atol=ATOL, rtol=RTOL)
 
 
