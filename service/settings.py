@@ -18,6 +18,32 @@ from service.contract import DEFAULT_STYLE_FIT, MAX_SIDE, StyleFit
 
 ENV_PREFIX = "STYA2K_"
 RANDOM_WEIGHTS = "random"
+# STYA2K_* variables of the project's other tools: the server ignores them, so a shell set up for training, the
+# image build or compose can still run `stya2k serve` (any other unknown STYA2K_* name stays an error: a typo must
+# not pass silently). tests/service/test_settings.py checks that every STYA2K_* name in the tree is a setting or here.
+OTHER_TOOLS_ENV: dict[str, str] = {
+    "STYA2K_CACHE": "training: cache folder of the data packs and the campaign (model.pack, model.campaign)",
+    "STYA2K_CAMPAIGN_DIR": "training: the campaign's state folder (model.campaign)",
+    "STYA2K_LB_BACKEND": "load balancer: replica addresses (deploy/nginx)",
+    "STYA2K_LB_IMAGE": "compose: the load balancer's image (docker-compose.yml)",
+    "STYA2K_LB_PORT": "load balancer: its port (deploy/nginx)",
+    "STYA2K_LB_PUBLISH": "compose: the load balancer's published port (docker-compose.yml)",
+    "STYA2K_LB_STATE_DIR": "load balancer: its state folder (deploy/nginx)",
+    "STYA2K_REPLICAS": "compose: number of service replicas (docker-compose.yml)",
+    "STYA2K_NOFILE_LIMIT": "compose: the replicas' open-files limit (docker-compose.yml)",
+    "STYA2K_PROMETHEUS_PUBLISH": "compose: Prometheus's published port (docker-compose.yml)",
+    "STYA2K_CPU_BASE_IMAGE": "image build: the CPU base image (deploy/docker/build-cpu.sh)",
+    "STYA2K_CPU_TORCH_INDEX_URL": "image build: where the CPU torch wheel comes from (deploy/docker/build-cpu.sh)",
+    "STYA2K_TORCH_WHEELS": "image build: a local folder of torch wheels (deploy/docker/build-cpu.sh)",
+    "STYA2K_TORCH_INDEX_PORT": "image build: port of the local wheel index (deploy/docker/build-cpu.sh)",
+    "STYA2K_REGISTRY_TIMEOUT": "image build: seconds to wait for the registry (deploy/docker/build-cpu.sh)",
+    "STYA2K_BASE_PACKAGES": "image build: packages of the local base (deploy/docker/local-base.sh)",
+    "STYA2K_DEBIAN_MIRROR": "image build: Debian mirror of the local base (deploy/docker/local-base.sh)",
+    "STYA2K_SKIP_CONTAINERS": "tests: skip the container tests (tests/run.sh)",
+    "STYA2K_CONTAINER_REPORT": "tests: where the container tests write their figures",
+    "STYA2K_TEST_CHROMIUM": "tests: the Chromium binary of the demo-page tests",
+    "STYA2K_DEMO_SCREENSHOT_DIR": "tests: where the demo-page tests save screenshots",
+}
 # A replica id (STYA2K_REPLICA_ID): the first part of its job ids, and an nginx map key / upstream name suffix
 # (deploy/nginx/render.py checks the same pattern). No dot: the dot separates it from the job's random part.
 REPLICA_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -171,6 +197,8 @@ class Settings:
             if not key.startswith(ENV_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
+            if name not in known and key in OTHER_TOOLS_ENV:
+                continue
             if name not in known:
                 allowed = ", ".join(ENV_PREFIX + n.upper() for n in sorted(known))
                 raise SettingsError(f"unknown setting {key}; known settings: {allowed}")
