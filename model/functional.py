@@ -97,6 +97,22 @@ def unblock_heads(x: Tensor, p: int, size: tuple[int, int], channels_last: bool 
     return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, heads * d, hh, ww)
 
 
+def raw_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T) v with raw dot products (the paper has no 1/sqrt(d)): (..., L, d), (..., S, d), (..., S, dv).
+
+    The fused SDPA kernels take a single head dim for q, k and v; where dv != d (the loss's shallow-key targets:
+    e.g. 24 vs 16 at relu2_1) all three are zero-padded to the wider one, which changes neither q.k nor the kept
+    output columns. Without it PyTorch falls back to the unfused math path, which materialises the whole score
+    matrix (268 MB in float32 for relu2_1's 16x16 blocks at 128 px, batch 8) and took ~0.45 s of a 3 s CPU step.
+    """
+    d, dv = q.shape[-1], v.shape[-1]
+    if d == dv:
+        return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    width = max(d, dv)
+    q, k, v = F.pad(q, (0, width - d)), F.pad(k, (0, width - d)), F.pad(v, (0, width - dv))
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :dv]
+
+
 def aggregate_blocks(k: Tensor, v: Tensor, sim_alpha: Tensor | float,
                      sim_beta: Tensor | float) -> tuple[Tensor, Tensor]:
     """Distributed attention step 1 (eq. 7-8): one representative key and value per style block.
@@ -123,8 +139,7 @@ def distributed_attention(q: Tensor, k: Tensor, v: Tensor, sim_alpha: Tensor | f
     """
     b, h, n_c, r, d = q.shape
     k_agg, v_agg = aggregate_blocks(k, v, sim_alpha, sim_beta)
-    # The paper uses raw dot products (no 1/sqrt(d)), so the scale is passed explicitly.
-    out = F.scaled_dot_product_attention(q.reshape(b, h, n_c * r, d), k_agg, v_agg, scale=1.0)
+    out = raw_attention(q.reshape(b, h, n_c * r, d), k_agg, v_agg)  # (B, h, n_c * r, dv)
     return out.reshape(b, h, n_c, r, v.shape[-1])
 
 
@@ -166,9 +181,7 @@ def progressive_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     k_sel = gather_blocks(k, index)  # (B, h, n_c, r, d)
     v_sel = gather_blocks(v, index)  # (B, h, n_c, r, dv)
     dv = v.shape[-1]
-    out = F.scaled_dot_product_attention(
-        q.reshape(b, h * n_c, r, d), k_sel.reshape(b, h * n_c, r, d), v_sel.reshape(b, h * n_c, r, dv), scale=1.0
-    )
+    out = raw_attention(q.reshape(b, h * n_c, r, d), k_sel.reshape(b, h * n_c, r, d), v_sel.reshape(b, h * n_c, r, dv))
     return out.reshape(b, h, n_c, r, dv)
 
 

@@ -102,6 +102,15 @@ def test_progressive_fast_path_matches_einsum_reference(p, memory_format):
     torch.testing.assert_close(fast, ref_progressive(q, k, v, p, 4), atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize(("d", "dv"), [(24, 16), (8, 20), (16, 16)])
+def test_raw_attention_pads_unequal_head_dims(d, dv):
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 3, 10, d, generator=g), torch.randn(2, 3, 7, d, generator=g)
+    v = torch.randn(2, 3, 7, dv, generator=g)
+    expected = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v  # raw dot products, no 1/sqrt(d)
+    torch.testing.assert_close(fn.raw_attention(q, k, v), expected, atol=ATOL, rtol=RTOL)
+
+
 def test_chunked_block_matching_equals_unchunked():
     q, k, _ = random_maps(b=1, c=16, hw=(32, 32), hw_s=(32, 32))
     qb = fn.block_heads(q, 4, 4)
@@ -114,6 +123,8 @@ def test_chunked_block_matching_equals_unchunked():
 def test_value_channels_may_differ_from_key_channels():
     q, k, v = random_maps(c=16, cv=8, hw=(8, 8), hw_s=(8, 16))
     assert fn.distributed_branch(q, k, v, 4, 4).shape == (2, 8, 8, 8)
+    torch.testing.assert_close(fn.distributed_branch(q, k, v, 4, 4, 0.7, 0.2), ref_distributed(q, k, v, 4, 4, 0.7, 0.2),
+                               atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(fn.progressive_branch(q, k, v, 4, 4), ref_progressive(q, k, v, 4, 4),
                                atol=ATOL, rtol=RTOL)
 
