@@ -168,6 +168,8 @@ class Engine:
         net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.startup["load_s"] = round(time.monotonic() - started, 3)
+        # Read once: the probe reads /proc/self/smaps, too slow for every /v1/info.
+        self.huge_pages_reason = huge_pages().reason if self.device.type == "cpu" else None
         precision = self._select_precision()
         self.autocast_dtype, self.precision_reason = precision.dtype, precision.reason
         self._transfer = net.stylize_from_features
@@ -294,7 +296,7 @@ class Engine:
             "cpu_capability": cpu_capability(),
             "compile": self.settings.compile,
             "channels_last": True,
-            "huge_pages": huge_pages().reason if self.device.type == "cpu" else None,
+            "huge_pages": getattr(self, "huge_pages_reason", None),
             "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
             "startup_s": dict(self.startup),
         }
