@@ -7,6 +7,8 @@ Notation used in shape comments:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,7 +20,7 @@ def calc_mean_std(feat: Tensor, eps: float = MVN_EPS) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std over space (unbiased variance + eps), each (B, C, 1, 1)."""
     b, c = feat.shape[:2]
     space = tuple(range(2, feat.dim()))
-    positions = feat[0, 0].numel()
+    positions = math.prod(feat.shape[2:])
     # Reduced in place over the spatial dims: a reshape to (B, C, H*W) would copy a channels_last map first.
     # Unbiased variance is undefined for a single position; fall back to 0 (std = sqrt(eps)).
     var, mean = torch.var_mean(feat, dim=space, correction=1 if positions > 1 else 0)
@@ -79,7 +81,8 @@ def block_heads(x: Tensor, p: int, heads: int) -> Tensor:
     b, c, hh, ww = x.shape
     x = x.reshape(b, heads, c // heads, hh // p, p, ww // p, p)  # (B, h, d, H/p, p, W/p, p): a view
     x = x.permute(0, 1, 3, 5, 4, 6, 2)  # (B, h, H/p, W/p, p, p, d)
-    return x.reshape(b, heads, (hh // p) * (ww // p), p * p, c // heads)
+    # contiguous(): with a single block the reshape can stay a view with d strided
+    return x.reshape(b, heads, (hh // p) * (ww // p), p * p, c // heads).contiguous()
 
 
 def unblock_heads(x: Tensor, p: int, size: tuple[int, int], channels_last: bool = False) -> Tensor:

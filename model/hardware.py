@@ -20,7 +20,7 @@ CPUINFO = Path("/proc/cpuinfo")
 # autocast runs several times slower than float32 (measured 6-20x on AVX2: docs/BENCHMARKS.md).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # PyTorch's CPU allocator (c10 alloc_cpu) reads this once, at the process's first tensor allocation: with "1" it
-# aligns every allocation of >= 2 MiB to 2 MiB and madvises it MADV_HUGEPAGE.
+# page-aligns every allocation of >= 2 MiB and madvises it MADV_HUGEPAGE.
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 HUGE_PAGE_BYTES = 2 << 20

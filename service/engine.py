@@ -138,6 +138,7 @@ class Engine:
         self.device = torch.device("cpu")
         self.autocast_dtype: torch.dtype | None = None
         self.precision_reason = ""
+        self.huge_pages_reason: str | None = None  # CPU only: read once at load (the probe reads /proc/self/smaps)
         self.max_batch_size = settings.max_batch_size or 1  # resolved per device by load()
         self.startup: dict[str, float | None] = {}  # seconds of each start-up step
         self.weights_label = ""
@@ -168,7 +169,6 @@ class Engine:
         net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.startup["load_s"] = round(time.monotonic() - started, 3)
-        # Read once: the probe reads /proc/self/smaps, too slow for every /v1/info.
         self.huge_pages_reason = huge_pages().reason if self.device.type == "cpu" else None
         precision = self._select_precision()
         self.autocast_dtype, self.precision_reason = precision.dtype, precision.reason
@@ -296,7 +296,7 @@ class Engine:
             "cpu_capability": cpu_capability(),
             "compile": self.settings.compile,
             "channels_last": True,
-            "huge_pages": getattr(self, "huge_pages_reason", None),
+            "huge_pages": self.huge_pages_reason,
             "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
             "startup_s": dict(self.startup),
         }

@@ -197,7 +197,7 @@ class Settings:
             if not key.startswith(ENV_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
-            if name not in known and key in OTHER_TOOLS_ENV:
+            if key in OTHER_TOOLS_ENV:  # never a setting's name (tests/service/test_settings.py)
                 continue
             if name not in known:
                 allowed = ", ".join(ENV_PREFIX + n.upper() for n in sorted(known))
