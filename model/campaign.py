@@ -31,7 +31,7 @@ from types import FrameType
 
 from model.checkpoint import default_weights_path
 from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
-from model.hardware import huge_pages, request_huge_pages
+from model.hardware import start_command
 from model.pack import build_pack, default_cache_dir
 from model.train import TrainConfig, Trainer
 
@@ -153,9 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    request_huge_pages()  # before any tensor: the CPU allocator reads it once
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info("huge pages: %s", huge_pages().reason)
+    start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
     parser = argparse.ArgumentParser(prog="python -m model.campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time-budget", type=float, required=True, metavar="SECONDS",

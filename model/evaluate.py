@@ -41,7 +41,7 @@ from model.config import ModelConfig
 from model.data import list_images, load_rgb, resize_short_side
 from model.encoder import VGGEncoder
 from model.export import portable_paths
-from model.hardware import huge_pages, request_huge_pages, select_device
+from model.hardware import select_device, start_command
 from model.imageio import pil_to_tensor
 from model.stya2k import StyA2K
 
@@ -389,9 +389,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    request_huge_pages()  # before any tensor: the CPU allocator reads it once
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info("huge pages: %s", huge_pages().reason)
+    start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
     parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

@@ -7,6 +7,7 @@ or a precision.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import sys
@@ -104,6 +105,14 @@ def request_huge_pages() -> None:
     os.environ.setdefault(THP_ENV, "1")
 
 
+def start_command(logger_name: str) -> None:
+    """What a training or evaluation command does first: huge pages (before any tensor), logging, and the log line
+    that says whether the huge pages took (a later run's reader needs that to compare its speed)."""
+    request_huge_pages()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(logger_name).info("huge pages: %s", huge_pages().reason)
+
+
 def huge_pages() -> HugePages:
     """Report whether `request_huge_pages` took effect in this process (a 4 MiB probe, never touched)."""
     if not sys.platform.startswith("linux"):
@@ -138,6 +147,8 @@ def _advised_huge(address: int, smaps: Path = Path("/proc/self/smaps")) -> bool 
                 return "hg" in line.split()[1:]
             continue
         start, _, end = first.partition("-")  # a mapping's header: "start-end perms offset ..."
-        with contextlib.suppress(ValueError):
+        try:
             inside = int(start, 16) <= address < int(end, 16)
+        except ValueError:  # not a header we can read: its fields must not be taken for the previous mapping's
+            inside = False
     return None

@@ -48,7 +48,7 @@ from model.data import (
     load_fixed_images,
 )
 from model.export import export_release
-from model.hardware import has_native_bf16, huge_pages, request_huge_pages, select_device
+from model.hardware import has_native_bf16, select_device, start_command
 from model.losses import LossConfig, StyleTransferLoss
 from model.pack import PackedPairs
 from model.plotting import image_grid
@@ -653,9 +653,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    request_huge_pages()  # before any tensor: the CPU allocator reads it once
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info("huge pages: %s", huge_pages().reason)
+    start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

@@ -100,3 +100,29 @@ def test_huge_pages_are_on_in_a_fresh_process_and_report_why_not_otherwise() -> 
 def test_huge_pages_off_where_the_kernel_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hardware, "thp_mode", lambda path=hardware.THP_MODE_FILE: "never")
     assert hardware.huge_pages() == hardware.HugePages(False, "off: the kernel's transparent huge pages are never")
+
+
+SMAPS = """\
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0
+Size:               4096 kB
+VmFlags: rd wr mr mw me ac hg
+7f0000400000-7f0000800000 rw-p 00000000 00:00 0
+Size:               4096 kB
+VmFlags: rd wr mr mw me ac
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+Size:                  4 kB
+not-a-header line the parser cannot read
+VmFlags: rd wr hg
+"""
+
+
+def test_smaps_vmflags_decide_per_mapping(tmp_path: Path) -> None:
+    smaps = tmp_path / "smaps"
+    smaps.write_text(SMAPS)
+    assert hardware._advised_huge(0x7F0000001000, smaps) is True
+    assert hardware._advised_huge(0x7F0000400000, smaps) is False  # the end of one mapping starts the next
+    assert hardware._advised_huge(0x1000, smaps) is None  # in no mapping
+    # An unreadable header ends the mapping before it (here one without VmFlags, as older kernels write): the
+    # unknown mapping's "hg" must not be credited to the vsyscall page.
+    assert hardware._advised_huge(0xFFFFFFFFFF600000, smaps) is None
+    assert hardware._advised_huge(0x7F0000001000, tmp_path / "missing") is None

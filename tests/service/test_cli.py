@@ -314,9 +314,8 @@ def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(
         assert info["model"]["weights"] == "random"
         assert result.size == (64, 48)
         # A real server process takes its big tensors from huge pages wherever the kernel offers them.
-        huge = "on:" if hardware.thp_mode() in ("always", "madvise") and "THP_MEM_ALLOC_ENABLE" not in os.environ \
-            else ""
-        assert info["runtime"]["huge_pages"].startswith(huge), info["runtime"]["huge_pages"]
+        offered = hardware.thp_mode() in ("always", "madvise") and os.environ.get("THP_MEM_ALLOC_ENABLE", "1") == "1"
+        assert info["runtime"]["huge_pages"].startswith("on:" if offered else "off:"), info["runtime"]["huge_pages"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:

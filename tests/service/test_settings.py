@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -61,13 +63,12 @@ def test_other_tools_variables_do_not_stop_the_server() -> None:
 def test_every_stya2k_variable_in_the_tree_is_a_setting_or_another_tools() -> None:
     import re
     from dataclasses import fields
-    from pathlib import Path
 
     from service.settings import ENV_PREFIX, OTHER_TOOLS_ENV
 
     root = Path(__file__).resolve().parents[2]
-    sources = [p for pattern in ("*.py", "*.sh", "*.yml", "*.md", "*.template", "Dockerfile*")
-               for p in root.rglob(pattern) if ".venv" not in p.parts and ".git" not in p.parts]
+    sources = [p for p in _tree_files(root)
+               if p.suffix in (".py", ".sh", ".yml", ".md", ".template") or p.name.startswith("Dockerfile")]
     names = {m for p in sources for m in re.findall(r"STYA2K_[A-Z0-9_]*[A-Z0-9]", p.read_text(errors="replace"))}
     settings = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
     examples = {"STYA2K_BATCH", "STYA2K_REPLICA", "STYA2K_VIDEO"}  # these tests' typos; STYA2K_VIDEO_* in prose
@@ -90,3 +91,13 @@ def test_readme_settings_table_is_generated_from_the_fields() -> None:
     assert block == markdown_table(), "README settings table is stale: run `python -m service.settings`"
     for field in dataclasses.fields(Settings):
         assert field.metadata.get("help"), f"{field.name} has no help text"
+
+
+def _tree_files(root: Path) -> list[Path]:
+    """The project's files as git sees them (tracked or not ignored: build output must not count), else a walk."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
+                                capture_output=True, check=True, timeout=30).stdout.decode().split("\0")
+    except (OSError, subprocess.SubprocessError):
+        return [p for p in root.rglob("*") if p.is_file() and not {".venv", ".git"} & set(p.parts)]
+    return [root / name for name in listed if name and (root / name).is_file()]
