@@ -202,8 +202,12 @@ def _blocked_branch(attention, q: Tensor, k: Tensor, v: Tensor, block_size: int,
         block_heads(k, block_size, heads),  # (B, h, n_s, r, d)
         block_heads(v, block_size, heads),  # (B, h, n_s, r, dv)
     )
-    channels_last = q.dim() == 4 and q.is_contiguous(memory_format=torch.channels_last) and not q.is_contiguous()
-    return unblock_heads(out, block_size, q.shape[-2:], channels_last)[..., :h, :w]
+    return unblock_heads(out, block_size, q.shape[-2:], _is_channels_last(q))[..., :h, :w]
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    """Whether a (B, C, H, W) map is laid out NHWC (a map that is both, e.g. 1x1, counts as NCHW)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def distributed_branch(q: Tensor, k: Tensor, v: Tensor, block_size: int, heads: int,
@@ -222,15 +226,15 @@ def all_to_all(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     """Full softmax attention of every content position over every style position (AdaAttN/SANet style).
 
     q: (B, Cq, H, W), k: (B, Cq, Hs, Ws), v: (B, Cv, Hs, Ws) -> (B, Cv, H, W). Same raw dot product as A2K.
+    Positions are 1x1 blocks, so the tokens reach SDPA with the head dim innermost (its fused kernel) and the
+    output keeps a channels_last input's layout, as the A2K branches do.
     """
-    b, _, hh, ww = q.shape
-    cv = v.shape[1]
-
-    def tokens(x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, h, H*W, C/h)
-        return x.reshape(b, heads, x.shape[1] // heads, -1).transpose(-1, -2)
-
-    out = F.scaled_dot_product_attention(tokens(q), tokens(k), tokens(v), scale=1.0)  # (B, h, H*W, dv)
-    return out.transpose(-1, -2).reshape(b, cv, hh, ww)
+    out = raw_attention(
+        block_heads(q, 1, heads).squeeze(-2),  # (B, h, H*W, d)
+        block_heads(k, 1, heads).squeeze(-2),  # (B, h, Hs*Ws, d)
+        block_heads(v, 1, heads).squeeze(-2),  # (B, h, Hs*Ws, dv)
+    )
+    return unblock_heads(out.unsqueeze(-2), 1, q.shape[-2:], _is_channels_last(q))
 
 
 # BT.601 full-range RGB <-> YCbCr (what JPEG uses); the chroma offset 0.5 is irrelevant here. A nested tuple, not

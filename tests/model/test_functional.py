@@ -179,15 +179,34 @@ def test_pad_to_multiple_is_pad_to_the_next_multiple():
         torch.testing.assert_close(padded, fn.pad_to(x, *want))
 
 
-def test_all_to_all_matches_softmax_reference():
-    q, k, v = random_maps(c=16, hw=(6, 5), hw_s=(4, 7))
-    out = fn.all_to_all(q, k, v, heads=4)
+@FORMATS
+@pytest.mark.parametrize("cv", [16, 8])
+def test_all_to_all_matches_softmax_reference(memory_format, cv):
+    q, k, v = random_maps(c=16, cv=cv, hw=(6, 5), hw_s=(4, 7))
+    out = fn.all_to_all(*as_format((q, k, v), memory_format), heads=4)
+    assert out.is_contiguous(memory_format=memory_format)
     b, heads = 2, 4
     qt = q.reshape(b, heads, 4, -1)
     kt = k.reshape(b, heads, 4, -1)
-    vt = v.reshape(b, heads, 4, -1)
+    vt = v.reshape(b, heads, cv // heads, -1)
     ref = torch.einsum("bhqk,bhck->bhcq", torch.softmax(torch.einsum("bhcq,bhck->bhqk", qt, kt), -1), vt)
-    torch.testing.assert_close(out, ref.reshape(2, 16, 6, 5), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(out, ref.reshape(2, cv, 6, 5), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("branch", ["distributed", "progressive"])
+def test_branches_keep_channels_last_off_the_block_grid(branch):
+    # 13x10 content, 9x11 style with 4x4 blocks: both are padded. The crop back to 13x10 is a view (contiguous in
+    # neither format), so what must hold is the stride order: channels innermost for NHWC, width for NCHW; a
+    # following channels_last 1x1 convolution then writes NHWC without a layout change.
+    q, k, v = random_maps(c=16, hw=(13, 10), hw_s=(9, 11))
+    run = fn.distributed_branch if branch == "distributed" else fn.progressive_branch
+    nchw = run(q, k, v, 4, 4)
+    nhwc = run(*as_format((q, k, v), torch.channels_last), 4, 4)
+    assert nchw.shape == nhwc.shape == (2, 16, 13, 10)
+    assert nhwc.stride(1) == 1 and nchw.stride(-1) == 1
+    conv = torch.nn.Conv2d(16, 16, 1).to(memory_format=torch.channels_last)
+    assert conv(nhwc).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc, nchw, atol=ATOL, rtol=RTOL)
 
 
 def test_mean_variance_norm_and_adain_statistics():
