@@ -9,7 +9,8 @@ median paired ratio to the plain step of the same round.
 
 Variants (each adds one lever to the plain step, "fast" is what `model.train` picks on this machine):
 plain (image folders decoded per step, two encoder calls, fp32, contiguous), pack, fused, channels_last,
-bf16 (frozen VGG under bf16 autocast), fast.
+bf16 (frozen VGG under bf16 autocast), fast, fast_fp32_trained (fast with the trained A2K modules and decoder
+kept in float32: the lever bf16_trained on its own, paired).
 """
 
 from __future__ import annotations
@@ -41,18 +42,18 @@ from bench.common import (
     write_json,
 )
 from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
-from model.hardware import has_native_bf16
+from model.hardware import has_native_bf16, start_command
 from model.pack import default_cache_dir
 from model.train import TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("plain", "pack", "fused", "channels_last", "bf16", "fast")
+VARIANTS = ("plain", "pack", "fused", "channels_last", "bf16", "fast", "fast_fp32_trained")
 SECTION = "bench/train.py"
 
 
 def variant_config(base: TrainConfig, variant: str, pack: str | None) -> TrainConfig:
-    plain = replace(base, pack=None, fused_encode=False, channels_last="off", bf16="off")
+    plain = replace(base, pack=None, fused_encode=False, channels_last="off", bf16="off", bf16_trained="off")
     if variant == "plain":
         return plain
     if variant == "pack":
@@ -63,8 +64,11 @@ def variant_config(base: TrainConfig, variant: str, pack: str | None) -> TrainCo
         return replace(plain, channels_last="on")
     if variant == "bf16":
         return replace(plain, bf16="on")
+    fast = replace(base, pack=pack, fused_encode=True, channels_last="auto", bf16="auto", bf16_trained="auto")
     if variant == "fast":
-        return replace(base, pack=pack, fused_encode=True, channels_last="auto", bf16="auto")
+        return fast
+    if variant == "fast_fp32_trained":
+        return replace(fast, bf16_trained="off")
     raise ValueError(variant)
 
 
@@ -129,6 +133,7 @@ def bench_size(args: argparse.Namespace, size: int, variants: list[str], device:
 def render(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = ["## Training step (`bench/train.py`)", "", machine_line(meta), "",
+             f"Process memory set-up: {meta['memory']}." if meta.get("memory") else "",
              f"Command: `{result['command']}`", "",
              "One full step (batch load, encoder, A2K, decoder, both losses, backward, Adam) per variant, the "
              "variants taking turns each round; speed-up = median of the per-round ratios plain / variant.", ""]
@@ -153,7 +158,9 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The trainer's own process set-up (huge pages, a heap that keeps freed memory), so the step is timed as
+    # `model.train` runs it; GLIBC_TUNABLES= (empty) or THP_MEM_ALLOC_ENABLE=0 measure without them.
+    memory = start_command(__name__)
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="128,256", help="crop sizes (comma-separated)")
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [bench_size(args, s, variants, device, Path(tmp)) for s in sizes]
     meta = machine_info(device)
     meta["cpu_native_bf16"] = has_native_bf16()
+    meta["memory"] = memory
     matmul = matmul_flops_per_s(device, torch.float32, 2048 if device.type == "cpu" else 8192)
     result = {"meta": meta, "command": "python -m bench.train " + " ".join(argv or sys.argv[1:]),
               "sizes": results, "matmul": matmul}

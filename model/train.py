@@ -95,6 +95,8 @@ class TrainConfig:
     # Speed levers of the step, "auto" = chosen for this machine at start (see `choose_levers`).
     channels_last: str = "auto"
     bf16: str = "auto"
+    # bf16 autocast for the trained A2K modules and decoder too (their weights, gradients and Adam stay fp32).
+    bf16_trained: str = "auto"
     fused_encode: bool = True
     # Linear lr warm-up over this many iterations after a fresh optimizer (--init-weights); 0 = none.
     warmup_iters: int = 0
@@ -109,7 +111,7 @@ class TrainConfig:
             raise ValueError("batch_size and iters must be >= 1")
         if not 0.0 <= self.constant_frac <= 1.0:
             raise ValueError("constant_frac must be in [0, 1]")
-        for name in ("channels_last", "bf16"):
+        for name in ("channels_last", "bf16", "bf16_trained"):
             if getattr(self, name) not in LEVER_CHOICES:
                 raise ValueError(f"{name} must be one of {', '.join(LEVER_CHOICES)}, got {getattr(self, name)!r}")
 
@@ -179,11 +181,13 @@ class StepLevers:
 
     channels_last: bool = False
     bf16: bool = False  # autocast for the frozen encoder and loss network (CPU) / the whole step (CUDA)
+    bf16_trained: bool = False  # CPU: the A2K modules and decoder under autocast too (fp32 master weights)
     fused_encode: bool = False  # content and style through the encoder as one batch
     reasons: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        flags = f"channels_last={self.channels_last} bf16={self.bf16} fused_encode={self.fused_encode}"
+        flags = (f"channels_last={self.channels_last} bf16={self.bf16} bf16_trained={self.bf16_trained} "
+                 f"fused_encode={self.fused_encode}")
         return flags + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
@@ -222,8 +226,23 @@ def choose_levers(cfg: TrainConfig, device: torch.device, encoder: torch.nn.Modu
             reasons.append(f"channels_last: encoder fwd+bwd {plain:.2f} s -> {fast:.2f} s measured")
     else:
         channels_last = cfg.channels_last == "on"
-    return StepLevers(channels_last=channels_last, bf16=bf16, fused_encode=cfg.fused_encode,
-                      reasons=tuple(reasons))
+    bf16_trained = _choose_bf16_trained(cfg, device, bf16, reasons)
+    return StepLevers(channels_last=channels_last, bf16=bf16, bf16_trained=bf16_trained,
+                      fused_encode=cfg.fused_encode, reasons=tuple(reasons))
+
+
+def _choose_bf16_trained(cfg: TrainConfig, device: torch.device, bf16: bool, reasons: list[str]) -> bool:
+    """The trained parts under bf16 too: on CUDA the bf16 autocast covers the whole step already; on a CPU, auto
+    follows native bf16 (there the decoder's forward + backward ran ~2.5x faster at 128 px; without it oneDNN
+    emulates bf16, 6-20x slower), and only when the frozen networks run bf16 as well."""
+    if device.type == "cuda":
+        return bf16
+    if cfg.bf16_trained != "auto":
+        return cfg.bf16_trained == "on"
+    chosen = bf16 and has_native_bf16()
+    reasons.append(f"bf16_trained: {'on' if chosen else 'off'}, "
+                   + ("the CPU has native bf16" if chosen else "needs bf16 on a CPU with native bf16"))
+    return chosen
 
 
 def autocast_for(device: torch.device, enabled: bool = True) -> AbstractContextManager[Any]:
@@ -307,8 +326,13 @@ class Trainer:
         )
 
     def _encoder_autocast(self) -> AbstractContextManager[Any]:
-        # On CPU only the frozen networks run in bf16 (the trained parts and Adam stay fp32).
+        # On CPU the frozen networks run in bf16 with this lever alone (the trained parts have their own).
         return autocast_for(self.device, self.levers.bf16 and self.device.type == "cpu")
+
+    def _trained_autocast(self) -> AbstractContextManager[Any]:
+        # CPU: the A2K modules and decoder compute in bf16; the optimizer still sees fp32 weights and gradients.
+        # (On CUDA the step's own autocast covers them.)
+        return autocast_for(self.device, self.levers.bf16_trained and self.device.type == "cpu")
 
     def _loss_encoder(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss network (the frozen VGG, with gradients to its input) under the encoder's levers."""
@@ -445,8 +469,10 @@ class Trainer:
             style = style.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device, self.device.type == "cuda" and self.levers.bf16):
             c_feats, s_feats = self.features(content, style)
-            out = self.net.decode(self.net.transfer(c_feats, s_feats))  # (B, 3, S, S) unclamped
-            terms = self.loss_fn(out, c_feats, s_feats)
+            with self._trained_autocast():
+                out = self.net.decode(self.net.transfer(c_feats, s_feats))  # (B, 3, S, S) unclamped
+            # float32 into the loss: its statistics and A2K targets are fp32 work (the loss network casts itself)
+            terms = self.loss_fn(out.float(), c_feats, s_feats)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()
@@ -573,6 +599,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="channels_last memory format (auto: measured at start on CPU, on for CUDA)")
     parser.add_argument("--bf16", choices=LEVER_CHOICES, default=defaults.bf16,
                         help="bf16 autocast (auto: CUDA, or a CPU with native bf16; on CPU only the frozen VGG)")
+    parser.add_argument("--bf16-trained", choices=LEVER_CHOICES, default=defaults.bf16_trained,
+                        help="CPU: bf16 autocast for the trained A2K modules and decoder too, fp32 weights and Adam "
+                             "(auto: with --bf16 on a CPU with native bf16)")
     parser.add_argument("--no-fused-encode", action="store_true",
                         help="encode content and style in two encoder calls instead of one batch")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -620,6 +649,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         pack=args.pack,
         channels_last=args.channels_last,
         bf16=args.bf16,
+        bf16_trained=args.bf16_trained,
         fused_encode=not args.no_fused_encode,
         warmup_iters=args.warmup_iters,
         thread_tuning=args.thread_tuning,

@@ -31,7 +31,8 @@ def test_train_benchmark_smoke(tmp_path: Path) -> None:
     out, doc = tmp_path / "train.json", tmp_path / "BENCHMARKS.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.train", "--sizes", "32", "--rounds", "1", "--warmup", "0", "--batch-size", "2",
-         "--load-size", "40", "--variants", "plain,pack,fused,channels_last,fast", "--pack", str(pack),
+         "--load-size", "40", "--variants", "plain,pack,fused,channels_last,fast,fast_fp32_trained",
+         "--pack", str(pack),
          "--content-dir", content, "--style-dir", style, "--threads", "1", "--device", "cpu", "--out", str(out),
          "--doc", str(doc)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,13 +40,14 @@ def test_train_benchmark_smoke(tmp_path: Path) -> None:
     (size,) = data["sizes"]
     assert size["crop_size"] == 32 and size["step_gflop"] > 0
     variants = size["variants"]
-    assert set(variants) == {"plain", "pack", "fused", "channels_last", "fast"}
+    assert set(variants) == {"plain", "pack", "fused", "channels_last", "fast", "fast_fp32_trained"}
     assert variants["plain"]["speedup_vs_plain"] == pytest.approx(1.0)
     for row in variants.values():
         assert row["median_s"] > 0 and row["images_per_s"] > 0 and len(row["losses"]) == 1
     # Same seed, same first batch, same loss: the levers change speed, not the loss.
     assert variants["pack"]["losses"] == pytest.approx(variants["plain"]["losses"], rel=1e-4)
     assert "fused_encode=True" in variants["fast"]["levers"]
+    assert "bf16_trained=False" in variants["fast_fp32_trained"]["levers"]
     assert data["matmul"]["flops_per_s"] > 0
     text = doc.read_text()
     assert "<!-- BEGIN bench/train.py -->" in text and "speed-up vs plain" in text and "GFLOP" in text

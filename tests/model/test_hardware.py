@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,37 @@ def test_smaps_vmflags_decide_per_mapping(tmp_path: Path) -> None:
     # unknown mapping's "hg" must not be credited to the vsyscall page.
     assert hardware._advised_huge(0xFFFFFFFFFF600000, smaps) is None
     assert hardware._advised_huge(0x7F0000001000, tmp_path / "missing") is None
+
+
+HEAP_PROBE = """
+import ctypes, sys
+from model import hardware
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+said = hardware.keep_freed_memory() if sys.argv[1] == "keep" else "-"
+import torch
+x = torch.ones(16 << 20, dtype=torch.uint8)  # 16 MiB: above glibc's default (adaptive, from 128 KiB) mmap threshold
+del x
+print(said)
+print(libc.mallinfo2().fordblks)  # bytes free inside the heap, kept for the next allocation
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_freed_memory_stays_in_the_heap_for_the_next_step() -> None:
+    def probe(mode: str, **env: str) -> tuple[str, int]:
+        clean = {k: v for k, v in os.environ.items() if k not in hardware._MALLOC_ENV}
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], env={**clean, **env},
+                             cwd=Path(__file__).resolve().parents[2],
+                             capture_output=True, text=True, check=True, timeout=120).stdout.split("\n")
+        return out[0], int(out[1])
+
+    said, free = probe("keep")
+    assert said.startswith("glibc keeps freed memory") and free >= 16 << 20
+    _, default_free = probe("default")
+    assert default_free < 16 << 20  # by default the block was mmapped and went straight back to the kernel
+    said, free = probe("keep", MALLOC_TRIM_THRESHOLD_="0")  # the user's own setting wins
+    assert said == "as the environment sets it (MALLOC_TRIM_THRESHOLD_)" and free < 16 << 20

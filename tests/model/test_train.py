@@ -65,6 +65,7 @@ def _config(run_dir: Path, data_dirs: tuple[str, str], **overrides: object) -> T
         # Fixed levers: "auto" measures at start, and a resumed run must take the same path as the straight one.
         channels_last="off",
         bf16="off",
+        bf16_trained="off",
     )
     return replace(base, **overrides)
 
@@ -186,10 +187,13 @@ def test_fast_step_computes_the_plain_losses_and_gradients(tmp_path: Path, data_
         assert (fast_grads[name] - grad).abs().max() <= 1e-2 * flat.abs().max() + 2e-2 * grad.abs().max(), name
 
 
-def test_bf16_frozen_networks_stay_close_to_fp32(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+@pytest.mark.parametrize("bf16_trained", ["off", "on"])
+def test_bf16_stays_close_to_fp32(tmp_path: Path, data_dirs: tuple[str, str], bf16_trained: str) -> None:
+    # "off": only the frozen networks in bf16; "on": the trained A2K modules and decoder too.
     plain = Trainer(_config(tmp_path / "plain", data_dirs))
-    bf16 = Trainer(_config(tmp_path / "bf16", data_dirs, bf16="on"))
+    bf16 = Trainer(_config(tmp_path / "bf16", data_dirs, bf16="on", bf16_trained=bf16_trained))
     assert bf16.levers.bf16 and not plain.levers.bf16
+    assert bf16.levers.bf16_trained == (bf16_trained == "on") and not plain.levers.bf16_trained
     content, style = _fixed_batch(plain)
     plain_values, plain_grads = _grads_after_step(plain, content, style)
     bf16_values, bf16_grads = _grads_after_step(bf16, content, style)
@@ -202,10 +206,12 @@ def test_bf16_frozen_networks_stay_close_to_fp32(tmp_path: Path, data_dirs: tupl
 
 
 def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
-    trainer = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="auto"))
+    trainer = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="auto", bf16_trained="auto"))
     assert trainer.levers.bf16 == has_native_bf16()
     described = trainer.levers.describe()
     assert "channels_last: encoder fwd+bwd" in described and "bf16: CPU" in described
+    assert trainer.levers.bf16_trained == (trainer.levers.bf16 and has_native_bf16())
+    assert "bf16_trained: " in described
     state = torch.load(trainer.save_checkpoint(), weights_only=False)
     assert state["levers"] == described
 
@@ -213,6 +219,8 @@ def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[
 def test_unknown_lever_value_is_rejected() -> None:
     with pytest.raises(ValueError, match="channels_last must be one of auto, on, off"):
         TrainConfig(run_dir="x", channels_last="yes")
+    with pytest.raises(ValueError, match="bf16_trained must be one of auto, on, off"):
+        TrainConfig(run_dir="x", bf16_trained="fp16")
 
 
 def test_deadline_leaves_room_for_a_step_and_the_checkpoint() -> None:
