@@ -17,6 +17,9 @@ count) really differ, and the float32 reference runs in a process of its own rig
   huge_pages      THP_MEM_ALLOC_ENABLE=1: tensors of >= 2 MiB on transparent huge pages (the float32
                   reference runs with it off, =0)
   bf16_cl_thp     bf16 + channels_last + huge pages: what the service runs on a CPU with native bf16
+  heap            glibc keeps freed memory (model.hardware.keep_freed_memory: blocks up to 32 MiB from the heap,
+                  no trimming) instead of returning it to the kernel after every call
+  bf16_cl_thp_heap  bf16 + channels_last + huge pages + heap
 
 Difference vs float32 (same content, same cached style): mean / p99 / max absolute difference of the uint8
 outputs (0..255), and LPIPS (model/lpips.py, weights in ../shared/weights/lpips; skipped without them).
@@ -40,7 +43,7 @@ from bench import common
 
 SECTION = "bench/levers.py"
 LEVERS = ("channels_last", "bf16", "bf16_cl", "threads1", "omp_passive", "batch2", "compile", "huge_pages",
-          "bf16_cl_thp")
+          "bf16_cl_thp", "heap", "bf16_cl_thp_heap")
 LPIPS_DIR = common.REPO_ROOT.parent / "shared" / "weights" / "lpips"
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,11 +57,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------------ worker
 def lever_setup(lever: str) -> dict[str, Any]:
     """What a lever changes: env of the worker process and options of the call."""
-    env = {"THP_MEM_ALLOC_ENABLE": "1" if lever in ("huge_pages", "bf16_cl_thp") else "0"}
+    env = {"THP_MEM_ALLOC_ENABLE": "1" if lever in ("huge_pages", "bf16_cl_thp", "bf16_cl_thp_heap") else "0"}
     return {
         "env": env | ({"OMP_WAIT_POLICY": "PASSIVE"} if lever == "omp_passive" else {}),
-        "dtype": "bf16" if lever in ("bf16", "bf16_cl", "bf16_cl_thp") else "fp32",
-        "channels_last": lever in ("channels_last", "bf16_cl", "bf16_cl_thp"),
+        "dtype": "bf16" if lever in ("bf16", "bf16_cl", "bf16_cl_thp", "bf16_cl_thp_heap") else "fp32",
+        "channels_last": lever in ("channels_last", "bf16_cl", "bf16_cl_thp", "bf16_cl_thp_heap"),
+        "keep_heap": lever in ("heap", "bf16_cl_thp_heap"),
         "threads": 1 if lever == "threads1" else 0,
         "batch": 2 if lever == "batch2" else 1,
         "compile": lever == "compile",
@@ -71,6 +75,10 @@ def worker(payload: dict[str, Any]) -> dict[str, Any]:
     from model.imageio import quantize
 
     setup = payload["setup"]
+    if setup.get("keep_heap"):
+        from model.hardware import keep_freed_memory
+
+        keep_freed_memory()
     if setup["threads"]:
         torch.set_num_threads(setup["threads"])
     weights = payload["weights"]

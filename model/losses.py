@@ -74,10 +74,7 @@ def a2k_target(c_feats: dict[str, Tensor], s_feats: dict[str, Tensor], tap: str,
         q, k = shallow_key(c_feats, tap), shallow_key(s_feats, tap)
     else:
         q, k = fn.mean_variance_norm(c_feats[tap]), fn.mean_variance_norm(s_feats[tap])
-    v = s_feats[tap]
-    da = fn.distributed_branch(q, k, v, block_size, heads, 1.0, 0.0)
-    pa = fn.progressive_branch(q, k, v, block_size, heads)
-    return da + pa + c_feats[tap]
+    return fn.both_branches(q, k, s_feats[tap], block_size, heads, 1.0, 0.0) + c_feats[tap]
 
 
 class StyleTransferLoss:

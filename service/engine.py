@@ -22,7 +22,14 @@ import torch
 import model
 from model.checkpoint import FROZEN_PREFIX, sha256_file
 from model.functional import preserve_color
-from model.hardware import NATIVE_BF16_FLAGS, cpu_capability, cpu_flags, huge_pages, select_device
+from model.hardware import (
+    NATIVE_BF16_FLAGS,
+    cpu_capability,
+    cpu_flags,
+    huge_pages,
+    keep_freed_memory,
+    select_device,
+)
 from model.imageio import quantize
 from model.stya2k import padded_size
 from model.tiling import TileConfig, TiledStylizer, needs_tiling
@@ -139,6 +146,7 @@ class Engine:
         self.autocast_dtype: torch.dtype | None = None
         self.precision_reason = ""
         self.huge_pages_reason: str | None = None  # CPU only: read once at load (the probe reads /proc/self/smaps)
+        self.heap_reason: str | None = None  # CPU only: what `keep_freed_memory` did at load
         self.max_batch_size = settings.max_batch_size or 1  # resolved per device by load()
         self.startup: dict[str, float | None] = {}  # seconds of each start-up step
         self.weights_label = ""
@@ -153,6 +161,9 @@ class Engine:
         if self.device.type == "cpu" and self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         self.max_batch_size = self.settings.max_batch_size or AUTO_BATCH.get(self.device.type, 1)
+        # CPU: every forward pass frees and reallocates the same feature maps; a heap that keeps them saves the
+        # page faults (1.08-1.19x at 512 px, docs/BENCHMARKS.md). Process-wide, so set once, before the model.
+        self.heap_reason = keep_freed_memory() if self.device.type == "cpu" else None
         started = time.monotonic()
         if self.settings.uses_random_weights:
             log.warning("STYA2K_WEIGHTS=random: serving an UNTRAINED model (tests only); outputs are noise")
@@ -297,6 +308,7 @@ class Engine:
             "compile": self.settings.compile,
             "channels_last": True,
             "huge_pages": self.huge_pages_reason,
+            "heap": self.heap_reason,
             "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
             "startup_s": dict(self.startup),
         }

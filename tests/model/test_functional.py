@@ -102,6 +102,14 @@ def test_progressive_fast_path_matches_einsum_reference(p, memory_format):
     torch.testing.assert_close(fast, ref_progressive(q, k, v, p, 4), atol=ATOL, rtol=RTOL)
 
 
+@FORMATS
+def test_both_branches_equal_the_sum_of_the_two(memory_format):
+    q, k, v = as_format(random_maps(c=16, cv=8, hw=(13, 10), hw_s=(9, 11)), memory_format)  # off the 4x4 grid
+    both = fn.both_branches(q, k, v, 4, 4, 0.7, 0.2)
+    separate = fn.distributed_branch(q, k, v, 4, 4, 0.7, 0.2) + fn.progressive_branch(q, k, v, 4, 4)
+    torch.testing.assert_close(both, separate, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize(("d", "dv"), [(24, 16), (8, 20), (16, 16)])
 def test_raw_attention_pads_unequal_head_dims(d, dv):
     g = torch.Generator().manual_seed(3)
@@ -207,6 +215,27 @@ def test_branches_keep_channels_last_off_the_block_grid(branch):
     conv = torch.nn.Conv2d(16, 16, 1).to(memory_format=torch.channels_last)
     assert conv(nhwc).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(nhwc, nchw, atol=ATOL, rtol=RTOL)
+
+
+@FORMATS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mean_std_match_float64_even_far_from_zero(memory_format, dtype):
+    # ReLU-like maps with a large offset: a one-pass E[x^2] - E[x]^2 would cancel; both paths must not.
+    x = (torch.randn(2, 6, 9, 7).relu() * 3 + 100).contiguous(memory_format=memory_format)
+    var, mean = torch.var_mean(x.double(), dim=(2, 3), keepdim=True)
+    got_mean, got_std = fn.calc_mean_std(x.to(dtype))
+    assert got_mean.shape == got_std.shape == (2, 6, 1, 1)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got_mean.double(), mean, rtol=tol, atol=0)
+    torch.testing.assert_close(got_std.double(), (var + fn.MVN_EPS).sqrt(), rtol=tol * 10, atol=0)
+    norm = fn.mean_variance_norm(x.to(dtype)).double()
+    torch.testing.assert_close(norm, (x.double() - mean) / (var + fn.MVN_EPS).sqrt(), rtol=0, atol=tol * 100)
+
+
+def test_mean_std_gradients_are_exact():
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn.calc_mean_std(t), (x,))
+    assert torch.autograd.gradcheck(fn.mean_variance_norm, (x,))
 
 
 def test_mean_variance_norm_and_adain_statistics():

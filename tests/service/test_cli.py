@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -316,6 +317,8 @@ def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(
         # A real server process takes its big tensors from huge pages wherever the kernel offers them.
         offered = hardware.thp_mode() in ("always", "madvise") and os.environ.get("THP_MEM_ALLOC_ENABLE", "1") == "1"
         assert info["runtime"]["huge_pages"].startswith("on:" if offered else "off:"), info["runtime"]["huge_pages"]
+        if platform.libc_ver()[0] == "glibc" and not set(hardware._MALLOC_ENV) & set(os.environ):
+            assert info["runtime"]["heap"].startswith("glibc keeps freed memory"), info["runtime"]["heap"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:

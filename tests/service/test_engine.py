@@ -95,6 +95,7 @@ def test_info_reports_the_runtime_choices(server_factory: Callable[..., RunningS
     assert runtime["dtype_setting"] == "auto" and runtime["cpu_capability"]
     # In-process: whatever pytest's own allocator got, which the same probe reports again here.
     assert runtime["huge_pages"] == hardware.huge_pages().reason
+    assert runtime["heap"] == hardware.keep_freed_memory()  # same process, same answer (the setting is idempotent)
     assert runtime["startup_s"]["load_s"] > 0
     assert runtime["startup_s"]["ready_since_process_start_s"] > 0
 
