@@ -195,8 +195,13 @@ def test_bf16_stays_close_to_fp32(tmp_path: Path, data_dirs: tuple[str, str], bf
     assert bf16.levers.bf16 and not plain.levers.bf16
     assert bf16.levers.bf16_trained == (bf16_trained == "on") and not plain.levers.bf16_trained
     content, style = _fixed_batch(plain)
+    seen: list[torch.dtype] = []  # what the trained decoder computed in during the step
+    bf16.net.decoder.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     plain_values, plain_grads = _grads_after_step(plain, content, style)
     bf16_values, bf16_grads = _grads_after_step(bf16, content, style)
+    assert seen == [torch.bfloat16 if bf16_trained == "on" else torch.float32]
+    assert all(p.dtype == torch.float32 for p in bf16.params)  # master weights stay float32 either way
+    assert all(g.dtype == torch.float32 for g in bf16_grads.values())
     # bf16 keeps 8 bits of mantissa: the loss terms agree to a few percent, gradients point the same way.
     for key in ("total", "global_style", "a2k"):
         assert bf16_values[key] == pytest.approx(plain_values[key], rel=0.05), key
