@@ -18,7 +18,7 @@ count) really differ, and the float32 reference runs in a process of its own rig
                   reference runs with it off, =0)
   bf16_cl_thp     bf16 + channels_last + huge pages: what the service runs on a CPU with native bf16
   heap            glibc keeps freed memory (model.hardware.keep_freed_memory: blocks up to 32 MiB from the heap,
-                  no trimming) instead of returning it to the kernel after every call
+                  trimmed only past 2 GiB free) instead of returning it to the kernel after every call
   bf16_cl_thp_heap  bf16 + channels_last + huge pages + heap
 
 Difference vs float32 (same content, same cached style): mean / p99 / max absolute difference of the uint8

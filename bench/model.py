@@ -355,8 +355,10 @@ def plan(args: argparse.Namespace, experiment: str) -> list[Config]:
 def skip_reason(cfg: Config, done: list[dict[str, Any]], opts: Options, flops: FlopTable) -> str | None:
     """Why a config is not run: a smaller sibling already failed, memory guard, or a predicted overrun."""
     device = common.select_device(opts.device)
-    # The guard covers the fused all-to-all on CPU as well: there SDPA measurably materialises the scores
-    # (18 GiB peak at 512 px on torch 2.13), which could take a shared machine down.
+    # The guard covers the fused all-to-all on CPU as well: there SDPA measurably materialised the scores
+    # (18 GiB peak at 512 px on torch 2.13), which could take a shared machine down. That was with strided tokens
+    # (SDPA's math path); since the tokens reach the fused kernel (head dim innermost) it may not, but that is not
+    # re-measured, so the guard stays.
     guarded = cfg.arch == "all_to_all_materialised" or (cfg.arch == "all_to_all" and device.type == "cpu")
     if guarded and opts.max_attention_bytes:
         need = attention_matrix_bytes(cfg.size, cfg.style_size, cfg.batch, cfg.dtype)

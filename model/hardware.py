@@ -133,20 +133,25 @@ def keep_freed_memory() -> str:
     per 128 px step, which made them take 0.75 s instead of 0.3 s. With blocks of up to 32 MiB (glibc's ceiling)
     served from the heap and the trim point at 2 GiB, the faults drop to ~500 and the whole step ran 1.3x faster
     (docs/BENCHMARKS.md). The cost: the process keeps its peak heap mapped (it reuses it on every step).
-    The user's own malloc settings (GLIBC_TUNABLES, MALLOC_*_) win; other C libraries are left alone.
+    The user's own malloc settings (glibc.malloc.* in GLIBC_TUNABLES, MALLOC_*_) win; other C libraries are left
+    alone. Idempotent: calling it again changes nothing.
     """
-    if set(_MALLOC_ENV) & set(os.environ):
-        return "as the environment sets it (" + ", ".join(sorted(set(_MALLOC_ENV) & set(os.environ))) + ")"
+    chosen = sorted(name for name in _MALLOC_ENV if name in os.environ
+                    and (name != "GLIBC_TUNABLES" or "glibc.malloc." in os.environ[name]))
+    if chosen:
+        return "as the environment sets it (" + ", ".join(chosen) + ")"
     if platform.libc_ver()[0] != "glibc":
         return "the C library's default (not glibc)"
     try:
-        libc = ctypes.CDLL(None)
-        done = all(libc.mallopt(param, value) == 1 for param, value in (
-            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 64 << 20)))
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return "glibc's default (mallopt is not reachable)"
-    if not done:
-        return "glibc's default (mallopt refused a setting)"
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    refused = [name for name, param, value in (
+        ("mmap threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), ("trim threshold", _M_TRIM_THRESHOLD, (1 << 31) - 1),
+        ("top pad", _M_TOP_PAD, 64 << 20)) if mallopt(param, value) != 1]
+    if refused:
+        return "glibc refused part of it (" + ", ".join(refused) + "); the rest applies"
     return (f"glibc keeps freed memory (blocks up to {MMAP_THRESHOLD_MAX >> 20} MiB from the heap, "
             "trimmed past 2 GiB free)")
 

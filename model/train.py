@@ -241,6 +241,7 @@ def _choose_bf16_trained(cfg: TrainConfig, device: torch.device, bf16: bool, rea
     follows native bf16 (there the decoder's forward + backward ran ~2.5x faster at 128 px; without it oneDNN
     emulates bf16, 6-20x slower), and only when the frozen networks run bf16 as well."""
     if device.type == "cuda":
+        reasons.append("bf16_trained: CUDA, part of the whole step's autocast (follows bf16)")
         return bf16
     if cfg.bf16_trained != "auto":
         return cfg.bf16_trained == "on"
@@ -347,6 +348,13 @@ class Trainer:
             feats = self.net.encoder(image)
         return {k: v.float() for k, v in feats.items()}
 
+    def _note_lever_change(self, saved: str | None) -> None:
+        """Say so when a resumed run computes differently than the run that wrote the checkpoint (a new machine,
+        a new lever): the loss is the same, but e.g. bf16 rounding is not, and the log should show where."""
+        flags = self.levers.describe().split(" (")[0]
+        if saved is not None and saved.split(" (")[0] != flags:
+            logger.warning("step levers differ from the checkpoint's: %s -> %s", saved.split(" (")[0], flags)
+
     # ---------- checkpoints ----------
     def _restore(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -357,6 +365,7 @@ class Trainer:
             raise RuntimeError(f"{path} was trained with --arch {saved_arch}, not {self.cfg.arch}")
         load_trainable_state(self.net, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._note_lever_change(state.get("levers"))
         self.iteration = int(state["iteration"])
         self.wall_s = float(state.get("wall_s", 0.0))
         self.init_note = state.get("init_note")
@@ -476,7 +485,8 @@ class Trainer:
             c_feats, s_feats = self.features(content, style)
             with self._trained_autocast():
                 out = self.net.decode(self.net.transfer(c_feats, s_feats))  # (B, 3, S, S) unclamped
-            # float32 into the loss: its statistics and A2K targets are fp32 work (the loss network casts itself)
+            # float32 into the loss: its statistics and A2K targets are fp32 work on CPU (the loss network casts
+            # itself; on CUDA, where the whole step is under autocast, the cast back to bf16 is exact)
             terms = self.loss_fn(out.float(), c_feats, s_feats)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()

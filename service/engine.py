@@ -162,7 +162,8 @@ class Engine:
             torch.set_num_threads(self.settings.threads)
         self.max_batch_size = self.settings.max_batch_size or AUTO_BATCH.get(self.device.type, 1)
         # CPU: every forward pass frees and reallocates the same feature maps; a heap that keeps them saves the
-        # page faults (1.08-1.19x at 512 px, docs/BENCHMARKS.md). Process-wide, so set once, before the model.
+        # page faults (1.08-1.19x at 512 px, docs/BENCHMARKS.md). Process-wide (it also covers whatever embeds the
+        # engine) and idempotent; set before the model loads. GLIBC_TUNABLES=glibc.malloc.* / MALLOC_*_ opt out.
         self.heap_reason = keep_freed_memory() if self.device.type == "cpu" else None
         started = time.monotonic()
         if self.settings.uses_random_weights:

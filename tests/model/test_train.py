@@ -105,6 +105,19 @@ def test_resume_continues_exactly(tmp_path: Path, data_dirs: tuple[str, str]) ->
     assert (tmp_path / "resumed" / "loss_curves.png").exists()
 
 
+def test_resume_with_other_levers_says_so(tmp_path: Path, data_dirs: tuple[str, str],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    first = Trainer(_config(tmp_path / "run", data_dirs))
+    first.train(stop_at=1)
+    with caplog.at_level("WARNING", logger="model.train"):
+        Trainer(_config(tmp_path / "run", data_dirs), resume=tmp_path / "run/checkpoints/last.pt")
+    assert "step levers differ" not in caplog.text  # same levers: silent
+    with caplog.at_level("WARNING", logger="model.train"):
+        Trainer(_config(tmp_path / "run", data_dirs, channels_last="on"), resume=tmp_path / "run/checkpoints/last.pt")
+    assert "step levers differ from the checkpoint's: channels_last=False" in caplog.text
+    assert "-> channels_last=True" in caplog.text
+
+
 def test_cli_trains_writes_samples_and_exports(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
     run_dir = tmp_path / "cli"
     out = tmp_path / "weights" / "tiny.pt"
