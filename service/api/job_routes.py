@@ -138,36 +138,30 @@ async def submit_job(
     if video is None and smoothing is not None:
         raise InvalidParameter("smoothing", "a video field only; a photo has no previous frame to smooth with")
     runner = _ready(state)
+    # The fields a video and a photo job share, read once (the styles' bytes, the parsed weights).
+    shared: dict[str, Any] = {
+        "mode": mode,
+        "styles": [await s.read() for s in style],
+        "alpha": alpha,
+        "preserve_color": preserve_color,
+        "max_side": max_side,
+        "style_fit": style_fit,
+        "weights": parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
+    }
     if video is not None:
         if format is not None:
             raise InvalidParameter("format", "a video job's result is always an H.264 mp4; leave format out")
-        video_request = VideoRequest(
-            mode=mode,
-            video=await video.read(),
-            styles=[await s.read() for s in style],
-            alpha=alpha,
-            preserve_color=preserve_color,
-            max_side=max_side,
-            style_fit=style_fit,
-            weights=parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
-            smoothing=smoothing or 0.0,
-        )
+        video_request = VideoRequest(video=await video.read(), smoothing=smoothing or 0.0, **shared)
         job = await state.jobs.accept_video(video_request, runner)
         return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
     assert content is not None
     transfer = TransferRequest(
-        mode=mode,
         content=await content.read(),
-        styles=[await s.read() for s in style],
-        alpha=alpha,
-        preserve_color=preserve_color,
-        max_side=max_side,
         format=format or OutputFormat.png,
-        style_fit=style_fit,
-        weights=parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
         masks=[await m.read() for m in mask] if mask else None,
         labels=await labels.read() if labels is not None else None,
         **({"feather": feather} if feather is not None else {}),
+        **shared,
     )
     job = await state.jobs.accept(transfer, runner)
     # Relative: jobs live on the replica that accepted them, and it is the one behind this very URL.
