@@ -234,6 +234,23 @@ def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[
     assert state["levers"] == described
 
 
+@pytest.mark.parametrize("bf16", ["on", "off"])
+def test_channels_last_is_measured_at_the_steps_precision(monkeypatch: pytest.MonkeyPatch, bf16: str) -> None:
+    from model import train as train_module
+
+    seen: list[bool] = []
+
+    def fake_time(encoder: torch.nn.Module, x: torch.Tensor, reps: int = 2) -> float:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return 1.0 if len(seen) == 1 else 0.5  # channels_last twice as fast
+
+    monkeypatch.setattr(train_module, "_time_encoder", fake_time)
+    cfg = TrainConfig(run_dir="x", crop_size=16, batch_size=1, channels_last="auto", bf16=bf16, bf16_trained="off")
+    levers = train_module.choose_levers(cfg, torch.device("cpu"), torch.nn.Conv2d(3, 3, 1))
+    assert seen == [bf16 == "on"] * 2 and levers.channels_last
+    assert levers.describe().endswith("measured under bf16)" if bf16 == "on" else "measured)")
+
+
 def test_unknown_lever_value_is_rejected() -> None:
     with pytest.raises(ValueError, match="channels_last must be one of auto, on, off"):
         TrainConfig(run_dir="x", channels_last="yes")
