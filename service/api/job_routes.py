@@ -137,6 +137,8 @@ async def submit_job(
         raise InvalidParameter("content", "send either a content photo (content) or a video (video), not both")
     if video is None and smoothing is not None:
         raise InvalidParameter("smoothing", "a video field only; a photo has no previous frame to smooth with")
+    if video is not None and format is not None:
+        raise InvalidParameter("format", "a video job's result is always an H.264 mp4; leave format out")
     runner = _ready(state)
     # The fields a video and a photo job share, read once (the styles' bytes, the parsed weights).
     shared: dict[str, Any] = {
@@ -149,8 +151,6 @@ async def submit_job(
         "weights": parse_weights_text(weights, state.settings.max_styles) if weights is not None else None,
     }
     if video is not None:
-        if format is not None:
-            raise InvalidParameter("format", "a video job's result is always an H.264 mp4; leave format out")
         video_request = VideoRequest(video=await video.read(), smoothing=smoothing or 0.0, **shared)
         job = await state.jobs.accept_video(video_request, runner)
         return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
