@@ -10,7 +10,8 @@ median paired ratio to the plain step of the same round.
 Variants (each adds one lever to the plain step, "fast" is what `model.train` picks on this machine):
 plain (image folders decoded per step, two encoder calls, fp32, contiguous), pack, fused, channels_last,
 bf16 (frozen VGG under bf16 autocast), fast, fast_fp32_trained (fast with the trained A2K modules and decoder
-kept in float32: the lever bf16_trained on its own, paired).
+kept in float32: the lever bf16_trained on its own, paired), fast_cl_on / fast_cl_off (fast with channels_last
+forced: the layout lever on its own, paired, without the start-up measurement).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from model.train import TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("plain", "pack", "fused", "channels_last", "bf16", "fast", "fast_fp32_trained")
+VARIANTS = ("plain", "pack", "fused", "channels_last", "bf16", "fast", "fast_fp32_trained", "fast_cl_on",
+            "fast_cl_off")
 SECTION = "bench/train.py"
 
 
@@ -69,6 +71,10 @@ def variant_config(base: TrainConfig, variant: str, pack: str | None) -> TrainCo
         return fast
     if variant == "fast_fp32_trained":
         return replace(fast, bf16_trained="off")
+    if variant in ("fast_cl_on", "fast_cl_off"):
+        # The fast step with its layout forced: pairs the two in one process where the start-up measurement
+        # of `choose_levers` is too noisy to trust.
+        return replace(fast, channels_last=variant.removeprefix("fast_cl_"))
     raise ValueError(variant)
 
 

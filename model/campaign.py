@@ -9,6 +9,11 @@ continues from the newest committed weights with a fresh optimizer, and both the
 The lr schedule is that of one run of ``--iters`` (default 12,000) iterations: constant for 40%, then linear to
 0, evaluated at the campaign's iteration count, so a resume never restarts or stretches it.
 
+The 256 px phase that follows is a second campaign in its own state folder (``campaign-a2k-256``), started
+from the 128 px phase's final weights with its own schedule over the iterations after them:
+
+    python -m model.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
+
     python -m model.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
     kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking (a paused step's time
                                                          # is kept out of the thread tuning and deadline)
@@ -67,6 +72,12 @@ def read_history(state_dir: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def lr_schedule_text(cfg: TrainConfig) -> str:
+    constant_end = cfg.schedule_start + int((cfg.iters - cfg.schedule_start) * cfg.constant_frac)
+    start = f" from {cfg.schedule_start}" if cfg.schedule_start else ""
+    return f"constant {cfg.lr:g}{start} to {constant_end}, linear to 0 at {cfg.iters}"
+
+
 def campaign_config(args: argparse.Namespace, state_dir: Path, pack: Path | None) -> TrainConfig:
     return TrainConfig(
         run_dir=str(state_dir),
@@ -77,6 +88,7 @@ def campaign_config(args: argparse.Namespace, state_dir: Path, pack: Path | None
         batch_size=args.batch_size,
         iters=args.iters,
         lr=args.lr,
+        schedule_start=args.schedule_start,
         workers=0 if pack else 1,
         threads=args.threads,
         ckpt_every=args.ckpt_every,
@@ -112,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
         how = f"resumed {last}"
     else:
         weights = Path(args.init_weights) if args.init_weights else default_weights_path()
-        trainer = Trainer(cfg, init_weights=weights)
+        try:
+            trainer = Trainer(cfg, init_weights=weights)
+        except ValueError as exc:  # e.g. a later phase's --schedule-start beyond these weights' iteration
+            logger.error("cannot start the campaign: %s", exc)
+            return 2
         how = f"no training state in {state_dir}: {trainer.init_note}"
         logger.warning(how)
 
@@ -145,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             "elapsed_s": round(time.monotonic() - t0, 1),
             "sec_per_iter": round(train_s / done, 3) if done else None,
             "levers": trainer.levers.describe(),
-            "lr_schedule": f"constant {cfg.lr:g} to {int(cfg.iters * cfg.constant_frac)}, linear to 0 at {cfg.iters}",
+            "lr_schedule": lr_schedule_text(cfg),
             "pack": cfg.pack,
         })
     logger.info("campaign at iteration %d (%d this session)", trainer.iteration, done)
@@ -166,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pack", action="store_true", help="decode the image folders on every step")
     parser.add_argument("--content-dir", action="append", dest="content_dirs", metavar="DIR")
     parser.add_argument("--style-dir", action="append", dest="style_dirs", metavar="DIR")
-    parser.add_argument("--iters", type=int, default=12_000, help="length of the lr schedule")
+    parser.add_argument("--iters", type=int, default=12_000, help="iteration at which the lr schedule ends")
+    parser.add_argument("--schedule-start", type=int, default=0, metavar="ITER",
+                        help="where the lr schedule starts: a later phase (256 px) continues the iteration count")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--crop-size", type=int, default=128)
     parser.add_argument("--load-size", type=int, default=256)

@@ -17,10 +17,12 @@ import logging
 import math
 import os
 import random
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ from model.data import (
 )
 from model.export import export_release
 from model.hardware import has_native_bf16, select_device, start_command
-from model.losses import LossConfig, StyleTransferLoss
+from model.losses import LossConfig, LossTerms, StyleTransferLoss
 from model.pack import PackedPairs
 from model.plotting import image_grid
 from model.progress import Progress
@@ -75,6 +77,10 @@ class TrainConfig:
     iters: int = 10_000
     lr: float = 2e-4
     constant_frac: float = 0.4
+    # The lr schedule spans iterations [schedule_start, iters): a later phase of one campaign (256 px crops after
+    # the 128 px run, whose weights are at iteration schedule_start) gets its own constant-then-linear schedule
+    # while the iteration count keeps going.
+    schedule_start: int = 0
     style_weight: float = 10.0
     a2k_weight: float = 1.25
     content_weight: float = 1.0
@@ -109,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
         if self.batch_size < 1 or self.iters < 1:
             raise ValueError("batch_size and iters must be >= 1")
+        if not 0 <= self.schedule_start < self.iters:
+            raise ValueError(f"schedule_start must be in [0, iters={self.iters}), got {self.schedule_start}")
         if not 0.0 <= self.constant_frac <= 1.0:
             raise ValueError("constant_frac must be in [0, 1]")
         for name in ("channels_last", "bf16", "bf16_trained"):
@@ -117,15 +125,16 @@ class TrainConfig:
 
 
 def learning_rate(iteration: int, cfg: TrainConfig, fresh_optimizer_at: int | None = None) -> float:
-    """Constant ``cfg.lr`` for the first ``constant_frac`` of the run, then linear decay toward 0; after a
-    fresh optimizer (at iteration ``fresh_optimizer_at``) the first ``warmup_iters`` ramp up linearly, so
-    Adam's first, sign-like updates do not shake weights that are already trained."""
-    constant_iters = int(cfg.iters * cfg.constant_frac)
-    if iteration < constant_iters:
+    """Constant ``cfg.lr`` for the first ``constant_frac`` of the schedule (iterations ``schedule_start`` to
+    ``iters``), then linear decay toward 0; after a fresh optimizer (at iteration ``fresh_optimizer_at``) the first
+    ``warmup_iters`` ramp up linearly, so Adam's first, sign-like updates do not shake weights that are already
+    trained."""
+    constant_end = cfg.schedule_start + int((cfg.iters - cfg.schedule_start) * cfg.constant_frac)
+    if iteration < constant_end:
         lr = cfg.lr
     else:
-        decay_iters = max(cfg.iters - constant_iters, 1)
-        lr = cfg.lr * max(0.0, 1.0 - (iteration - constant_iters) / decay_iters)
+        decay_iters = max(cfg.iters - constant_end, 1)
+        lr = cfg.lr * max(0.0, 1.0 - (iteration - constant_end) / decay_iters)
     if fresh_optimizer_at is not None and cfg.warmup_iters > 0:
         lr *= min(1.0, (iteration - fresh_optimizer_at + 1) / cfg.warmup_iters)
     return lr
@@ -191,20 +200,14 @@ class StepLevers:
         return flags + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
-def _time_encoder(encoder: torch.nn.Module, x: torch.Tensor, reps: int = 2) -> float:
-    """Best-of-`reps` seconds of an encoder forward + input-gradient backward (the loss network's work)."""
-    best = math.inf
-    for _ in range(reps + 1):  # the first run warms oneDNN's primitive cache
-        inp = x.detach().requires_grad_(True)
-        t0 = time.perf_counter()
-        feats = encoder(inp)
-        sum(f.float().mean() for f in feats.values()).backward()
-        best = min(best, time.perf_counter() - t0)
-    return best
+LayoutTimer = Callable[[StepLevers], float]
 
 
-def choose_levers(cfg: TrainConfig, device: torch.device, encoder: torch.nn.Module) -> StepLevers:
-    """Resolve "auto" per machine: capability for bf16, a short measurement for channels_last (CPU)."""
+def choose_levers(cfg: TrainConfig, device: torch.device, time_layout: LayoutTimer | None = None) -> StepLevers:
+    """Resolve "auto" per machine: capability for bf16, a measurement for channels_last (CPU).
+
+    ``time_layout(levers)`` returns the seconds of a step under ``levers`` (`Trainer.time_dry_step`); without it
+    an "auto" layout on CPU stays contiguous."""
     reasons: list[str] = []
     if cfg.bf16 == "auto":
         bf16 = device.type == "cuda" or has_native_bf16()
@@ -212,28 +215,36 @@ def choose_levers(cfg: TrainConfig, device: torch.device, encoder: torch.nn.Modu
                        f"bf16: CPU {'has' if bf16 else 'lacks'} native bf16 (avx512_bf16/amx)")
     else:
         bf16 = cfg.bf16 == "on"
+    bf16_trained = _choose_bf16_trained(cfg, device, bf16, reasons)
+    levers = StepLevers(channels_last=cfg.channels_last == "on", bf16=bf16, bf16_trained=bf16_trained,
+                        fused_encode=cfg.fused_encode)
     if cfg.channels_last == "auto":
         if device.type == "cuda":
-            channels_last = True
+            levers = replace(levers, channels_last=True)
             reasons.append("channels_last: CUDA")
+        elif time_layout is None:
+            reasons.append("channels_last: off, not measured")
         else:
-            # Measured at the precision the step will run: under bf16 the layouts differ far more (0.37 s vs
-            # 0.23 s here) than in fp32 (0.87 s vs 0.70 s, and within 5% in a noisy start-up measurement, which
-            # once turned it off and made the whole step 1.38x slower).
-            x = torch.rand(cfg.batch_size, 3, cfg.crop_size, cfg.crop_size)
-            with autocast_for(device, bf16):
-                plain = _time_encoder(encoder, x)
-                encoder.to(memory_format=torch.channels_last)
-                fast = _time_encoder(encoder, x.contiguous(memory_format=torch.channels_last))
-                encoder.to(memory_format=torch.contiguous_format)
-            channels_last = fast < 0.95 * plain
-            reasons.append(f"channels_last: encoder fwd+bwd {plain:.2f} s -> {fast:.2f} s measured"
+            plain, fast = measure_layouts(time_layout, levers)
+            levers = replace(levers, channels_last=fast < 0.95 * plain)
+            reasons.append(f"channels_last: step fwd+bwd {plain:.2f} s -> {fast:.2f} s measured"
                            + (" under bf16" if bf16 else ""))
-    else:
-        channels_last = cfg.channels_last == "on"
-    bf16_trained = _choose_bf16_trained(cfg, device, bf16, reasons)
-    return StepLevers(channels_last=channels_last, bf16=bf16, bf16_trained=bf16_trained,
-                      fused_encode=cfg.fused_encode, reasons=tuple(reasons))
+    return replace(levers, reasons=tuple(reasons))
+
+
+def measure_layouts(time_layout: LayoutTimer, levers: StepLevers, rounds: int = 3) -> tuple[float, float]:
+    """Median seconds of the step contiguous and channels_last, the two taking turns after a warm-up each.
+
+    The whole step, not the frozen encoder alone: on a Zen CPU with avx512_bf16 the encoder came out even (0.79
+    vs 0.82 s) while the whole bf16 step ran 1.3x faster channels_last (2.1-2.4 vs 1.6-1.7 s, paired); one
+    sample per layout once turned the layout off on a noisy start where it made the step 1.38x slower."""
+    contiguous, channels_last = replace(levers, channels_last=False), replace(levers, channels_last=True)
+    time_layout(contiguous), time_layout(channels_last)  # oneDNN's primitive cache, the heap
+    plain, fast = [], []
+    for _ in range(rounds):
+        plain.append(time_layout(contiguous))
+        fast.append(time_layout(channels_last))
+    return statistics.median(plain), statistics.median(fast)
 
 
 def _choose_bf16_trained(cfg: TrainConfig, device: torch.device, bf16: bool, reasons: list[str]) -> bool:
@@ -289,10 +300,7 @@ class Trainer:
         self.net = StyA2K(ModelConfig(arch=cfg.arch)).to(self.device)
         self.net.train()
         self.net.encoder.eval()
-        self.levers = choose_levers(cfg, self.device, self.net.encoder)
-        logger.info("training step: %s", self.levers.describe())
-        if self.levers.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.levers = StepLevers()  # resolved below, once the loss and optimizer exist to time a step with
         loss_cfg = LossConfig(
             kind=loss_kind_for(cfg.arch),
             style_weight=cfg.style_weight,
@@ -302,6 +310,9 @@ class Trainer:
         self.loss_fn = StyleTransferLoss(self._loss_encoder, loss_cfg)
         self.params = [p for p in self.net.trainable_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.levers = choose_levers(cfg, self.device, self.time_dry_step)
+        self._use_layout(self.levers)
+        logger.info("training step: %s", self.levers.describe())
         self.data = self._dataset()
         self.iteration = 0
         self.wall_s = 0.0
@@ -383,6 +394,10 @@ class Trainer:
             raise RuntimeError(f"{path} holds --arch {release.config.arch} weights, not {self.cfg.arch}")
         load_trainable_state(self.net, trainable_state_dict(release))
         self.iteration = int(iteration if iteration is not None else release.meta.get("iterations", 0))
+        if self.iteration < self.cfg.schedule_start:
+            raise ValueError(f"{path.name} is at iteration {self.iteration}, before this run's schedule start "
+                             f"{self.cfg.schedule_start}: a later phase starts from the earlier phase's final "
+                             "weights (export them first, python -m model.export)")
         self.wall_s = float(release.meta.get("train_wall_s", 0.0))
         self.fresh_optimizer_at = self.iteration
         self.init_note = (f"initialised from {path.name} (iteration {self.iteration}) with a fresh optimizer: "
@@ -476,6 +491,38 @@ class Trainer:
         lr = learning_rate(self.iteration, self.cfg, self.fresh_optimizer_at)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        terms = self._forward_backward(content, style)
+        self.optimizer.step()
+        values = terms.as_dict()
+        values["lr"] = lr
+        return values
+
+    def time_dry_step(self, levers: StepLevers) -> float:
+        """Seconds of one step under ``levers`` without the optimizer update (forward, both losses, backward) on
+        a fixed random batch; the gradients are dropped, so the weights and Adam stay as they were. The layout
+        stays ``levers``' until `_use_layout` sets the chosen one."""
+        self.levers = levers
+        self._use_layout(levers)
+        gen = torch.Generator().manual_seed(0)  # the global RNG, and so the run, stays untouched
+        shape = (self.cfg.batch_size, 3, self.cfg.crop_size, self.cfg.crop_size)
+        content, style = torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+        self._synchronize()
+        t0 = time.perf_counter()
+        self._forward_backward(content, style)
+        self._synchronize()
+        seconds = time.perf_counter() - t0
+        self.optimizer.zero_grad(set_to_none=True)
+        return seconds
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _use_layout(self, levers: StepLevers) -> None:
+        self.net.to(memory_format=torch.channels_last if levers.channels_last else torch.contiguous_format)
+
+    def _forward_backward(self, content: torch.Tensor, style: torch.Tensor) -> LossTerms:
+        """Forward, both losses and backward on a batch: the step's work up to the optimizer update."""
         content = content.to(self.device, non_blocking=True)  # (B, 3, S, S)
         style = style.to(self.device, non_blocking=True)  # (B, 3, S, S)
         if self.levers.channels_last:
@@ -490,10 +537,7 @@ class Trainer:
             terms = self.loss_fn(out.float(), c_feats, s_feats)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
-        self.optimizer.step()
-        values = terms.as_dict()
-        values["lr"] = lr
-        return values
+        return terms
 
     def train(self, stop_at: int | None = None, time_budget: float | None = None) -> int:
         """Run until ``cfg.iters`` (or ``stop_at``, to split a run), or until ``time_budget`` seconds from now
@@ -594,7 +638,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=defaults.iters, help="total iterations of the run")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--constant-frac", type=float, default=defaults.constant_frac,
-                        help="fraction of iterations at constant lr before the linear decay")
+                        help="fraction of the schedule at constant lr before the linear decay")
+    parser.add_argument("--schedule-start", type=int, default=defaults.schedule_start, metavar="ITER",
+                        help="the lr schedule runs from ITER to --iters (a later phase started from weights at ITER)")
     parser.add_argument("--style-weight", type=float, default=defaults.style_weight)
     parser.add_argument("--a2k-weight", type=float, default=defaults.a2k_weight)
     parser.add_argument("--content-weight", type=float, default=defaults.content_weight,
@@ -649,6 +695,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         iters=args.iters,
         lr=args.lr,
         constant_frac=args.constant_frac,
+        schedule_start=args.schedule_start,
         style_weight=args.style_weight,
         a2k_weight=args.a2k_weight,
         content_weight=args.content_weight,

@@ -60,3 +60,23 @@ def test_campaign_starts_from_weights_then_resumes(tmp_path: Path, release: Path
     assert lrs[0] == pytest.approx(learning_rate(40, first) / 2, rel=1e-4)  # the warm-up of the fresh optimizer
     state = torch.load(state_dir / "checkpoints" / "last.pt", weights_only=False)
     assert state["fresh_optimizer_at"] == 40 and json.dumps(history)
+
+
+def test_a_later_phase_starts_from_the_earlier_phases_weights_with_its_own_schedule(
+        tmp_path: Path, release: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("STYA2K_CACHE", str(tmp_path / "cache"))
+    content, style = _images(tmp_path / "c", 4, 1), _images(tmp_path / "s", 3, 2)
+    args = ["--time-budget", "600", "--content-dir", content, "--style-dir", style, "--crop-size", "48",
+            "--load-size", "64", "--batch-size", "2", "--threads", "1", "--ckpt-every", "1", "--sample-every", "0",
+            "--init-weights", str(release), "--warmup-iters", "0", "--lr", "1e-4"]
+    assert main([*args, "--schedule-start", "41", "--iters", "50"]) == 2  # the weights are at 40: refused
+    assert "before this run's schedule start 41" in caplog.text
+    assert main([*args, "--schedule-start", "40", "--iters", "45"]) == 0
+    state_dir = tmp_path / "cache" / "campaign-a2k-48"  # its own state folder, apart from the 64 px phase's
+    rows = (state_dir / "log.csv").read_text().splitlines()[1:]
+    lrs = [float(r.split(",")[1]) for r in rows]
+    phase = TrainConfig(run_dir="x", iters=45, schedule_start=40, lr=1e-4)
+    assert [int(r.split(",")[0]) for r in rows] == [40, 41, 42, 43, 44]
+    assert lrs == pytest.approx([learning_rate(i, phase) for i in range(40, 45)], rel=1e-4)
+    assert lrs[:3] == pytest.approx([1e-4] * 3, rel=1e-4) and lrs[3] < lrs[2]  # constant to 42, then down to 0
+    assert read_history(state_dir)[-1]["lr_schedule"] == "constant 0.0001 from 40 to 42, linear to 0 at 45"

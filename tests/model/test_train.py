@@ -78,6 +78,17 @@ def test_learning_rate_is_constant_then_linear_to_zero() -> None:
     assert learning_rate(99, cfg) == pytest.approx(1e-3 / 60)
 
 
+def test_a_later_phase_has_its_own_schedule_over_the_iterations_after_its_start() -> None:
+    cfg = TrainConfig(run_dir="x", iters=200, schedule_start=100, lr=1e-3, constant_frac=0.4)
+    assert learning_rate(100, cfg) == learning_rate(139, cfg) == 1e-3
+    assert learning_rate(170, cfg) == pytest.approx(0.5e-3)
+    assert learning_rate(199, cfg) == pytest.approx(1e-3 / 60)
+    warm = TrainConfig(run_dir="x", iters=200, schedule_start=100, lr=1e-3, warmup_iters=10)
+    assert learning_rate(104, warm, fresh_optimizer_at=100) == pytest.approx(5e-4)  # the phase's fresh Adam
+    with pytest.raises(ValueError, match="schedule_start"):
+        TrainConfig(run_dir="x", iters=200, schedule_start=200)
+
+
 def test_loss_decreases_on_a_fixed_batch(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
     trainer = Trainer(_config(tmp_path / "run", data_dirs, lr=1e-4, constant_frac=1.0))
     content, style = (torch.stack(t) for t in zip(*(trainer.data[i] for i in range(2)), strict=True))
@@ -227,7 +238,7 @@ def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[
     trainer = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="auto", bf16_trained="auto"))
     assert trainer.levers.bf16 == has_native_bf16()
     described = trainer.levers.describe()
-    assert "channels_last: encoder fwd+bwd" in described and "bf16: CPU" in described
+    assert "channels_last: step fwd+bwd" in described and "bf16: CPU" in described
     assert trainer.levers.bf16_trained == (trainer.levers.bf16 and has_native_bf16())
     assert "bf16_trained: " in described
     state = torch.load(trainer.save_checkpoint(), weights_only=False)
@@ -235,20 +246,37 @@ def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[
 
 
 @pytest.mark.parametrize("bf16", ["on", "off"])
-def test_channels_last_is_measured_at_the_steps_precision(monkeypatch: pytest.MonkeyPatch, bf16: str) -> None:
+def test_channels_last_is_measured_on_the_whole_step_at_its_precision(bf16: str) -> None:
     from model import train as train_module
 
-    seen: list[bool] = []
+    seen: list[tuple[bool, bool]] = []
 
-    def fake_time(encoder: torch.nn.Module, x: torch.Tensor, reps: int = 2) -> float:
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return 1.0 if len(seen) == 1 else 0.5  # channels_last twice as fast
+    def fake_time(levers: train_module.StepLevers) -> float:
+        seen.append((levers.channels_last, levers.bf16))
+        return 0.5 if levers.channels_last else 1.0  # channels_last twice as fast
 
-    monkeypatch.setattr(train_module, "_time_encoder", fake_time)
     cfg = TrainConfig(run_dir="x", crop_size=16, batch_size=1, channels_last="auto", bf16=bf16, bf16_trained="off")
-    levers = train_module.choose_levers(cfg, torch.device("cpu"), torch.nn.Conv2d(3, 3, 1))
-    assert seen == [bf16 == "on"] * 2 and levers.channels_last
+    levers = train_module.choose_levers(cfg, torch.device("cpu"), fake_time)
+    # a warm-up of each layout, then three rounds taking turns; every one at the step's own precision
+    assert seen == [(False, bf16 == "on"), (True, bf16 == "on")] * 4 and levers.channels_last
+    assert "channels_last: step fwd+bwd 1.00 s -> 0.50 s measured" in levers.describe()
     assert levers.describe().endswith("measured under bf16)" if bf16 == "on" else "measured)")
+    even = train_module.choose_levers(cfg, torch.device("cpu"), lambda lv: 1.0 if lv.channels_last else 1.02)
+    assert not even.channels_last  # within 5%: the layout stays contiguous
+
+
+def test_the_layout_measurement_leaves_weights_optimizer_and_rng_alone(tmp_path: Path,
+                                                                      data_dirs: tuple[str, str]) -> None:
+    measured = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="off", bf16_trained="off"))
+    rng_after_measuring = torch.get_rng_state()
+    plain = Trainer(_config(tmp_path / "off", data_dirs, channels_last="off", bf16="off", bf16_trained="off"))
+    assert torch.equal(rng_after_measuring, torch.get_rng_state())  # both runs start from the same RNG
+    for name, tensor in trainable_state_dict(plain.net).items():
+        torch.testing.assert_close(trainable_state_dict(measured.net)[name], tensor, rtol=0, atol=0)
+    assert all(p.grad is None for p in measured.params) and not measured.optimizer.state
+    layout = torch.channels_last if measured.levers.channels_last else torch.contiguous_format
+    conv = next(m for m in measured.net.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=layout)  # the chosen layout, not the last one timed
 
 
 def test_unknown_lever_value_is_rejected() -> None:
