@@ -6,6 +6,7 @@ median paired ratio to the plain step of the same round.
 
     python -m bench.train --sizes 128,256 --rounds 3          # CPU; pause a background training run first
     python -m bench.train --device cuda --sizes 256 --batch-size 32
+    python -m bench.train --sizes 128 --variants fast --rounds 4 --profile 2   # + where the fast step's time goes
 
 Variants (each adds one lever to the plain step, "fast" is what `model.train` picks on this machine):
 plain (image folders decoded per step, two encoder calls, fp32, contiguous), pack, fused, channels_last,
@@ -101,6 +102,26 @@ def step_flops(trainer: Trainer, batch_size: int) -> float:
     return float(counter.get_total_flops())
 
 
+def profile_steps(trainer: Trainer, first_item: int, steps: int, batch_size: int, rows: int = 25) -> dict[str, Any]:
+    """Where a step's time goes: torch.profiler over ``steps`` steps, the ops with the most self time, per step.
+
+    Ops with the same name are summed (all shapes); ``share`` is of the profiled self time in all ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        seconds = [timed_step(trainer, first_item + i, batch_size)[0] for i in range(steps)]
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
+    return {
+        "steps": steps, "sec_per_step": seconds, "levers": trainer.levers.describe(),
+        "ops": [{"op": e.key, "calls_per_step": e.count / steps,
+                 "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                 "share": e.self_cpu_time_total / total_us} for e in top],
+    }
+
+
 def bench_size(args: argparse.Namespace, size: int, variants: list[str], device: torch.device,
                run_root: Path) -> dict[str, Any]:
     load_size = max(args.load_size, size)
@@ -132,8 +153,13 @@ def bench_size(args: argparse.Namespace, size: int, variants: list[str], device:
             "levers": trainers[v].levers.describe(), "losses": losses[v],
         }
     flops = step_flops(trainers[variants[0]], args.batch_size)
-    return {"crop_size": size, "load_size": load_size, "batch_size": args.batch_size, "variants": rows,
-            "step_gflop": flops / 1e9}
+    result = {"crop_size": size, "load_size": load_size, "batch_size": args.batch_size, "variants": rows,
+              "step_gflop": flops / 1e9}
+    if args.profile:
+        name = variants[-1]  # e.g. --variants plain,fast profiles the fast step
+        result["profile"] = {"variant": name, **profile_steps(trainers[name], args.warmup + args.rounds,
+                                                               args.profile, args.batch_size)}
+    return result
 
 
 def render(result: dict[str, Any]) -> str:
@@ -160,6 +186,12 @@ def render(result: dict[str, Any]) -> str:
         lines += [f"**{size_result['crop_size']} px crops, batch {size_result['batch_size']}**", "",
                   markdown_table(["variant", "s/step (median)", "images/s", "speed-up vs plain", "levers"], rows),
                   ""]
+        if "profile" in size_result:
+            prof = size_result["profile"]
+            ops = [[o["op"], f"{o['self_ms_per_step']:.1f}", f"{o['share']:.1%}", f"{o['calls_per_step']:g}"]
+                   for o in prof["ops"][:12]]
+            lines += [f"Profile of the {prof['variant']} step ({prof['steps']} steps, torch.profiler, self time):",
+                      "", markdown_table(["op", "ms/step", "share", "calls/step"], ops), ""]
     return "\n".join(lines)
 
 
@@ -181,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pack", default=None, help="data pack (default <cache>/pack-<load size>)")
     parser.add_argument("--content-dir", action="append", dest="content_dirs", metavar="DIR")
     parser.add_argument("--style-dir", action="append", dest="style_dirs", metavar="DIR")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after the timed rounds, torch.profiler over STEPS more steps of the last variant")
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/train-<device>.json)")
     parser.add_argument("--doc", type=Path, default=DOC_PATH, help="markdown file whose section to rewrite")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the markdown file")

@@ -9,15 +9,16 @@ continues from the newest committed weights with a fresh optimizer, and both the
 The lr schedule is that of one run of ``--iters`` (default 12,000) iterations: constant for 40%, then linear to
 0, evaluated at the campaign's iteration count, so a resume never restarts or stretches it.
 
-The 256 px phase that follows is a second campaign in its own state folder (``campaign-a2k-256``), started
-from the 128 px phase's final weights with its own schedule over the iterations after them:
-
-    python -m model.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
-
     python -m model.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
     kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking (a paused step's time
                                                          # is kept out of the thread tuning and deadline)
     kill -INT <pid>                                      # stop cleanly now (checkpoint at the next step)
+
+The 256 px phase that follows is a second campaign in its own state folder (``campaign-a2k-256``; a state
+folder never continues a run at another crop size), started from the 128 px phase's final weights with its own
+schedule over the iterations after them (``--schedule-start``, kept by every resume of that phase):
+
+    python -m model.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -113,24 +114,35 @@ def resolve_pack(args: argparse.Namespace) -> Path | None:
     return pack
 
 
-def run(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(args.crop_size)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    pack = resolve_pack(args)
-    cfg = campaign_config(args, state_dir, pack)
+def start_trainer(cfg: TrainConfig, state_dir: Path, init_weights: str | None) -> tuple[Trainer, str]:
+    """Resume the state folder's run, or start one from release weights; returns it and how it started."""
     last = state_dir / "checkpoints" / "last.pt"
     if last.is_file():
         trainer = Trainer(cfg, resume=last)
-        how = f"resumed {last}"
-    else:
-        weights = Path(args.init_weights) if args.init_weights else default_weights_path()
-        try:
-            trainer = Trainer(cfg, init_weights=weights)
-        except ValueError as exc:  # e.g. a later phase's --schedule-start beyond these weights' iteration
-            logger.error("cannot start the campaign: %s", exc)
-            return 2
-        how = f"no training state in {state_dir}: {trainer.init_note}"
-        logger.warning(how)
+        saved_crop = (trainer.resumed_config or {}).get("crop_size", cfg.crop_size)
+        if saved_crop != cfg.crop_size:
+            # one state folder per phase: a 256 px phase must not continue (and overwrite) the 128 px run
+            raise ValueError(f"{state_dir} holds a run at {saved_crop} px crops, this one asks {cfg.crop_size}: "
+                             "give each phase its own --state-dir")
+        return trainer, f"resumed {last}"
+    weights = Path(init_weights) if init_weights else default_weights_path()
+    trainer = Trainer(cfg, init_weights=weights)
+    how = f"no training state in {state_dir}: {trainer.init_note}"
+    logger.warning(how)
+    return trainer, how
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(args.crop_size)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg = campaign_config(args, state_dir, None)  # checked before the pack is built
+        pack = resolve_pack(args)
+        cfg = campaign_config(args, state_dir, pack)
+        trainer, how = start_trainer(cfg, state_dir, args.init_weights)
+    except ValueError as exc:  # e.g. a later phase's --schedule-start that does not fit where it would start
+        logger.error("cannot start the campaign: %s", exc)
+        return 2
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal %d: stopping after this step", signum)

@@ -45,6 +45,7 @@ def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
         "load_size": cfg["load_size"],
         "lr": cfg["lr"],
         "planned_iterations": cfg["iters"],
+        "schedule_start": int(cfg.get("schedule_start", 0)),
         "loss_weights": {
             "style": cfg["style_weight"], "a2k": cfg["a2k_weight"], "content": cfg["content_weight"]
         },

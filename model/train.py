@@ -293,9 +293,6 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = select_device(cfg.device)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.thread_tuner = (ThreadTuner((1, cores)) if cfg.thread_tuning and self.device.type == "cpu"
-                             and cores > 1 and not cfg.threads else None)
         seed_everything(cfg.seed)
         self.net = StyA2K(ModelConfig(arch=cfg.arch)).to(self.device)
         self.net.train()
@@ -310,20 +307,33 @@ class Trainer:
         self.loss_fn = StyleTransferLoss(self._loss_encoder, loss_cfg)
         self.params = [p for p in self.net.trainable_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
-        self.levers = choose_levers(cfg, self.device, self.time_dry_step)
-        self._use_layout(self.levers)
-        logger.info("training step: %s", self.levers.describe())
-        self.data = self._dataset()
         self.iteration = 0
         self.wall_s = 0.0
         self.init_note: str | None = None
         self.stop_requested = False  # set from a signal handler: stop cleanly after the current step
         self.fresh_optimizer_at: int | None = None
         self.resumed_during_step = False  # set by a SIGCONT handler (model.campaign): the step was paused
+        self.resumed_config: dict[str, Any] | None = None  # the train_config of the checkpoint resumed from
+        saved_levers: str | None = None
+        # Where the run starts is settled before the levers are measured, so a refusal costs no dry steps.
         if resume is not None:
-            self._restore(Path(resume))
+            saved_levers = self._restore(Path(resume))
         elif init_weights is not None:
             self._init_from_release(Path(init_weights), init_iteration)
+        if self.iteration < cfg.schedule_start:
+            raise ValueError(f"the run would start at iteration {self.iteration}, before its schedule start "
+                             f"{cfg.schedule_start}: a later phase starts from the earlier phase's final weights "
+                             "(export them first, python -m model.export, and pass them as --init-weights)")
+        # Measured at the thread count the step gets without tuning (all cores), then the tuner takes over.
+        self.levers = choose_levers(cfg, self.device, self.time_dry_step)
+        self._use_layout(self.levers)
+        logger.info("training step: %s", self.levers.describe())
+        if resume is not None:
+            self._note_lever_change(saved_levers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.thread_tuner = (ThreadTuner((1, cores)) if cfg.thread_tuning and self.device.type == "cpu"
+                             and cores > 1 and not cfg.threads else None)
+        self.data = self._dataset()
         self.log = CsvLog(self.run_dir / LOG_NAME,
                           self.iteration - 1 if resume is not None or init_weights is not None else None)
         self.sample_contents, self.sample_styles = self._fixed_sample_set()
@@ -367,16 +377,22 @@ class Trainer:
             logger.warning("step levers differ from the checkpoint's: %s -> %s", saved.split(" (")[0], flags)
 
     # ---------- checkpoints ----------
-    def _restore(self, path: Path) -> None:
+    def _restore(self, path: Path) -> str | None:
+        """Continue the run of checkpoint ``path``; returns the levers it was trained with (its ``describe()``)."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not is_train_state(state):
             raise RuntimeError(f"{path} is not a StyA2K training checkpoint (release files cannot resume)")
         saved_arch = state["train_config"]["arch"]
         if saved_arch != self.cfg.arch:
             raise RuntimeError(f"{path} was trained with --arch {saved_arch}, not {self.cfg.arch}")
+        saved_start = int(state["train_config"].get("schedule_start", 0))
+        if saved_start != self.cfg.schedule_start:
+            # --iters may grow on a resume; moving the schedule's start would silently change every later lr
+            raise ValueError(f"{path} runs an lr schedule that starts at iteration {saved_start}, this run asks "
+                             f"--schedule-start {self.cfg.schedule_start}: resume with the run's own value")
+        self.resumed_config = dict(state["train_config"])
         load_trainable_state(self.net, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._note_lever_change(state.get("levers"))
         self.iteration = int(state["iteration"])
         self.wall_s = float(state.get("wall_s", 0.0))
         self.init_note = state.get("init_note")
@@ -386,6 +402,7 @@ class Trainer:
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         logger.info("resumed %s at iteration %d", path, self.iteration)
+        return state.get("levers")
 
     def _init_from_release(self, path: Path, iteration: int | None) -> None:
         """Start from release weights with a fresh optimizer; the iteration count continues theirs."""
@@ -635,7 +652,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-size", type=int, default=defaults.load_size, help="short side before crop")
     parser.add_argument("--crop-size", type=int, default=defaults.crop_size, help="square random crop size")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--iters", type=int, default=defaults.iters, help="total iterations of the run")
+    parser.add_argument("--iters", type=int, default=defaults.iters,
+                        help="iteration at which the run (and its lr schedule) ends")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--constant-frac", type=float, default=defaults.constant_frac,
                         help="fraction of the schedule at constant lr before the linear decay")
@@ -720,7 +738,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point shared by ``stya2k train`` and ``python -m model.train``; returns an exit code."""
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     for folder in () if cfg.pack else (*cfg.content_dirs, *cfg.style_dirs):
         if not list_images([folder]):
             logger.error("no images in %s", folder)
@@ -734,7 +756,11 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None and args.init_weights:
         logger.error("--resume and --init-weights exclude each other")
         return 2
-    trainer = Trainer(cfg, resume=resume, init_weights=args.init_weights, init_iteration=args.init_iteration)
+    try:
+        trainer = Trainer(cfg, resume=resume, init_weights=args.init_weights, init_iteration=args.init_iteration)
+    except ValueError as exc:  # e.g. a --schedule-start that does not fit where the run starts
+        logger.error("cannot start training: %s", exc)
+        return 2
     trainer.train(time_budget=args.time_budget)
     if args.export:
         sha = export_release(

@@ -34,7 +34,7 @@ def test_train_benchmark_smoke(tmp_path: Path) -> None:
          "--load-size", "40", "--variants", "plain,pack,fused,channels_last,fast,fast_fp32_trained",
          "--pack", str(pack),
          "--content-dir", content, "--style-dir", style, "--threads", "1", "--device", "cpu", "--out", str(out),
-         "--doc", str(doc)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+         "--doc", str(doc), "--profile", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     (size,) = data["sizes"]
@@ -49,5 +49,11 @@ def test_train_benchmark_smoke(tmp_path: Path) -> None:
     assert "fused_encode=True" in variants["fast"]["levers"]
     assert "bf16_trained=False" in variants["fast_fp32_trained"]["levers"]
     assert data["matmul"]["flops_per_s"] > 0
+    prof = size["profile"]  # of the last variant named
+    assert prof["variant"] == "fast_fp32_trained" and prof["steps"] == 1 and len(prof["sec_per_step"]) == 1
+    ops = {o["op"]: o for o in prof["ops"]}
+    assert "aten::convolution_backward" in ops and all(o["self_ms_per_step"] >= 0 for o in ops.values())
+    assert 0 < sum(o["share"] for o in ops.values()) <= 1.0 + 1e-9
     text = doc.read_text()
     assert "<!-- BEGIN bench/train.py -->" in text and "speed-up vs plain" in text and "GFLOP" in text
+    assert "Profile of the fast_fp32_trained step" in text

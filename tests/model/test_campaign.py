@@ -72,7 +72,7 @@ def test_a_later_phase_starts_from_the_earlier_phases_weights_with_its_own_sched
     assert main([*args, "--schedule-start", "41", "--iters", "50"]) == 2  # the weights are at 40: refused
     assert "before this run's schedule start 41" in caplog.text
     assert main([*args, "--schedule-start", "40", "--iters", "45"]) == 0
-    state_dir = tmp_path / "cache" / "campaign-a2k-48"  # its own state folder, apart from the 64 px phase's
+    state_dir = tmp_path / "cache" / "campaign-a2k-48"  # the state folder of this crop size
     rows = (state_dir / "log.csv").read_text().splitlines()[1:]
     lrs = [float(r.split(",")[1]) for r in rows]
     phase = TrainConfig(run_dir="x", iters=45, schedule_start=40, lr=1e-4)
@@ -80,3 +80,9 @@ def test_a_later_phase_starts_from_the_earlier_phases_weights_with_its_own_sched
     assert lrs == pytest.approx([learning_rate(i, phase) for i in range(40, 45)], rel=1e-4)
     assert lrs[:3] == pytest.approx([1e-4] * 3, rel=1e-4) and lrs[3] < lrs[2]  # constant to 42, then down to 0
     assert read_history(state_dir)[-1]["lr_schedule"] == "constant 0.0001 from 40 to 42, linear to 0 at 45"
+    # a resume keeps the phase's schedule start; a state folder never continues a run at another crop size
+    assert main([*args, "--iters", "46"]) == 2 and "this run asks --schedule-start 0" in caplog.text
+    monkeypatch.setenv("STYA2K_CAMPAIGN_DIR", str(state_dir))
+    assert main([*args, "--crop-size", "64", "--schedule-start", "40", "--iters", "46"]) == 2
+    assert "holds a run at 48 px crops, this one asks 64" in caplog.text
+    assert read_history(state_dir)[-1]["end_iteration"] == 45  # neither refusal trained or wrote history

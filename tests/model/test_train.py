@@ -17,6 +17,7 @@ from model.hardware import has_native_bf16
 from model.imageio import tensor_to_pil
 from model.train import (
     Deadline,
+    StepLevers,
     ThreadTuner,
     TrainConfig,
     Trainer,
@@ -87,6 +88,19 @@ def test_a_later_phase_has_its_own_schedule_over_the_iterations_after_its_start(
     assert learning_rate(104, warm, fresh_optimizer_at=100) == pytest.approx(5e-4)  # the phase's fresh Adam
     with pytest.raises(ValueError, match="schedule_start"):
         TrainConfig(run_dir="x", iters=200, schedule_start=200)
+
+
+def test_a_schedule_start_must_fit_where_the_run_starts(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
+    with pytest.raises(ValueError, match="before its schedule start 2"):
+        Trainer(_config(tmp_path / "fresh", data_dirs, iters=4, schedule_start=2))  # a fresh run starts at 0
+    Trainer(_config(tmp_path / "run", data_dirs, iters=2)).train()
+    with pytest.raises(ValueError, match="starts at iteration 0, this run asks --schedule-start 1"):
+        Trainer(_config(tmp_path / "run", data_dirs, iters=4, schedule_start=1),
+                resume=tmp_path / "run/checkpoints/last.pt")
+    base = ["--run-dir", str(tmp_path / "cli"), "--content-dir", data_dirs[0], "--style-dir", data_dirs[1],
+            "--device", "cpu", "--iters", "4"]
+    assert main([*base, "--schedule-start", "4"]) == 2  # not inside the run: a clear error, no traceback
+    assert main([*base, "--schedule-start", "2"]) == 2
 
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
@@ -250,10 +264,12 @@ def test_channels_last_is_measured_on_the_whole_step_at_its_precision(bf16: str)
     from model import train as train_module
 
     seen: list[tuple[bool, bool]] = []
+    # per layout: a slow warm-up (left out), then three rounds with one outlier each (the median ignores it)
+    times = {False: iter([9.0, 1.0, 1.0, 0.1]), True: iter([9.0, 0.5, 5.0, 0.5])}
 
     def fake_time(levers: train_module.StepLevers) -> float:
         seen.append((levers.channels_last, levers.bf16))
-        return 0.5 if levers.channels_last else 1.0  # channels_last twice as fast
+        return next(times[levers.channels_last])  # channels_last twice as fast
 
     cfg = TrainConfig(run_dir="x", crop_size=16, batch_size=1, channels_last="auto", bf16=bf16, bf16_trained="off")
     levers = train_module.choose_levers(cfg, torch.device("cpu"), fake_time)
@@ -265,18 +281,33 @@ def test_channels_last_is_measured_on_the_whole_step_at_its_precision(bf16: str)
     assert not even.channels_last  # within 5%: the layout stays contiguous
 
 
-def test_the_layout_measurement_leaves_weights_optimizer_and_rng_alone(tmp_path: Path,
-                                                                      data_dirs: tuple[str, str]) -> None:
-    measured = Trainer(_config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="off", bf16_trained="off"))
+def test_the_layout_measurement_leaves_weights_optimizer_and_rng_alone(tmp_path: Path, data_dirs: tuple[str, str],
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      request: pytest.FixtureRequest) -> None:
+    before = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(before))
+    real = Trainer.time_dry_step
+    threads: list[int] = []
+
+    def contiguous_wins(self: Trainer, levers: StepLevers) -> float:
+        threads.append(torch.get_num_threads())
+        return real(self, levers) * (10.0 if levers.channels_last else 1.0)  # the real dry step runs each time
+
+    monkeypatch.setattr(Trainer, "time_dry_step", contiguous_wins)
+    torch.set_num_threads(2)
+    cfg = _config(tmp_path / "auto", data_dirs, channels_last="auto", bf16="off", bf16_trained="off")
+    measured = Trainer(replace(cfg, threads=None, thread_tuning=True))
+    assert len(threads) == 8 and set(threads) == {2}  # timed at the untuned thread count, not the tuner's first
+    assert not measured.levers.channels_last
     rng_after_measuring = torch.get_rng_state()
     plain = Trainer(_config(tmp_path / "off", data_dirs, channels_last="off", bf16="off", bf16_trained="off"))
     assert torch.equal(rng_after_measuring, torch.get_rng_state())  # both runs start from the same RNG
     for name, tensor in trainable_state_dict(plain.net).items():
         torch.testing.assert_close(trainable_state_dict(measured.net)[name], tensor, rtol=0, atol=0)
     assert all(p.grad is None for p in measured.params) and not measured.optimizer.state
-    layout = torch.channels_last if measured.levers.channels_last else torch.contiguous_format
     conv = next(m for m in measured.net.decoder.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=layout)  # the chosen layout, not the last one timed
+    # the chosen layout, not channels_last, the last one timed
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unknown_lever_value_is_rejected() -> None:
