@@ -39,7 +39,7 @@ from model.checkpoint import default_weights_path
 from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
 from model.hardware import start_command
 from model.pack import build_pack, default_cache_dir
-from model.train import TrainConfig, Trainer
+from model.train import TrainConfig, Trainer, schedule_constant_end
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ def read_history(state_dir: Path) -> list[dict[str, object]]:
 
 
 def lr_schedule_text(cfg: TrainConfig) -> str:
-    constant_end = cfg.schedule_start + int((cfg.iters - cfg.schedule_start) * cfg.constant_frac)
     start = f" from {cfg.schedule_start}" if cfg.schedule_start else ""
-    return f"constant {cfg.lr:g}{start} to {constant_end}, linear to 0 at {cfg.iters}"
+    return f"constant {cfg.lr:g}{start} to {schedule_constant_end(cfg)}, linear to 0 at {cfg.iters}"
 
 
 def campaign_config(args: argparse.Namespace, state_dir: Path, pack: Path | None) -> TrainConfig:

@@ -124,12 +124,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(LEVER_CHOICES)}, got {getattr(self, name)!r}")
 
 
+def schedule_constant_end(cfg: TrainConfig) -> int:
+    """The first iteration of the linear decay: ``constant_frac`` of the way from ``schedule_start`` to ``iters``."""
+    return cfg.schedule_start + int((cfg.iters - cfg.schedule_start) * cfg.constant_frac)
+
+
 def learning_rate(iteration: int, cfg: TrainConfig, fresh_optimizer_at: int | None = None) -> float:
     """Constant ``cfg.lr`` for the first ``constant_frac`` of the schedule (iterations ``schedule_start`` to
     ``iters``), then linear decay toward 0; after a fresh optimizer (at iteration ``fresh_optimizer_at``) the first
     ``warmup_iters`` ramp up linearly, so Adam's first, sign-like updates do not shake weights that are already
     trained."""
-    constant_end = cfg.schedule_start + int((cfg.iters - cfg.schedule_start) * cfg.constant_frac)
+    constant_end = schedule_constant_end(cfg)
     if iteration < constant_end:
         lr = cfg.lr
     else:
@@ -203,11 +208,10 @@ class StepLevers:
 LayoutTimer = Callable[[StepLevers], float]
 
 
-def choose_levers(cfg: TrainConfig, device: torch.device, time_layout: LayoutTimer | None = None) -> StepLevers:
+def choose_levers(cfg: TrainConfig, device: torch.device, time_layout: LayoutTimer) -> StepLevers:
     """Resolve "auto" per machine: capability for bf16, a measurement for channels_last (CPU).
 
-    ``time_layout(levers)`` returns the seconds of a step under ``levers`` (`Trainer.time_dry_step`); without it
-    an "auto" layout on CPU stays contiguous."""
+    ``time_layout(levers)`` returns the seconds of a step under ``levers`` (`Trainer.time_dry_step`)."""
     reasons: list[str] = []
     if cfg.bf16 == "auto":
         bf16 = device.type == "cuda" or has_native_bf16()
@@ -222,8 +226,6 @@ def choose_levers(cfg: TrainConfig, device: torch.device, time_layout: LayoutTim
         if device.type == "cuda":
             levers = replace(levers, channels_last=True)
             reasons.append("channels_last: CUDA")
-        elif time_layout is None:
-            reasons.append("channels_last: off, not measured")
         else:
             plain, fast = measure_layouts(time_layout, levers)
             levers = replace(levers, channels_last=fast < 0.95 * plain)
@@ -321,7 +323,8 @@ class Trainer:
         elif init_weights is not None:
             self._init_from_release(Path(init_weights), init_iteration)
         if self.iteration < cfg.schedule_start:
-            raise ValueError(f"the run would start at iteration {self.iteration}, before its schedule start "
+            source = Path(init_weights).name if init_weights is not None and resume is None else "a fresh run"
+            raise ValueError(f"{source} is at iteration {self.iteration}, before this run's schedule start "
                              f"{cfg.schedule_start}: a later phase starts from the earlier phase's final weights "
                              "(export them first, python -m model.export, and pass them as --init-weights)")
         # Measured at the thread count the step gets without tuning (all cores), then the tuner takes over.
@@ -411,10 +414,6 @@ class Trainer:
             raise RuntimeError(f"{path} holds --arch {release.config.arch} weights, not {self.cfg.arch}")
         load_trainable_state(self.net, trainable_state_dict(release))
         self.iteration = int(iteration if iteration is not None else release.meta.get("iterations", 0))
-        if self.iteration < self.cfg.schedule_start:
-            raise ValueError(f"{path.name} is at iteration {self.iteration}, before this run's schedule start "
-                             f"{self.cfg.schedule_start}: a later phase starts from the earlier phase's final "
-                             "weights (export them first, python -m model.export)")
         self.wall_s = float(release.meta.get("train_wall_s", 0.0))
         self.fresh_optimizer_at = self.iteration
         self.init_note = (f"initialised from {path.name} (iteration {self.iteration}) with a fresh optimizer: "

@@ -91,7 +91,7 @@ def test_a_later_phase_has_its_own_schedule_over_the_iterations_after_its_start(
 
 
 def test_a_schedule_start_must_fit_where_the_run_starts(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
-    with pytest.raises(ValueError, match="before its schedule start 2"):
+    with pytest.raises(ValueError, match="a fresh run is at iteration 0, before this run's schedule start 2"):
         Trainer(_config(tmp_path / "fresh", data_dirs, iters=4, schedule_start=2))  # a fresh run starts at 0
     Trainer(_config(tmp_path / "run", data_dirs, iters=2)).train()
     with pytest.raises(ValueError, match="starts at iteration 0, this run asks --schedule-start 1"):
