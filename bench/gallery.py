@@ -3,7 +3,7 @@
 Styles: Van Gogh paintings (public domain, as packaged by Debian's GCompris). Content: DreamBooth dataset photos
 (CC-BY-4.0). Both sit in the ../shared training pool, which is never committed; only this rendered grid is::
 
-    python -m bench.gallery --weights weights/stya2k-v0.5-cpu.pt --out docs/gallery.jpg
+    python -m bench.gallery --weights weights/stya2k-v0.6-cpu.pt --out docs/gallery.jpg
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quality benchmark (paper Table 1 / Table 3): thin wrapper over ``model.evaluate``.
 
-    python bench/quality.py --weights weights/stya2k-v0.5-cpu.pt --size 256 --out-md docs/quality_table.md
+    python bench/quality.py --weights weights/stya2k-v0.6-cpu.pt --size 256 --out-md docs/quality_table.md
 """
 
 from __future__ import annotations

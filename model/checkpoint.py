@@ -41,8 +41,9 @@ FROZEN_PREFIX = "encoder."
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST_NAME = "MANIFEST"
 # Preference order of the shipped defaults: the GPU-trained release first, the CPU-trained stand-in after it.
-DEFAULT_CANDIDATES = ("stya2k-v1.pt", "stya2k-v0.5-cpu.pt", "stya2k-v0.4-cpu.pt", "stya2k-v0.3-cpu.pt",
-                      "stya2k-v0.2-cpu.pt", "stya2k-v0.1-cpu.pt", "stya2k-v0-cpu.pt")  # newest first
+DEFAULT_CANDIDATES = ("stya2k-v1.pt", "stya2k-v0.6-cpu.pt", "stya2k-v0.5-cpu.pt", "stya2k-v0.4-cpu.pt",
+                      "stya2k-v0.3-cpu.pt", "stya2k-v0.2-cpu.pt", "stya2k-v0.1-cpu.pt",
+                      "stya2k-v0-cpu.pt")  # newest first
 
 
 class CheckpointError(RuntimeError):

@@ -15,7 +15,7 @@ F is the project's frozen VGG-19 encoder (the same for all weights compared), so
 encoder's (normalised) feature scale, not the paper's. With ``--video-dir`` it also stylizes each clip frame by
 frame and reports the optical-flow warping error (OpenCV, a main dependency).
 
-    python -m model.evaluate --weights weights/stya2k-v0.5-cpu.pt --size 256 --out-json q.json --out-md q.md
+    python -m model.evaluate --weights weights/stya2k-v0.6-cpu.pt --size 256 --out-json q.json --out-md q.md
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Turn a training checkpoint into release weights: fp16, config + meta, sha256 recorded in a manifest.
 
-    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.5-cpu.pt
+    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
 """
 
 from __future__ import annotations

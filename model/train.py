@@ -7,7 +7,7 @@ and ``samples/`` (fixed content x style grids).
 
     python -m model.train --run-dir runs/a2k --iters 2000 --crop-size 128 --load-size 256
     python -m model.train --run-dir runs/a2k --iters 4000 --resume        # continue / extend
-    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.5-cpu.pt
+    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
 """
 
 from __future__ import annotations
