@@ -171,6 +171,8 @@ _BY_CODE: dict[str, type[StyA2KError]] = {
     "job_not_done": JobNotDone,
     "job_expired": JobExpired,
     "job_queue_full": QueueFull,
+    "job_too_large": PayloadTooLarge,
+    "job_too_long": PayloadTooLarge,
 }
 _BY_STATUS: dict[int, type[StyA2KError]] = {
     400: BadRequest,

@@ -124,6 +124,19 @@ class JobQueueFull(ServiceError):
     status, code, reason = 429, "job_queue_full", "queue_full"
 
 
+class JobTooLarge(ServiceError):
+    """The job alone would hold more decoded input than all jobs together may (STYA2K_JOBS_MEMORY_BYTES)."""
+
+    status, code, reason = 413, "job_too_large", "too_large"
+
+
+class JobTooLong(ServiceError):
+    """The job needs more model time than its time limit allows (STYA2K_JOB_TIMEOUT_S): refused at submission
+    from the measured rate, or ended as soon as its own pace shows it cannot finish."""
+
+    status, code, reason = 413, "job_too_long", "too_large"
+
+
 class NotReady(ServiceError):
     status, code, reason = 503, "not_ready", None
 

@@ -52,6 +52,7 @@ from service.errors import (
     JobNotDone,
     JobNotFound,
     JobQueueFull,
+    JobTooLong,
     QueueFull,
     ServiceError,
 )
@@ -66,6 +67,16 @@ from service.transfer import (
     prepare_transfer,
 )
 from service.video import PreparedVideo, VideoOutcome, complete_video, prepare_video
+from service.workload import (
+    ComputeRate,
+    MemoryBudget,
+    Reservation,
+    job_tensor_bytes,
+    raw_bytes,
+    style_tensor_bytes,
+    transfer_bytes,
+    video_bytes,
+)
 
 log = logging.getLogger("service.jobs")
 T = TypeVar("T")
@@ -79,6 +90,14 @@ MAX_FINISHED = 10_000
 DEFAULT_RUN_S = 5.0  # Retry-After before any job has run: a guess, replaced by the measured mean
 # <replica>.<random>; the replica part as settings.REPLICA_ID_PATTERN (nginx's map in deploy/nginx matches it too)
 JOB_ID_PATTERN = re.compile(r"^([a-z0-9][a-z0-9-]{0,31})\.([0-9a-f]{32})$")
+
+
+def held_bytes(prepared: PreparedTransfer | PreparedVideo) -> int:
+    """What an accepted job holds until it ends: its raw uploads and decoded tensors."""
+    if isinstance(prepared, PreparedVideo):
+        request = prepared.request
+        return len(request.video) + sum(len(s) for s in request.styles) + style_tensor_bytes(prepared.styles)
+    return raw_bytes(prepared.request) + job_tensor_bytes(prepared.job)
 
 
 def new_job_id(replica: str) -> str:
@@ -128,6 +147,8 @@ class Job:
     gone: str | None = None  # why the result is no longer here (the 410 message)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    memory: Reservation | None = None  # its share of STYA2K_JOBS_MEMORY_BYTES, released when it ends
+    estimate_s: float | None = None  # model seconds it needs, from the measured rate (None: nothing measured yet)
 
     @property
     def path(self) -> str:
@@ -184,6 +205,7 @@ class JobRunner:
     batcher: Batcher[TransferJob, torch.Tensor]
     model_thread: ModelThread
     decode_budget: imaging.DecodeBudget | None
+    rate: ComputeRate | None = None  # fed with the model time of this job's turns
     deadline: float = math.inf  # time.monotonic(); set per job when it runs
     on_progress: ProgressHook | None = None
 
@@ -199,10 +221,13 @@ class JobRunner:
 
     async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
         if self.engine.needs_tiling(job):
-            return await compute_tiled(self.engine, job, self.model_thread.call, self.on_progress)
+            # not a rate sample: a tiled job's time includes the sync batches run between its tiles
+            return await compute_tiled(self.engine, job, self.model_thread.call, self.on_progress, self.deadline)
         self._progress(0, 1)
         result = await self._submit(job)
         self._progress(1, 1)
+        if self.rate is not None:  # compute_s is the batch's own model time; the batch may hold sync requests too
+            self.rate.observe(job.width * job.height * result.batch_size, result.compute_s)
         return result
 
     async def _submit(self, job: TransferJob) -> BatchResult[torch.Tensor]:
@@ -234,6 +259,8 @@ class JobStore:
         self._result_bytes = 0
         self._reserved = 0  # submissions being decoded: they hold a queue slot
         self._running: Job | None = None  # one job at a time: the model thread is one
+        self.memory = MemoryBudget(settings.jobs_memory_bytes)
+        self.rate = ComputeRate()  # model seconds per output pixel, for the time each job needs
         self._wake = asyncio.Event()
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -276,29 +303,48 @@ class JobStore:
     # ------------------------------------------------------------------------------------------- requests
     async def accept(self, request: TransferRequest, runner: JobRunner) -> Job:
         """Validate and decode ``request`` (bad input raises here, nothing is queued), then queue it."""
+        side = min(request.max_side or self.settings.default_side, self.settings.jobs_max_side)
         return await self._accept(
             prepare_transfer(request, self.settings, runner, self.metrics, max_side=self.settings.jobs_max_side),
             runner,
+            transfer_bytes(request, side, self.settings.style_size),
         )
 
     async def accept_video(self, request: VideoRequest, runner: JobRunner) -> Job:
         """Validate and probe the video, decode the styles (bad input raises here), then queue it."""
-        return await self._accept(prepare_video(request, self.settings, runner, self.metrics), runner)
+        return await self._accept(
+            prepare_video(request, self.settings, runner, self.metrics), runner,
+            video_bytes(request, self.settings.style_size),
+        )  # fmt: skip
 
-    async def _accept(self, preparing: Coroutine[Any, Any, PreparedTransfer | PreparedVideo], runner: JobRunner) -> Job:
+    async def _accept(
+        self,
+        preparing: Coroutine[Any, Any, PreparedTransfer | PreparedVideo],
+        runner: JobRunner,
+        estimated_bytes: int,
+    ) -> Job:
+        """Room in the queue and in the jobs' memory first (before anything is decoded), then prepare, then the
+        time the job needs against its limit; only then is it queued."""
         self._sweep()
         try:
             self._check_room()
+            memory = self.memory.reserve(estimated_bytes, "this job", self._retry_after_s())
         except ServiceError:
             preparing.close()  # never started: no "coroutine was never awaited" warning
             raise
         self._reserved += 1
         try:
             prepared = await preparing
+            self.memory.resize(memory, held_bytes(prepared))
+            estimate_s = self._estimate_s(prepared)
+            self._check_time(estimate_s)
+            if self._closed:
+                raise Draining("the server is shutting down; submit the job to another instance", retry_after_s=1)
+        except BaseException:
+            self.memory.release(memory)
+            raise
         finally:
             self._reserved -= 1
-        if self._closed:
-            raise Draining("the server is shutting down; submit the job to another instance", retry_after_s=1)
         now = time.monotonic()
         job = Job(
             id=new_job_id(self.replica),
@@ -307,8 +353,10 @@ class JobStore:
             accepted_wall=time.time(),
             deadline=now + self.settings.job_timeout_s,
             prepared=prepared,
-            runner=runner,
+            runner=dataclasses.replace(runner, rate=self.rate),
             kind="video" if isinstance(prepared, PreparedVideo) else "image",
+            memory=memory,
+            estimate_s=estimate_s,
         )
         if isinstance(prepared, PreparedVideo):
             job.total = prepared.info.frames
@@ -318,6 +366,41 @@ class JobStore:
         self._update_gauges()
         log.info("job accepted", extra={"job": job.id, "mode": str(job.mode), "queued": len(self._queue)})
         return job
+
+    def _estimate_s(self, prepared: PreparedTransfer | PreparedVideo) -> float | None:
+        if isinstance(prepared, PreparedVideo):
+            width, height = prepared.size
+            return self.rate.estimate_s(prepared.info.frames * width * height)
+        return self.rate.estimate_s(prepared.job.width * prepared.job.height)
+
+    def _check_time(self, estimate_s: float | None) -> None:
+        """413 when the job alone needs more model time than its limit; 429 when the jobs ahead of it would make
+        it miss its limit (its time counts from acceptance, queued time included)."""
+        if estimate_s is None:
+            return  # nothing measured yet: the job's own pace is checked while it runs
+        limit = self.settings.job_timeout_s
+        per_mpx = (self.rate.seconds_per_pixel or 0.0) * 1e6
+        if estimate_s > limit:
+            raise JobTooLong(
+                f"this job needs about {estimate_s:.0f} s of model time at the {per_mpx:.2f} s per megapixel "
+                f"measured on this server, and a job must finish within {limit:g} s (STYA2K_JOB_TIMEOUT_S); "
+                "send a shorter clip, fewer frames or a smaller max_side"
+            )
+        ahead = self._work_ahead_s()
+        if estimate_s + ahead > limit:
+            raise JobQueueFull(
+                f"the jobs ahead need about {ahead:.0f} s and this one about {estimate_s:.0f} s, more than the "
+                f"{limit:g} s a job has from acceptance to its result (STYA2K_JOB_TIMEOUT_S); retry later",
+                retry_after_s=min(300.0, max(1.0, ahead)),
+            )
+
+    def _work_ahead_s(self) -> float:
+        """Estimated model seconds of the queued jobs and the rest of the running one."""
+        ahead = sum(job.estimate_s or 0.0 for job in self._queue)
+        running = self._running
+        if running is not None and running.estimate_s is not None:
+            ahead += running.estimate_s * (1 - running.done / max(1, running.total))
+        return ahead
 
     def get(self, job_id: str) -> Job:
         self._sweep()
@@ -369,10 +452,15 @@ class JobStore:
     def view(self, job: Job) -> dict[str, Any]:
         return job.view(time.monotonic(), self.settings.job_result_ttl_s)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         """What /v1/info reports."""
         running = int(self._running is not None)
-        return {"queued": len(self._queue), "running": running, "result_bytes": self._result_bytes}
+        return {
+            "queued": len(self._queue), "running": running, "preparing": self._reserved,
+            "result_bytes": self._result_bytes,
+            "memory_bytes": self.memory.used, "memory_capacity_bytes": self.memory.capacity,
+            "compute_rate": self.rate.info(),
+        }  # fmt: skip
 
     def _check_room(self) -> None:
         if self._closed:
@@ -382,8 +470,11 @@ class JobStore:
             raise JobQueueFull(
                 f"the job queue is full ({waiting} jobs waiting, STYA2K_JOBS_QUEUE_SIZE="
                 f"{self.settings.jobs_queue_size}); retry later",
-                retry_after_s=min(300.0, max(1.0, self._run_s_mean or DEFAULT_RUN_S)),
+                retry_after_s=self._retry_after_s(),
             )
+
+    def _retry_after_s(self) -> float:
+        return min(300.0, max(1.0, self._run_s_mean or DEFAULT_RUN_S))
 
     # ------------------------------------------------------------------------------------------- worker
     async def _work(self) -> None:
@@ -466,6 +557,7 @@ class JobStore:
         if self._running is job:
             self._running = None
         job.prepared = job.runner = None  # the decoded images: the bulk of a job's memory
+        self.memory.release(job.memory)
         self._ended[job.id] = job
         self.metrics.jobs_finished.labels(outcome=str(state)).inc()
         self.metrics.job_duration.labels(outcome=str(state)).observe(now - job.accepted_at)

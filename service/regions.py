@@ -19,32 +19,53 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()  # (2r+1,)
 
 
-def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W) maps with edge replication; sigma in pixels."""
+def blur_(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of float (N, H, W) maps with edge replication, in place; sigma in pixels.
+
+    One map at a time, so the padded temporaries are one map's, not N's (a 4096 px job with 4 masks)."""
     if sigma <= 0:
         return maps
     kernel = _gaussian_kernel(sigma)
     radius = kernel.numel() // 2
-    x = maps.unsqueeze(1)  # (N, 1, H, W)
-    # Replicate padding needs pad < size on some backends; clamp the radius per axis instead.
-    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)  # (N, H, W)
+    for index in range(maps.shape[0]):
+        x = maps[index : index + 1].unsqueeze(1)  # (1, 1, H, W)
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+        maps[index] = x[0, 0]
+    return maps  # (N, H, W)
+
+
+def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`blur_` on a float copy: ``maps`` is left as it is."""
+    return blur_(maps.float().clone(), sigma)
+
+
+def soft_weights_(regions: torch.Tensor, feather_px: float) -> torch.Tensor:
+    """Per-style float regions (N, H, W) in [0, 1] to soft weights summing to 1 at every pixel, in place.
+
+    ``feather_px`` is the width of the blend at region borders (2 sigma of the Gaussian). Pixels no
+    region claims are shared equally. Only one-map temporaries are made beside the (N, H, W) maps.
+    """
+    count = regions.shape[0]
+    soft = blur_(regions, feather_px / 2.0).clamp_(min=0.0)  # (N, H, W)
+    total = soft.sum(dim=0, keepdim=True)  # (1, H, W)
+    unclaimed = total <= 1e-6
+    soft.div_(total.clamp_(min=1e-6))
+    return soft.masked_fill_(unclaimed, 1.0 / count)
 
 
 def soft_weights(regions: torch.Tensor, feather_px: float) -> torch.Tensor:
-    """Per-style regions (N, H, W) in [0, 1] to soft weights summing to 1 at every pixel.
+    """:func:`soft_weights_` on a float copy: ``regions`` is left as it is."""
+    return soft_weights_(regions.float().clone(), feather_px)
 
-    ``feather_px`` is the width of the blend at region borders (2 sigma of the Gaussian). Pixels no
-    region claims are shared equally.
-    """
-    count = regions.shape[0]
-    soft = blur(regions.float(), feather_px / 2.0).clamp_(min=0.0)
-    total = soft.sum(dim=0, keepdim=True)  # (1, H, W)
-    uniform = torch.full_like(soft, 1.0 / count)
-    return torch.where(total > 1e-6, soft / total.clamp(min=1e-6), uniform)
+
+def peak_bytes(count: int, width: int, height: int, feather_px: float) -> int:
+    """Upper bound of the memory a multistyle job's region weights take while they are made: the maps (a label
+    map's one-hot int64 and float copies, or the decoded masks and their float maps), one map's padded blur
+    temporaries, the total and the unclaimed mask."""
+    radius = max(1, math.ceil(3.0 * feather_px / 2.0))
+    one_map = (height + 2 * radius) * (width + 2 * radius) * 4
+    return count * width * height * (8 + 4) + width * height * (8 + 4 + 1) + 3 * one_map
 
 
 def masks_to_regions(masks: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:

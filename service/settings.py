@@ -129,6 +129,11 @@ class Settings:
     jobs_queue_size: int = setting(
         8, "jobs accepted and waiting to run before new ones get 429 (each holds its decoded images)"
     )
+    jobs_memory_bytes: int = setting(
+        2 * 1024 * 1024 * 1024,
+        "decoded inputs all accepted jobs may hold together (content, region weights, styles, uploads): a job "
+        "needing more alone gets 413 job_too_large, one that does not fit beside the others 429",
+    )
     job_timeout_s: float = setting(
         3600.0, "seconds a job may take from acceptance to its result; later it fails with deadline_exceeded"
     )
@@ -297,6 +302,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_styles": (2, 16),
     "jobs_max_side": (MAX_SIDE.low, 16384),
     "jobs_queue_size": (1, 100_000),
+    "jobs_memory_bytes": (1024 * 1024, None),
     "job_timeout_s": (1, 7 * 24 * 3600),
     "job_result_ttl_s": (1, 7 * 24 * 3600),
     "job_result_bytes": (1024, None),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from service.engine import Engine
 from service.errors import InvalidImage, InvalidParameter, ServiceError
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from service.workload import check_pace
 
 log = logging.getLogger("service.transfer")
 T = TypeVar("T")
@@ -62,6 +64,8 @@ class EngineRunner:
     (``on_progress`` hears of each)."""
 
     decode_budget = None  # one transfer at a time: the machine's memory is the only budget
+    rate = None  # no job limits in this process: nothing to estimate
+    deadline = math.inf
 
     def __init__(self, engine: Engine, on_progress: ProgressHook | None = None) -> None:
         self.engine = engine
@@ -94,19 +98,24 @@ async def _inline(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def compute_tiled(
-    engine: Engine, job: TransferJob, call: ModelCall, on_progress: ProgressHook | None = None
+    engine: Engine, job: TransferJob, call: ModelCall, on_progress: ProgressHook | None = None,
+    deadline: float = math.inf,
 ) -> BatchResult[torch.Tensor]:
     """A large job as tile steps, each one ``call`` (one model-thread turn, so other work runs between tiles);
-    a cancelled caller stops before its next step. Failures are answered as :meth:`Engine.failure` says."""
+    a cancelled caller stops before its next step, and one whose pace cannot reach ``deadline`` (monotonic) stops
+    with :class:`~service.errors.JobTooLong`. Failures are answered as :meth:`Engine.failure` says."""
     started = time.monotonic()
     try:
         tiled = await call(engine.tiled, job)  # encodes the job's styles
         if on_progress is not None:
             on_progress(0, tiled.total)
+        steps_started = time.monotonic()
         for step in tiled.steps():
             await call(step)
             if on_progress is not None:
                 on_progress(tiled.done, tiled.total)
+            now = time.monotonic()
+            check_pace(tiled.done, tiled.total, now - steps_started, now, deadline, "tile step")
         image = await call(engine.finish_tiled, job, tiled)
     except ServiceError:
         raise
@@ -321,7 +330,7 @@ def _region_weights(
         assert request.labels is not None
         labels = imaging.decode_labels(request.labels, "labels", limits, count, size)
         maps = regions.labels_to_regions(labels, count, size)  # (N, H, W)
-    return regions.soft_weights(maps, request.feather)
+    return regions.soft_weights_(maps, request.feather)  # maps is ours: weighted in place
 
 
 def encode(image: torch.Tensor, fmt: str) -> bytes:

@@ -56,6 +56,7 @@ from service.errors import (
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.transfer import ProgressHook, prepare_style, validate
+from service.workload import ComputeRate, check_pace
 
 log = logging.getLogger("service.video")
 T = TypeVar("T")
@@ -72,6 +73,17 @@ X264_OPTIONS = {"crf": "18", "preset": "medium"}
 VFR_TOLERANCE = 0.1
 # A clip whose last frame starts more than this fraction of its stated duration early is taken as truncated.
 TRUNCATED_FRACTION = 0.9
+# The demuxers an upload may be read with (FFmpeg's names). FFmpeg probes any format it knows, and some read more
+# than the bytes given: an SDP file opens UDP sockets, an ffconcat or HLS playlist opens the files and URLs it
+# lists. So every open names this allow-list (plain containers that read only their own bytes, plus the still-image
+# pipes, which are refused with a clear message below) and allows no protocol for nested opens at all.
+ALLOWED_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,gif,ogg,flv,asf,"
+    "png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe"
+)
+ALLOWED_CONTAINERS_TEXT = "mp4, mov, m4v, 3gp, mkv, webm, avi, mpeg-ts, gif, ogg, flv, asf/wmv"
+# "none" names no protocol FFmpeg has: a demuxer that tries to open a file, socket or URL fails at once.
+OPEN_OPTIONS = {"format_whitelist": ALLOWED_DEMUXERS, "protocol_whitelist": "none"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,7 @@ class PreparedVideo:
     size: tuple[int, int]  # (W, H) of the output, both even (H.264 4:2:0)
     styles: tuple[StyleInput, ...]
     weights: torch.Tensor | None  # (N,) for interpolate
+    max_input_pixels: int  # every decoded frame is checked against it (STYA2K_VIDEO_MAX_INPUT_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,8 @@ class VideoRunner(Protocol):
 
     engine: Engine
     decode_budget: imaging.DecodeBudget | None
+    rate: ComputeRate | None  # hears the model time of each batch of frames
+    deadline: float  # time.monotonic() by which the job must end (math.inf: none)
 
     def lookup_style(self, key: str) -> StyleFeatures | None: ...
 
@@ -191,16 +206,41 @@ def _require_av() -> None:
 
 
 def _open(data: bytes) -> av.container.InputContainer:
+    """The upload as an FFmpeg input, read with an allowed demuxer only and unable to open anything else."""
     _require_av()
     try:
-        return av.open(io.BytesIO(data), mode="r")
+        return av.open(io.BytesIO(data), mode="r", container_options=dict(OPEN_OPTIONS))
     except (av.error.InvalidDataError, av.error.EOFError) as exc:
         raise InvalidVideo(
             f"not a readable video ({_reason(exc)}); send mp4, mov, webm, mkv or gif (an mp4 whose index is at "
             "its end is unreadable when cut short)"
         ) from None
+    except av.error.ArgumentError:
+        # FFmpeg recognised the file as a format outside ALLOWED_DEMUXERS (a playlist, an SDP session, ...)
+        raise UnsupportedVideo(
+            f"the file is not in a video container this service reads; accepted: {ALLOWED_CONTAINERS_TEXT}"
+        ) from None
     except av.error.FFmpegError as exc:
         raise InvalidVideo(f"the video could not be opened ({_reason(exc)})") from None
+
+
+def _limit_frame_size(stream: av.video.stream.VideoStream, max_pixels: int) -> None:
+    """Make the decoder refuse any frame over ``max_pixels`` before it allocates it: the header's size is checked
+    at submission, but a stream may change its frame size at any later keyframe."""
+    stream.codec_context.options = {"max_pixels": str(max_pixels)}
+
+
+def _check_frame_size(width: int, height: int, max_pixels: int, where: str) -> None:
+    if width * height > max_pixels:
+        raise VideoTooLarge(
+            f"{where} is {width}x{height} px, over the limit of {max_pixels} pixels a frame "
+            "(STYA2K_VIDEO_MAX_INPUT_PIXELS)"
+        )
+    if min(width, height) < geometry.MIN_SIDE:
+        raise InvalidVideo(
+            f"{where} is {width}x{height} px, too small; each side must be at least {geometry.MIN_SIDE} px "
+            "(frames are never upscaled)"
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -231,17 +271,16 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise InvalidVideo(f"the file has no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise UnsupportedVideo("the video stream's codec is one FFmpeg cannot decode")
         codec = stream.codec_context.name
         width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > limits.max_input_pixels:
-            raise VideoTooLarge(
-                f"frames of {width}x{height} px exceed the limit of {limits.max_input_pixels} pixels "
-                "(STYA2K_VIDEO_MAX_INPUT_PIXELS)"
-            )
+        _check_frame_size(width, height, limits.max_input_pixels, "the video's frame size")
+        _limit_frame_size(stream, limits.max_input_pixels)
         first = _first_frame(container, stream, codec)
         container.seek(0)
         times = _packet_times(container, stream, limits)
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        audio = _audio_codec(container)
         rate = _constant_rate(times, stream)
         _check_complete(container, stream, times, rate)
     info_rotation = _rotation(first)
@@ -258,6 +297,19 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
             f"the video lasts {info.seconds:.1f} s; the limit is {limits.max_seconds:g} s (STYA2K_VIDEO_MAX_SECONDS)"
         )
     return info
+
+
+def _audio_codec(container: av.container.InputContainer) -> str | None:
+    """The first audio track's codec, or None without audio; a track FFmpeg cannot decode is refused (415)."""
+    if not container.streams.audio:
+        return None
+    context = container.streams.audio[0].codec_context
+    if context is None:
+        raise UnsupportedVideo(
+            "the audio track's codec is one FFmpeg cannot decode, so it can be neither copied nor transcoded; "
+            "remove the audio (ffmpeg -i in.mkv -an -c:v copy out.mkv) or re-encode it (e.g. AAC)"
+        )
+    return str(context.name)
 
 
 def _first_frame(
@@ -342,12 +394,15 @@ def _check_complete(
 class FrameReader:
     """The decoded frames of a video, upright and scaled to ``size``, as (3, H, W) float tensors in [0, 1]."""
 
-    def __init__(self, data: bytes, info: VideoInfo, size: tuple[int, int]) -> None:
+    def __init__(self, data: bytes, info: VideoInfo, size: tuple[int, int], max_input_pixels: int) -> None:
         self._container = _open(data)
         self._info = info
         self._size = size
+        self._max_pixels = max_input_pixels
         stream = self._container.streams.video[0]
+        _limit_frame_size(stream, max_input_pixels)
         stream.thread_type = "AUTO"  # frame threads: decoding keeps up with the model on any machine
+        self._stream = stream
         self._frames = self._container.decode(stream)
         self.read_count = 0
 
@@ -356,17 +411,24 @@ class FrameReader:
         frames: list[torch.Tensor] = []
         try:
             for frame in self._frames:
-                frames.append(self._tensor(frame))
+                frames.append(self._tensor(frame, self.read_count + len(frames) + 1))
                 if len(frames) == count:
                     break
         except av.error.FFmpegError as exc:
-            raise InvalidVideo(
-                f"the video could not be decoded after frame {self.read_count + len(frames)} ({_reason(exc)})"
-            ) from None
+            where = f"frame {self.read_count + len(frames) + 1}"
+            self._check_stream_size(where)
+            raise InvalidVideo(f"the video could not be decoded at {where} ({_reason(exc)})") from None
         self.read_count += len(frames)
+        if len(frames) < count:  # the end: a last frame the decoder refused for its size leaves no error behind
+            self._check_stream_size(f"frame {self.read_count + 1}")
         return frames
 
-    def _tensor(self, frame: av.VideoFrame) -> torch.Tensor:
+    def _check_stream_size(self, where: str) -> None:
+        context = self._stream.codec_context  # holds the size the stream changed to, when it did
+        _check_frame_size(context.width, context.height, self._max_pixels, where)
+
+    def _tensor(self, frame: av.VideoFrame, number: int) -> torch.Tensor:
+        _check_frame_size(frame.width, frame.height, self._max_pixels, f"frame {number}")
         width, height = self._size
         turns = self._info.rotation // 90
         if turns % 2:
@@ -491,7 +553,10 @@ def _prepare_blocking(
     )
     weights = torch.tensor(request.weights, dtype=torch.float32) if request.mode is Mode.interpolate else None
     size = output_size(info, request.max_side or settings.default_side)
-    return PreparedVideo(request=request, info=info, size=size, styles=styles, weights=weights)
+    return PreparedVideo(
+        request=request, info=info, size=size, styles=styles, weights=weights,
+        max_input_pixels=settings.video_max_input_pixels,
+    )  # fmt: skip
 
 
 class _MediaWork:
@@ -535,20 +600,27 @@ async def complete_video(
     total, done = info.frames, 0
     media = _MediaWork()
     try:
-        reader = media.reader = await media.run(FrameReader, request.video, info, prepared.size)
+        reader = media.reader = await media.run(
+            FrameReader, request.video, info, prepared.size, prepared.max_input_pixels
+        )
         writer = media.writer = await media.run(
             Mp4Writer, media.folder / "out.mp4", prepared.size, info.rate, request.video
         )
         if on_progress is not None:
             on_progress(0, total)
+        frames_started = time.monotonic()
         while frames := await media.run(reader.read, max(1, engine.max_batch_size)):
             jobs = [_frame_job(request, frame, styles, prepared.weights) for frame in frames]
-            images = await runner.call_model(_stylize, engine, jobs)
+            images, model_s = await runner.call_model(_stylize, engine, jobs)
+            if runner.rate is not None:
+                runner.rate.observe(len(frames) * prepared.size[0] * prepared.size[1], model_s)
             await media.run(_write_frames, writer, frames, images, smoother)
             done += len(frames)
             total = max(total, done)
             if on_progress is not None:
                 on_progress(done, total)
+            now = time.monotonic()
+            check_pace(done, total, now - frames_started, now, runner.deadline, "frame")
         if done == 0:
             raise InvalidVideo("no frame of the video could be decoded")
         body = await media.run(writer.finish)
@@ -569,8 +641,10 @@ def _frame_job(
     )  # fmt: skip
 
 
-def _stylize(engine: Engine, jobs: list[TransferJob]) -> list[torch.Tensor]:
-    """One forward pass over a batch of frames (in the model thread) -> uint8 (3, H, W) each."""
+def _stylize(engine: Engine, jobs: list[TransferJob]) -> tuple[list[torch.Tensor], float]:
+    """One forward pass over a batch of frames (in the model thread) -> uint8 (3, H, W) each, and its seconds
+    (timed here, so time spent waiting for the model thread is not counted as model time)."""
+    started = time.monotonic()
     try:
         results = engine.run_batch(jobs)
     except ServiceError:
@@ -582,7 +656,7 @@ def _stylize(engine: Engine, jobs: list[TransferJob]) -> list[torch.Tensor]:
         if isinstance(result, BaseException):
             raise engine.failure(jobs[0], result)
         images.append(result)
-    return images
+    return images, time.monotonic() - started
 
 
 def _smoother(strength: float) -> Any:

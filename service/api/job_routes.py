@@ -6,6 +6,7 @@ and the results are :mod:`service.jobs` (and through it :mod:`service.transfer`,
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -33,12 +34,13 @@ from service.contract import (
     TransferRequest,
     VideoRequest,
 )
-from service.errors import Draining, InvalidParameter, NotReady
-from service.jobs import JOBS_PATH, JobRunner, JobState
+from service.errors import ClientDisconnected, Draining, InvalidParameter, NotReady
+from service.jobs import JOBS_PATH, Job, JobRunner, JobState
 from service.schemas import FEATHER_DOC, FORMAT_DOC, WEIGHTS_DOC, ErrorResponse, parse_weights_text
 from service.video import VIDEO_MEDIA_TYPE
 
 router = APIRouter()
+log = logging.getLogger("service.jobs")
 
 ModeForm = Annotated[Mode, Form(description="The transfer: stylize (one style), interpolate or multistyle")]
 OptionalWeightsForm = Annotated[
@@ -153,7 +155,7 @@ async def submit_job(
     if video is not None:
         video_request = VideoRequest(video=await video.read(), smoothing=smoothing or 0.0, **shared)
         job = await state.jobs.accept_video(video_request, runner)
-        return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
+        return await _accepted(request, state, job)
     assert content is not None
     transfer = TransferRequest(
         content=await content.read(),
@@ -164,6 +166,16 @@ async def submit_job(
         **shared,
     )
     job = await state.jobs.accept(transfer, runner)
+    return await _accepted(request, state, job)
+
+
+async def _accepted(request: Request, state: ServiceState, job: Job) -> JSONResponse:
+    """The 202 for an accepted job; but a client that went away while its job was being prepared would never learn
+    the id, the job's only handle: nobody could poll, fetch or cancel it, so it is cancelled instead."""
+    if await request.is_disconnected():
+        state.jobs.cancel(job.id)
+        log.info("job cancelled: its client disconnected before the 202", extra={"job": job.id})
+        raise ClientDisconnected("the client disconnected before it got the job's id; the job was cancelled")
     # Relative: jobs live on the replica that accepted them, and it is the one behind this very URL.
     return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from service.api.state import ServiceState
 from service.batcher import Batcher, ModelThread
 from service.engine import process_uptime_s
+from service.workload import probe_rate
 
 log = logging.getLogger("service.app")
 
@@ -54,6 +55,7 @@ async def start_model(state: ServiceState) -> None:
         await thread.call(state.engine.load)
         if settings.warmup:
             await thread.call(state.engine.warm_up)
+            await _probe_rate(state, thread)
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("the model could not be loaded; the service stays not ready")
@@ -81,6 +83,17 @@ async def start_model(state: ServiceState) -> None:
         "ready",
         extra={"device": str(state.engine.device), "dtype": state.engine.dtype_name, **state.engine.startup},
     )
+
+
+async def _probe_rate(state: ServiceState, thread: ModelThread) -> None:
+    """Seed the jobs' compute rate with one timed pass, so the first job's time is estimated at submission (a
+    failure here only leaves it unknown: jobs are then judged by their own pace while they run)."""
+    try:
+        seconds = await thread.call(probe_rate, state.engine, state.jobs.rate, state.settings.style_size)
+    except Exception:
+        log.warning("the start-up rate probe failed; job times are checked while they run", exc_info=True)
+        return
+    state.engine.startup["rate_probe_s"] = round(seconds, 3)
 
 
 def _uptime() -> float | None:
