@@ -215,12 +215,19 @@ export py out repo device mode
 
 model_common=(--preset gpu-lease --device "cuda" --isolate inprocess --no-doc)
 model_tiny=()
+throughput_tiny=()
+memory_tiny=()
+compile_tiny=()
 service_tiny=()
 tiling_tiny=()
 if [[ "$mode" == rehearse ]]; then
     # fp32 only: this CPU emulates bf16 / fp16 (~30x slower); tests/gpu rehearses the autocast paths.
     model_tiny=(--device "$device" --matmul-n 256 --warmup 0 --min-iters 1 --max-iters 1 --budget-s 0
                 --weights random --style-size 64 --main-dtype fp32 --dtypes fp32)
+    # Each step's own tiny sizes: only here, or the lease itself would measure at 64 px (argparse keeps the last).
+    throughput_tiny=(--sizes 64 --batches 1,2)
+    memory_tiny=(--sizes 64,128)
+    compile_tiny=(--cache-sizes 64 --compile-sizes 64 --compile-batches 1 --compile-modes eager)
     tiling_tiny=(--device "$device" --sizes 192 --tile 64 --margin 64 --max-steps 4 --accuracy-size 128 --threads 1)
     service_tiny=(--device "$device" --size 64 --style-size 64 --concurrency 1,2 --cache-concurrency 1 --rounds 1
                   --min-requests 2 --max-requests 2 --warmup-requests 0 --max-seconds 30 --model-iters 1
@@ -234,19 +241,18 @@ run_step install 120 fn step_install
 run_step gpu-tests 180 fn step_gpu_tests
 run_step model-throughput 150 py bench.model "${model_common[@]}" --experiments flops,roofline,throughput \
     --sizes 512 --batches 1,2,4,8,16,32,64 --dtypes fp32,bf16,fp16 --max-batch-pixels $((64 * 512 * 512)) \
-    --out "$out/model-gpu-throughput.json" "${model_tiny[@]}" --sizes 64 --batches 1,2
+    --out "$out/model-gpu-throughput.json" "${model_tiny[@]}" "${throughput_tiny[@]}"
 run_step service 240 py bench.service --preset gpu-lease --device cuda --concurrency 1,16,64 \
     --cache-concurrency 1,16 --format jpeg --no-doc --out "$out/service-gpu.json" "${service_tiny[@]}"
 run_step model-memory 90 py bench.model "${model_common[@]}" --experiments roofline,throughput \
     --sizes 1024,2048,4096 --batches 1 --dtypes fp16,bf16,fp32 --max-batch-pixels $((4096 * 4096)) \
-    --out "$out/model-gpu-memory.json" "${model_tiny[@]}" --sizes 64,128
+    --out "$out/model-gpu-memory.json" "${model_tiny[@]}" "${memory_tiny[@]}"
 run_step tiling 90 py bench.tiling --device cuda --sizes 2048,4096,8192 --max-steps 64 --accuracy-size 1024 --no-doc \
     --out "$out/tiling-gpu.json" "${tiling_tiny[@]}"
 run_step compile-test 150 fn step_compile_test
 run_step model-compile 150 py bench.model "${model_common[@]}" --experiments roofline,cache,compile \
     --cache-sizes 512,1024 --compile-sizes 512 --compile-batches 8 --compile-modes eager,compile,cudagraph \
-    --out "$out/model-gpu-compile.json" "${model_tiny[@]}" --cache-sizes 64 --compile-sizes 64 --compile-batches 1 \
-    --compile-modes eager
+    --out "$out/model-gpu-compile.json" "${model_tiny[@]}" "${compile_tiny[@]}"
 
 if [[ "$mode" == dry-run ]]; then
     "$py" -m bench.gpu.lease_check plan "$plan" || { record plan broken 1 0 0 "see the log"; }
@@ -255,7 +261,8 @@ rm -f "$plan"
 write_summary
 echo "== inference_lease: done in $(($(date +%s) - started)) s; results in $out:"
 ls -l "$out"
-"$py" - "$out/summary.json" <<'PY' || true
+# Its exit status is the command's: 1 when a step failed, timed out, was skipped or the plan is broken.
+"$py" - "$out/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 bad = [x for x in s["steps"] if x["status"] not in ("ok", "planned")]

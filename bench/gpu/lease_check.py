@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.parser import Parser
@@ -249,6 +250,13 @@ def collect_gpu_tests() -> list[str]:
     return collector.nodeids
 
 
+def repeated_flags(argv: list[str]) -> list[str]:
+    """Flags given more than once. argparse keeps the last value without a word, so in the lease's own argv a
+    repeat means a later value silently replaces the lease's (a rehearsal's tiny size left outside its mode)."""
+    counts = Counter(a.split("=", 1)[0] for a in argv if a.startswith("--"))
+    return sorted(flag for flag, n in counts.items() if n > 1)
+
+
 def check_plan(plan: Path) -> list[str]:
     """Verify a dry run's plan: every step's arguments parse, wheels resolve, test selections are non-empty,
     and the files the lease writes under $OUT can all come back."""
@@ -264,6 +272,9 @@ def check_plan(plan: Path) -> list[str]:
             except SystemExit as exc:
                 if exc.code not in (0, None):
                     problems.append(f"{module} {' '.join(args)}: arguments do not parse ({exc.code})")
+            repeats = repeated_flags(args)
+            if repeats:
+                problems.append(f"{module}: {', '.join(repeats)} given twice: the last value replaces the lease's")
             outputs.update(Path(args[i + 1]).name for i, a in enumerate(args[:-1]) if a == "--out")
         elif kind == "wheels":
             wheel_dir, requirements = Path(fields[0]), Path(fields[1])

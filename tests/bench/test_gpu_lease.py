@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ STEPS = ["env", "install", "gpu-tests", "model-throughput", "service", "model-me
 
 
 def run_lease(tmp_path: Path, *args: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    env = {**os.environ, "OUT": str(tmp_path)}
+    # The python running the tests (a worktree without its own .venv would otherwise get the system python3).
+    env = {"PYTHON": sys.executable, **os.environ, "OUT": str(tmp_path)}
     env.pop("LEASE_MODE", None)
     env.pop("LEASE_ONLY", None)
     proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
@@ -56,6 +58,25 @@ def test_rehearsal_of_the_cheap_steps(tmp_path: Path) -> None:
     assert {(r["size"], r["batch"], r["dtype"]) for r in rows} == {(64, 1, "fp32"), (64, 2, "fp32")}
     assert all(r["status"] == "ok" and r["x_floor"] > 0 for r in rows), rows
     assert data["flops"]["headline"]["size"] == 512  # the lease's headline FLOP count
+
+
+def test_plan_refuses_a_flag_that_replaces_the_leases_value(tmp_path: Path) -> None:
+    """A rehearsal size appended outside the rehearsal would make the lease itself measure at 64 px."""
+    lease_args = ["bench.model", "--preset", "gpu-lease", "--device", "cpu", "--sizes", "512", "--batches", "1,64"]
+    plan = tmp_path / "plan"
+    plan.write_text("\t".join(["argv", *lease_args]) + "\n")
+    assert lease_check.check_plan(plan) == []
+    plan.write_text("\t".join(["argv", *lease_args, "--sizes", "64", "--batches=1,2"]) + "\n")
+    problems = lease_check.check_plan(plan)
+    assert len(problems) == 1 and "--batches, --sizes given twice" in problems[0], problems
+
+
+def test_a_step_not_ok_fails_the_command(tmp_path: Path) -> None:
+    """The command's exit status says a step did not run through (here: skipped, the budget spent), so the
+    device call's rc tells it before the summary is read."""
+    proc, summary = run_lease(tmp_path, "--rehearse", "--only", "env", "--budget", "25", timeout_s=60)
+    assert [(s["step"], s["status"]) for s in summary["steps"]] == [("env", "skipped")]
+    assert proc.returncode == 1, proc.stdout[-2000:]
 
 
 def test_unknown_argument_is_refused(tmp_path: Path) -> None:

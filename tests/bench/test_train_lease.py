@@ -13,6 +13,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -227,7 +228,8 @@ def test_dry_run_resolves_the_lease(tmp_path: Path, image_dirs: dict) -> None:
     vgg_dir = tmp_path / "vgg"
     fake_vgg_wheel(vgg_dir)
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "LEASE_WORK": str(tmp_path / "work")}
+    # The python running the tests (a worktree without its own .venv would otherwise get the system python3).
+    env = {"PYTHON": sys.executable, **os.environ, "OUT": str(out), "LEASE_WORK": str(tmp_path / "work")}
     env.pop("LEASE_MODE", None)
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--pack-dir", str(pack_dir), "--vgg-dir", str(vgg_dir)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
