@@ -7,12 +7,16 @@
 Experiments (``--experiments``, comma-separated):
   flops       FLOPs of one stylization (torch.utils.flop_counter.FlopCounterMode) at every benchmarked size
   roofline    measured dense matmul throughput per dtype on the same device: floor = FLOPs / throughput
-  throughput  content sizes x batch sizes x dtypes, cached style features, eager, A2K
-  cache       with vs without cached style features (style encoding inside the timed call)
+  throughput  content sizes x batch sizes x dtypes (x style sizes), cached style features, eager, A2K
+  cache       with vs without cached style features (style encoding inside the timed call), per style size
   arch        A2K vs the all-to-all ablation (fused SDPA, as in model/) vs all-to-all with the attention matrix
               materialised (bmm + softmax, like AdaAttN/SANet reference code); style size = content size
   compile     eager vs torch.compile (and CUDA graphs on a GPU) for the same shapes
   threads     CPU only: the same config with different torch intra-op thread counts
+
+``--style-sizes 256,384,512`` repeats the throughput and cache configs for each style side (the service's
+STYA2K_STYLE_SIZE; issue 33): s/image and peak memory of the style size at inference, e.g.
+``python -m bench.model --experiments flops,cache --cache-sizes 512 --style-sizes 256,384,512``.
 
 Each timed config runs in a fresh subprocess on CPU (peak memory = resident-set high-water mark) and in
 this process on CUDA (peak memory = torch.cuda.max_memory_allocated; out-of-memory is caught and recorded).
@@ -338,10 +342,11 @@ def plan(args: argparse.Namespace, experiment: str) -> list[Config]:
     fast_cl = common.select_device(args.device).type == "cuda"  # channels_last pays off on GPUs only
     base = Config(experiment, dtype=main, threads=args.threads, channels_last=fast_cl, style_size=args.style_size)
     if experiment == "throughput":
-        return [replace(base, size=s, batch=b, dtype=d) for d in args.dtypes for s in args.sizes
-                for b in args.batches if s * s * b <= args.max_batch_pixels]
+        return [replace(base, size=s, batch=b, dtype=d, style_size=ss) for d in args.dtypes for ss in args.style_sizes
+                for s in args.sizes for b in args.batches if s * s * b <= args.max_batch_pixels]
     if experiment == "cache":
-        return [replace(base, size=s, cached=c) for s in args.cache_sizes for c in (True, False)]
+        return [replace(base, size=s, cached=c, style_size=ss) for ss in args.style_sizes for s in args.cache_sizes
+                for c in (True, False)]
     if experiment == "arch":
         return [replace(base, arch=a, size=s, style_size=s) for s in args.arch_sizes for a in ARCHS]
     if experiment == "compile":
@@ -431,6 +436,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--main-dtype", help="dtype of the cache / arch / compile / threads experiments")
     parser.add_argument("--max-batch-pixels", type=int, help="skip size x size x batch above this")
     parser.add_argument("--style-size", type=int, default=256, help="style side (the service's default: 256)")
+    parser.add_argument("--style-sizes", help="style sides for the throughput and cache experiments, e.g. "
+                                              "256,384,512 (default: --style-size)")
     parser.add_argument("--cache-sizes", help="content sides for cached vs uncached styles")
     parser.add_argument("--arch-sizes", help="content (= style) sides for A2K vs all-to-all")
     parser.add_argument("--compile-sizes", help="content sides for eager vs compile (empty = none)")
@@ -467,6 +474,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("sizes", "batches", "cache_sizes", "arch_sizes", "compile_sizes", "compile_batches",
                  "thread_counts"):
         setattr(args, name, common.parse_int_list(getattr(args, name)))
+    args.style_sizes = common.parse_int_list(args.style_sizes) if args.style_sizes else [args.style_size]
+    if min(args.style_sizes, default=0) < 16:
+        raise SystemExit(f"--style-sizes {args.style_sizes}: every style side must be at least 16 px")
     args.dtypes = common.parse_choice_list(args.dtypes, DTYPES, "dtype")
     args.compile_modes = common.parse_choice_list(args.compile_modes, MODES, "mode")
     args.experiments = common.parse_choice_list(args.experiments, EXPERIMENTS, "experiment")
@@ -495,6 +505,7 @@ def run_experiments(args: argparse.Namespace) -> dict[str, Any]:
     flops = FlopTable()
     result: dict[str, Any] = {"meta": common.machine_info(device), "command": command_line(),
                               "options": asdict(opts), "isolated": isolate, "style_size": args.style_size,
+                              "style_sizes": args.style_sizes,
                               "experiments": args.experiments, "results": []}
     started = time.monotonic()
     matmul: dict[str, dict[str, Any]] = {}
@@ -584,12 +595,14 @@ def targets_block(results: list[tuple[Path, dict[str, Any]]]) -> list[str]:
 def render_run(path: Path, data: dict[str, Any]) -> list[str]:
     meta, rows = data["meta"], data["results"]
     methods = sorted({r["mem_method"] for r in rows if r.get("mem_method")})
+    style_sizes = data.get("style_sizes") or [data["style_size"]]  # results from before --style-sizes: one side
+    style = (f"{style_sizes[0]} px unless stated" if len(style_sizes) == 1
+             else f"{', '.join(map(str, style_sizes))} px (the 'style' column)")
     lines = [f"### `{path.name}`", "", f"- Machine: {common.machine_line(meta)}",
              f"- Command: `{data['command']}` (wall {data.get('wall_s', 0) / 60:.1f} min)",
              f"- Weights: `{data['options']['weights']}` (A2K; the all-to-all variants are randomly initialised: "
-             "speed does not depend on the values). Style side: "
-             f"{data['style_size']} px unless stated. Peak memory: {', '.join(methods) or '-'}; it is the "
-             "growth over the loaded model and inputs.", ""]
+             f"speed does not depend on the values). Style side: {style}. Peak memory: "
+             f"{', '.join(methods) or '-'}; it is the growth over the loaded model and inputs.", ""]
     lines += render_flops(data) + render_matmul(data)
     titles = {"throughput": "Throughput (cached style features, eager, A2K)",
               "cache": "Cached vs uncached style features (uncached = style encoding inside the call)",
@@ -650,11 +663,13 @@ def ratio_lines(rows: list[dict[str, Any]], experiment: str) -> list[str]:
     ok = [r for r in rows if r.get("status") == "ok"]
     out = []
     if experiment == "cache":
-        for size in sorted({r["size"] for r in ok}):
-            pair = {r["cached"]: r for r in ok if r["size"] == size}
+        style_sizes = {r["style_size"] for r in ok}
+        for size, style_size in sorted({(r["size"], r["style_size"]) for r in ok}):
+            pair = {r["cached"]: r for r in ok if (r["size"], r["style_size"]) == (size, style_size)}
             if len(pair) == 2:
                 ratio = pair[False]["median_s"] / pair[True]["median_s"]
-                out.append(f"- {size}px: uncached / cached time = **{ratio:.2f}x**")
+                style = f" (style {style_size} px)" if len(style_sizes) > 1 else ""
+                out.append(f"- {size}px{style}: uncached / cached time = **{ratio:.2f}x**")
     if experiment == "arch":
         for size in sorted({r["size"] for r in ok}):
             base = next((r for r in ok if r["size"] == size and r["arch"] == "a2k"), None)

@@ -4,6 +4,9 @@ For every (content, style) pair of a fixed-seed selection (default 15 x 20 = 300
 short side) it reports:
 - content loss: sum over relu4_1, relu5_1 of MSE(mvn(F(out)), mvn(F(content))), mvn = mean-variance norm;
 - style loss: sum over relu1_1..relu5_1 of MSE of channel means + MSE of channel stds, output vs style;
+- texture (Gram) loss: mean over relu1_1..relu4_1 of ||G(out) - G(style)||_F^2 with G = F F^T / (C*H*W)
+  (Gatys et al. 2016's texture statistic, Johnson et al. 2016's normalisation), output vs style: it sees which
+  channels fire *together* (strokes, hatching, motifs), where the mean/std style loss sees each channel alone;
 - LPIPS v0.1 AlexNet between output and content (when the LPIPS weights folder exists);
 - seconds per image (stylize call only);
 - style retrieval: the share of outputs whose global VGG statistics (channel mean/std at relu1_1..relu5_1, the
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from model import functional as fn
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.data import list_images, load_rgb, resize_short_side
@@ -51,6 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 CONTENT_TAPS = ("relu4_1", "relu5_1")
 STYLE_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+TEXTURE_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # Gatys et al.'s texture layers up to relu4_1
 MVN_EPS = 1e-5
 
 
@@ -64,7 +69,8 @@ class EvalConfig:
     n_content: int = 15
     n_style: int = 20
     size: int = 512
-    style_size: int | None = None  # default: same as size
+    style_size: int | None = None  # the network's style input (STYA2K_STYLE_SIZE); default: same as size
+    style_target_size: int | None = None  # what style/texture losses score against; default: style_size
     style_fit: str = "short"  # how the network's style input is prepared (STYLE_FITS); scored against "short"
     seed: int = 0
     lpips_dir: str | None = str(SHARED / "weights" / "lpips")
@@ -135,6 +141,18 @@ def style_loss(out_feats: dict[str, Tensor], style_feats: dict[str, Tensor]) -> 
     return total
 
 
+def style_grams(feats: dict[str, Tensor]) -> dict[str, Tensor]:
+    """{tap: (B, C, C) Gram matrix} of the texture taps (computed once per style image)."""
+    return {tap: fn.gram_matrix(feats[tap]) for tap in TEXTURE_TAPS}
+
+
+def texture_loss(out_feats: dict[str, Tensor], style_gram: dict[str, Tensor]) -> float:
+    """Mean over TEXTURE_TAPS of the squared Frobenius distance of the Grams (``fn.gram_distance``): 0 for the
+    style image itself, whatever its size; a batch of outputs gives the batch mean."""
+    return _mean([float(fn.gram_distance(fn.gram_matrix(out_feats[tap]), style_gram[tap]).mean())
+                  for tap in TEXTURE_TAPS])
+
+
 def style_distances(out_feats: dict[str, Tensor], style_feats: Sequence[dict[str, Tensor]]) -> list[float]:
     """The style-loss distance of one output to each style: the basis of style retrieval."""
     return [style_loss(out_feats, feats) for feats in style_feats]
@@ -194,13 +212,15 @@ class Harness:
         if cfg.style_fit not in STYLE_FITS:
             raise ValueError(f"unknown style fit {cfg.style_fit!r}; expected one of {', '.join(STYLE_FITS)}")
         style_size = cfg.style_size or cfg.size
+        target_size = cfg.style_target_size or style_size
         self.contents = [load_at(p, cfg.size).to(self.device) for p in self.content_files]
-        # The style loss and retrieval always score against the same target, the style at a short side of
-        # style_size (the harness's original rule), whatever the fit of the network's input: a crop that drops
-        # half a panorama is scored against the whole panorama.
-        self.style_targets = [load_at(p, style_size).to(self.device) for p in self.style_files]
+        # The style loss, texture loss and retrieval always score against the same target, the style at a short
+        # side of target_size (the harness's original rule), whatever the fit or size of the network's input: a
+        # crop that drops half a panorama is scored against the whole panorama, and rows that feed the style at
+        # 256, 384 or 512 px are scored against one painting, not three.
+        self.style_targets = [load_at(p, target_size).to(self.device) for p in self.style_files]
         self.styles = (
-            self.style_targets if cfg.style_fit == "short"
+            self.style_targets if cfg.style_fit == "short" and style_size == target_size
             else [pil_to_tensor(prepare_style(load_rgb(p, min_short_side=16), style_size, cfg.style_fit))[None]
                   .to(self.device) for p in self.style_files]  # each (1, 3, Hs, Ws)
         )
@@ -208,10 +228,11 @@ class Harness:
     @torch.inference_mode()
     def evaluate(self, net: torch.nn.Module, name: str) -> dict[str, Any]:
         net = net.to(self.device).eval()
-        c_losses, s_losses, lpips_values, seconds = [], [], [], []
+        c_losses, s_losses, t_losses, lpips_values, seconds = [], [], [], [], []
         hits, spreads = [], []
         content_feats = [self.encoder(c) for c in self.contents]
         style_feats = [self.encoder(s) for s in self.style_targets]
+        grams = [style_grams(feats) for feats in style_feats]
         net.stylize(self.contents[0], self.styles[0])  # warm-up: first call pays one-off allocations
         for ci, content in enumerate(self.contents):
             outputs = []
@@ -225,6 +246,7 @@ class Harness:
                 c_losses.append(content_loss(out_feats, content_feats[ci]))
                 distances = style_distances(out_feats, style_feats)
                 s_losses.append(distances[si])
+                t_losses.append(texture_loss(out_feats, grams[si]))
                 hits.append(float(min(range(len(distances)), key=distances.__getitem__) == si))
                 if self.lpips is not None:
                     lpips_values.append(float(self.lpips(out, content)))
@@ -239,11 +261,13 @@ class Harness:
             "pairs": len(c_losses),
             "content_loss": _mean(c_losses),
             "style_loss": _mean(s_losses),
+            "texture_loss": _mean(t_losses),
             "lpips": _mean(lpips_values) if lpips_values else None,
             "style_retrieval": _mean(hits),
             "style_spread": _mean(spreads) if spreads else None,
             "n_styles": len(self.styles),
             "style_fit": self.cfg.style_fit,
+            "style_size": self.cfg.style_size or self.cfg.size,
             "sec_per_image": _mean(seconds),
         }
         if self.cfg.video_dir and "reference" not in net.meta:
@@ -291,21 +315,23 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> str:
     lines = [
         f"{rows[0]['pairs'] if rows else 0} pairs ({cfg.n_content} content x {cfg.n_style} style, seed {cfg.seed}),"
         f" content short side {cfg.size} px, style fit {cfg.style_fit} at {cfg.style_size or cfg.size} px,"
+        f" scored against the style at a {cfg.style_target_size or cfg.style_size or cfg.size} px short side,"
         f" device {cfg.device}.",
         "",
         f"Style retrieval: share of outputs nearest (style-loss distance) to their own style among the "
         f"{cfg.n_style}; chance = {1 / max(cfg.n_style, 1):.3f}. Style spread: LPIPS between the same photo "
-        "under two styles. LPIPS: output vs content.",
+        "under two styles. LPIPS: output vs content. Texture: Gram-matrix (Gatys) loss, mean over relu1_1..relu4_1 "
+        "of ||G(out) - G(style)||_F^2, G = F F^T / (C H W).",
         "",
-        "| weights | arch | iterations | content loss ↓ | style loss ↓ | LPIPS ↓ | style retrieval ↑ | "
-        "style spread ↑ | s / image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| weights | arch | iterations | content loss ↓ | style loss ↓ | texture (Gram) ↓ | LPIPS ↓ | "
+        "style retrieval ↑ | style spread ↑ | s / image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['arch']} | {fmt(r['iterations'])} | {fmt(r['content_loss'])} | "
-            f"{fmt(r['style_loss'])} | {fmt(r['lpips'])} | {fmt(r.get('style_retrieval'), 3)} | "
-            f"{fmt(r.get('style_spread'))} | {fmt(r['sec_per_image'], 3)} |"
+            f"{fmt(r['style_loss'])} | {fmt(r.get('texture_loss'))} | {fmt(r['lpips'])} | "
+            f"{fmt(r.get('style_retrieval'), 3)} | {fmt(r.get('style_spread'))} | {fmt(r['sec_per_image'], 3)} |"
         )
     clips = sorted({clip for r in rows for clip in r.get("temporal", {})})
     if clips:
@@ -347,7 +373,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-content", type=int, default=d.n_content)
     parser.add_argument("--n-style", type=int, default=d.n_style)
     parser.add_argument("--size", type=int, default=d.size, help="content short side in px")
-    parser.add_argument("--style-size", type=int, default=None, help="style short side (default: --size)")
+    parser.add_argument("--style-size", type=int, default=None,
+                        help="the network's style input in px (the service's STYA2K_STYLE_SIZE; default: --size)")
+    parser.add_argument("--style-target-size", type=int, default=None,
+                        help="short side of the style image the style/texture losses and retrieval score against "
+                             "(default: --style-size, as earlier tables); fix it to compare --style-size values")
     parser.add_argument("--style-fit", choices=STYLE_FITS, default=d.style_fit,
                         help="the network's style input: short = short side at --style-size (default; earlier "
                              "tables); crop = that, centre-cropped square (the service's crop); whole = long "
@@ -368,6 +398,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = EvalConfig(
             weights=tuple(args.weights), content_dir=args.content_dir, style_dir=args.style_dir,
             n_content=args.n_content, n_style=args.n_style, size=args.size, style_size=args.style_size,
+            style_target_size=args.style_target_size,
             style_fit=args.style_fit, seed=args.seed, lpips_dir=args.lpips_dir, device=args.device,
             threads=args.threads,
             video_dir=args.video_dir, video_size=args.video_size, video_frames=args.video_frames,

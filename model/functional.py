@@ -70,6 +70,31 @@ def adain(content: Tensor, style: Tensor) -> Tensor:
     return mean_variance_norm(content) * s_std + s_mean
 
 
+def gram_matrix(feat: Tensor) -> Tensor:
+    """Gram matrix of a feature map, Johnson et al. (2016)'s normalisation: G = F F^T / (C * H * W).
+
+    feat: (B, C, H, W) -> (B, C, C), with F the (B, C, H*W) map. Dividing by H*W makes it a mean over positions
+    (comparable between images of different sizes); the extra 1/C keeps ``gram_distance`` at the scale of one
+    channel pair whatever the layer's width (see there). Computed in float32 at least: a bf16 sum over 10^5
+    positions would round away the differences the texture metric measures.
+    """
+    b, c = feat.shape[:2]
+    flat = feat.reshape(b, c, -1)  # (B, C, N), N = H*W
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * flat.shape[2])  # (B, C, C)
+
+
+def gram_distance(gram_a: Tensor, gram_b: Tensor) -> Tensor:
+    """Squared Frobenius norm of the difference of two Gram matrices per batch item: (B, C, C) x2 -> (B,).
+
+    With ``gram_matrix``'s 1/(C*H*W) this is Johnson et al.'s style reconstruction loss at one layer, and equals
+    the mean squared difference of the position-averaged (1/(H*W)) Grams over the C*C channel pairs: the same
+    order of magnitude at every layer, so layers can be averaged without weights.
+    """
+    return (gram_a - gram_b).square().sum(dim=(1, 2))
+
+
 def pad_to(x: Tensor, height: int, width: int) -> Tensor:
     """Pad (..., C, h, w) at the bottom/right to (..., C, height, width).
 

@@ -47,6 +47,29 @@ def test_model_benchmark_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_model_benchmark_style_sizes(tmp_path: Path) -> None:
+    """--style-sizes repeats the cache configs per style side (issue 33: s/image and memory per style size)."""
+    out, doc = tmp_path / "model-style.json", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.model", "--preset", "smoke", "--device", "cpu",
+                           "--experiments", "cache", "--cache-sizes", "48", "--style-sizes", "32,64", "--out", str(out),
+                           "--doc", str(doc)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["style_sizes"] == [32, 64]
+    rows = {(r["style_size"], r["cached"]): r for r in data["results"]}
+    assert set(rows) == {(32, True), (32, False), (64, True), (64, False)}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["size"] == 48 and row["median_s"] > 0 and row["peak_mem_bytes"] >= 0
+    # A larger style costs more: more keys to attend over, and more pixels to encode when not cached.
+    assert rows[64, True]["flops_per_image"] > rows[32, True]["flops_per_image"]
+    assert rows[64, False]["flops_per_image"] > rows[32, False]["flops_per_image"]
+    text = doc.read_text()
+    assert "Style side: 32, 64 px" in text
+    assert "48px (style 32 px): uncached / cached" in text and "48px (style 64 px): uncached / cached" in text
+
+
+@pytest.mark.slow
 def test_service_benchmark_smoke(tmp_path: Path) -> None:
     data, doc = run_script("bench.service", tmp_path, "service-smoke", timeout_s=400)
     servers = {s["label"]: s for s in data["servers"]}

@@ -267,3 +267,51 @@ def test_preserve_color_takes_luma_from_stylized_and_chroma_from_content() -> No
     in_gamut = ((to_ycc(mixed) - to_ycc(content))[:, 1:].abs() < 1e-4).float().mean()
     assert in_gamut > 0.9  # chroma equals the content's wherever the result is not clamped
     assert torch.allclose(fn.preserve_color(content, content), content, atol=1e-5)
+
+
+def test_gram_matrix_known_answer_and_normalisation() -> None:
+    # Two channels over two positions: F = [[1, 2], [3, 4]]; F F^T = [[5, 11], [11, 25]]; C*H*W = 2*1*2 = 4.
+    feat = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # (1, 2, 1, 2)
+    expected = torch.tensor([[[1.25, 2.75], [2.75, 6.25]]])  # (1, 2, 2)
+    torch.testing.assert_close(fn.gram_matrix(feat), expected)
+    # Johnson's normalisation: the same map tiled to 4x the positions gives the same Gram.
+    torch.testing.assert_close(fn.gram_matrix(feat.repeat(1, 1, 2, 2)), expected)
+    # Squared Frobenius distance: 1.25^2 + 2 * 2.75^2 + 6.25^2.
+    assert float(fn.gram_distance(expected, torch.zeros_like(expected))) == pytest.approx(55.75)
+
+
+def test_gram_matrix_is_per_item_symmetric_and_ignores_where_features_are() -> None:
+    generator = torch.Generator().manual_seed(3)
+    feat = torch.rand(2, 5, 6, 7, generator=generator)  # (B, C, H, W)
+    gram = fn.gram_matrix(feat)
+    assert gram.shape == (2, 5, 5)
+    torch.testing.assert_close(gram, gram.transpose(1, 2))
+    torch.testing.assert_close(gram[1:], fn.gram_matrix(feat[1:]))  # batch items do not mix
+    # A texture statistic: any rearrangement of the positions leaves it unchanged ...
+    order = torch.randperm(42, generator=generator)
+    shuffled = feat.flatten(2)[..., order].view_as(feat)
+    torch.testing.assert_close(fn.gram_matrix(shuffled), gram)
+    assert fn.gram_distance(gram, fn.gram_matrix(shuffled)).abs().max() < 1e-10
+    # ... while changing which channels fire together changes it.
+    mixed = feat.clone()
+    mixed[:, 0] = feat[:, 0].flip(-1)
+    assert (fn.gram_distance(gram, fn.gram_matrix(mixed)) > 1e-4).all()
+
+
+def test_gram_matrix_of_reduced_precision_is_float32() -> None:
+    feat = torch.rand(1, 4, 64, 64, dtype=torch.bfloat16)
+    gram = fn.gram_matrix(feat)
+    assert gram.dtype == torch.float32
+    torch.testing.assert_close(gram, fn.gram_matrix(feat.float()))
+
+
+def test_gram_distance_gradients_are_exact_and_finite() -> None:
+    generator = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    target = fn.gram_matrix(torch.rand(2, 3, 6, 2, dtype=torch.float64, generator=generator))
+    assert torch.autograd.gradcheck(lambda t: fn.gram_distance(fn.gram_matrix(t), target), (x,))
+    # Zero maps (a black image after ReLU) and large activations stay finite.
+    zero = fn.gram_matrix(torch.zeros(1, 8, 3, 3))
+    assert torch.equal(zero, torch.zeros(1, 8, 8))
+    big = fn.gram_distance(fn.gram_matrix(torch.full((1, 8, 16, 16), 1e4)), zero)
+    assert torch.isfinite(big).all() and float(big) > 0
