@@ -3,10 +3,12 @@ path (multipart, JSON, jobs, video), with the style cache and the order of mixed
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -141,3 +143,39 @@ def test_jobs_and_video_take_presets(server: RunningServer, content_png: bytes) 
         assert accepted.status_code == 202, accepted.text
         view = _wait_done(server, accepted.headers["location"])
         assert view["state"] == "done" and view["kind"] == kind, view
+
+
+def test_the_python_client_takes_presets(server: RunningServer, content_png: bytes, style_png: bytes) -> None:
+    from service.client import AsyncClient, Client, InvalidParameter, Preset
+
+    with Client(server.url) as client:
+        assert [style["name"] for style in client.styles()] == NAMES
+        assert client.stylize(content_png, Preset(NAMES[0])).size == (64, 48)
+        assert client.interpolate(content_png, [style_png, Preset(NAMES[1])], weights=[1, 2]).size == (64, 48)
+        with pytest.raises(InvalidParameter, match="is not a preset style"):
+            client.stylize(content_png, Preset("nope"))
+
+    async def run() -> tuple[int, int]:
+        async with AsyncClient(server.url) as client:
+            return (await client.multistyle(content_png, [Preset(NAMES[0]), Preset(NAMES[1])], labels=labels)).size
+
+    labels = image_bytes((80, 60), "PNG", mode="L", color=1)
+    assert asyncio.run(run()) == (64, 48)
+
+
+def test_the_command_line_takes_presets(server: RunningServer, content_png: bytes, tmp_path: Path) -> None:
+    from service import cli
+
+    (tmp_path / "c.png").write_bytes(content_png)
+    assert cli.main(["stylize", str(tmp_path / "c.png"), "--style-preset", NAMES[0], "-o", str(tmp_path / "a.png"),
+                     "--url", server.url, "-q"]) == 0  # fmt: skip
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    # Several presets for one photo: a folder of CONTENT__PRESET files, as with a folder of styles.
+    assert cli.main(["stylize", str(tmp_path / "c.png"), "--style-preset", NAMES[0], "--style-preset", NAMES[1],
+                     "-o", str(tmp_path / "many"), "--url", server.url, "-q"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == sorted(f"c__{n}.png" for n in NAMES[:2])
+    assert cli.main(["interpolate", str(tmp_path / "c.png"), "--style-preset", NAMES[0], "--style-preset", NAMES[1],
+                     "--weights", "1", "3", "-o", str(tmp_path / "b.png"), "--url", server.url, "-q"]) == 0  # fmt: skip
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["stylize", str(tmp_path / "c.png"), "--style-preset", "nope", "-o", str(tmp_path / "x.png")])
+    assert usage.value.code == 2
