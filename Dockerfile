@@ -84,6 +84,7 @@ RUN if [ -f /app/weights/MANIFEST ]; then \
 COPY --chmod=0755 deploy/docker/entrypoint.sh /app/deploy/docker/entrypoint.sh
 COPY deploy/docker/healthcheck.py /app/deploy/docker/healthcheck.py
 COPY model/ /app/model/
+COPY stya2k_client/ /app/stya2k_client/
 COPY service/ /app/service/
 
 ENV PYTHONPATH=/app \

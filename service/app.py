@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
 from service import apidocs
-from service.api import job_routes, operation_routes, transfer_routes
+from service.api import job_routes, operation_routes, style_routes, transfer_routes
 from service.api.errors import install_error_handlers
 from service.api.gateway import Gateway
 from service.api.lifespan import make_lifespan
@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
     apidocs.install(app, app.title)
     app.include_router(transfer_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(style_routes.router)
     _add_json_schemas(app)
     return app
 

@@ -364,6 +364,24 @@ def read_file(path: Path, what: str) -> bytes:
         raise Failure(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
+def preset_styles(names: Sequence[str] | None) -> list[tuple[str, bytes]]:
+    """``--style-preset NAME``s as (name, the painting's bytes), from this install's presets (service/presets):
+    locally and with ``--url`` alike, where the bytes are uploaded and the server's style cache keys them by
+    their hash, so it is the same as the server's own preset."""
+    from service.errors import InvalidParameter
+    from service.presets import library
+
+    try:
+        return [(name, library().image(name, "--style-preset")) for name in names or ()]
+    except InvalidParameter as exc:
+        raise UsageError(exc.message) from None
+
+
+def style_inputs(files: Sequence[str], names: Sequence[str] | None) -> list[bytes]:
+    """The style image files, then the presets (the order weights and masks follow)."""
+    return [read_file(Path(f), "style") for f in files] + [data for _, data in preset_styles(names)]
+
+
 def output_format(requested: str | None, out: Path, is_folder: bool) -> OutputFormat:
     """--format, else the output file's suffix, else png; a conflict between the two is a usage error."""
     from_suffix = None if is_folder else FORMAT_BY_SUFFIX.get(out.suffix.lower())
@@ -394,9 +412,16 @@ def write_output(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------- commands
 def run_stylize(args: argparse.Namespace) -> int:
     contents = image_files(Path(args.content), "content")
-    styles = image_files(Path(args.style), "style")
+    # Each style as (its name in output file names, in messages, a reader of its bytes): files, then presets.
+    styles: list[tuple[str, str, Callable[[], bytes]]] = []
+    if args.style is not None:
+        files = image_files(Path(args.style), "style")
+        styles += [(p.stem, p.name, lambda p=p: read_file(p, "style")) for p in files]
+    styles += [(name, name, lambda data=data: data) for name, data in preset_styles(args.style_preset)]
+    if not styles:
+        raise UsageError("give a STYLE image (or folder) or --style-preset NAME")
     out = Path(args.output)
-    many = Path(args.content).is_dir() or Path(args.style).is_dir()
+    many = Path(args.content).is_dir() or (args.style is not None and Path(args.style).is_dir()) or len(styles) > 1
     if many and out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} is a file; with a folder of inputs -o must name a folder")
     fmt = output_format(args.format, out, is_folder=many)
@@ -407,12 +432,12 @@ def run_stylize(args: argparse.Namespace) -> int:
     progress = Progress(len(pairs), sys.stderr, enabled=not args.quiet)
     failures: list[str] = []
     try:
-        for content_path, style_path in pairs:
-            target = out / f"{content_path.stem}__{style_path.stem}{SUFFIX_BY_FORMAT[fmt]}" if many else out
+        for content_path, (style_stem, style_name, style_bytes) in pairs:
+            target = out / f"{content_path.stem}__{style_stem}{SUFFIX_BY_FORMAT[fmt]}" if many else out
             transfer = TransferRequest(
                 mode=Mode.stylize,
                 content=read_file(content_path, "content"),
-                styles=[read_file(style_path, "style")],
+                styles=[style_bytes()],
                 **_options(args, fmt),
             )
             try:
@@ -421,8 +446,8 @@ def run_stylize(args: argparse.Namespace) -> int:
             except Failure as exc:
                 if not many:
                     raise
-                failures.append(f"{content_path.name} x {style_path.name}: {exc}")
-                progress.step(f"FAILED {content_path.name} x {style_path.name}")
+                failures.append(f"{content_path.name} x {style_name}: {exc}")
+                progress.step(f"FAILED {content_path.name} x {style_name}")
                 continue
             write_output(target, result.data)
             progress.step(target.name)
@@ -464,9 +489,13 @@ def _single_transfer(args: argparse.Namespace, transfer_for: Callable[[OutputFor
     return EXIT_OK
 
 
-def _check_style_count(styles: Sequence[str], command: str) -> None:
-    if len(styles) < 2:
-        raise UsageError(f"{command} needs at least 2 styles, got {len(styles)}")
+def _check_style_count(args: argparse.Namespace, command: str, least: int = 2) -> int:
+    """The number of styles (files and --style-preset names); a usage error below ``least``."""
+    count = len(args.styles) + len(args.style_preset or ())
+    if count < least:
+        plural = "s" if least > 1 else ""
+        raise UsageError(f"{command} needs at least {least} style{plural} (STYLE files, --style-preset), got {count}")
+    return count
 
 
 def style_weights(values: Sequence[str] | None, count: int) -> list[float]:
@@ -480,14 +509,13 @@ def style_weights(values: Sequence[str] | None, count: int) -> list[float]:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
-    _check_style_count(args.styles, "interpolate")
-    weights = style_weights(args.weights, len(args.styles))
+    weights = style_weights(args.weights, _check_style_count(args, "interpolate"))
 
     def transfer(fmt: OutputFormat) -> TransferRequest:
         return TransferRequest(
             mode=Mode.interpolate,
             content=read_file(Path(args.content), "content"),
-            styles=[read_file(Path(s), "style") for s in args.styles],
+            styles=style_inputs(args.styles, args.style_preset),
             **_options(args, fmt),
             weights=weights,
         )
@@ -496,15 +524,15 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def run_multistyle(args: argparse.Namespace) -> int:
-    _check_style_count(args.styles, "multistyle")
-    if args.masks and len(args.masks) != len(args.styles):
-        raise UsageError(f"--masks: {len(args.masks)} masks for {len(args.styles)} styles; give one per style")
+    count = _check_style_count(args, "multistyle")
+    if args.masks and len(args.masks) != count:
+        raise UsageError(f"--masks: {len(args.masks)} masks for {count} styles; give one per style")
 
     def transfer(fmt: OutputFormat) -> TransferRequest:
         return TransferRequest(
             mode=Mode.multistyle,
             content=read_file(Path(args.content), "content"),
-            styles=[read_file(Path(s), "style") for s in args.styles],
+            styles=style_inputs(args.styles, args.style_preset),
             **_options(args, fmt),
             masks=[read_file(Path(m), "mask") for m in args.masks] if args.masks else None,
             labels=read_file(Path(args.labels), "labels") if args.labels else None,
@@ -520,17 +548,18 @@ def run_video(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {out} is a folder; give the output file name")
     if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
         raise UsageError(f"output {out}: the result is an H.264 mp4; name it .mp4 (not {out.suffix})")
-    if len(args.styles) == 1 and args.weights:
+    count = _check_style_count(args, "video", least=1)
+    if count == 1 and args.weights:
         raise UsageError("--weights blends 2..N styles; give several styles, or leave --weights out")
-    many = len(args.styles) > 1
+    many = count > 1
     request = VideoRequest(
         mode=Mode.interpolate if many else Mode.stylize,
         video=read_file(Path(args.video), "video"),
-        styles=[read_file(Path(s), "style") for s in args.styles],
+        styles=style_inputs(args.styles, args.style_preset),
         alpha=args.alpha,
         preserve_color=args.preserve_color,
         max_side=args.max_side,
-        weights=style_weights(args.weights, len(args.styles)) if many else None,
+        weights=style_weights(args.weights, count) if many else None,
         style_fit=args.style_fit,
         smoothing=args.smoothing,
     )
@@ -713,6 +742,11 @@ def _add_transfer_options(parser: argparse.ArgumentParser, video: bool = False) 
             help=f"temporal smoothing strength ({SMOOTHING.text()}): each output frame is blended with the previous "
             "one along the optical flow; less flicker, some ghosting on fast motion; 0 = off",
         )
+    parser.add_argument(
+        "--style-preset", action="append", metavar="NAME", default=None,
+        help="a preset painting as a style (repeatable; after the STYLE files, in order): starry_night, "
+        "great_wave, ... (the list: GET /v1/styles, or service/presets/presets.json)",
+    )  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     _add_where_options(parser, tiles=not video)
 
@@ -764,7 +798,7 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     stylize.add_argument("content", help="content image, or a folder of them")
-    stylize.add_argument("style", help="style image, or a folder of them")
+    stylize.add_argument("style", nargs="?", help="style image, or a folder of them (or give --style-preset)")
     _add_transfer_options(stylize)
     stylize.set_defaults(handler=run_stylize)
 
@@ -775,7 +809,7 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     interpolate.add_argument("content", help="content image")
-    interpolate.add_argument("styles", nargs="+", metavar="STYLE", help="2..N style images")
+    interpolate.add_argument("styles", nargs="*", metavar="STYLE", help="2..N style images (with --style-preset)")
     interpolate.add_argument(
         "--weights", nargs="+", metavar="W", help="one weight >= 0 per style (normalised); default equal"
     )
@@ -789,7 +823,7 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     multistyle.add_argument("content", help="content image")
-    multistyle.add_argument("styles", nargs="+", metavar="STYLE", help="2..N style images")
+    multistyle.add_argument("styles", nargs="*", metavar="STYLE", help="2..N style images (with --style-preset)")
     regions = multistyle.add_mutually_exclusive_group(required=True)
     regions.add_argument("--masks", nargs="+", metavar="MASK", help="one grayscale mask per style (white = region)")
     regions.add_argument("--labels", metavar="FILE", help="label map: pixel value i -> style i")
@@ -812,7 +846,9 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     video.add_argument("video", help="input video (mp4, mov, webm, mkv, gif, ...)")
-    video.add_argument("styles", nargs="+", metavar="STYLE", help="style image; several: a weighted blend")
+    video.add_argument(
+        "styles", nargs="*", metavar="STYLE", help="style image; several: a weighted blend (with --style-preset)"
+    )
     video.add_argument(
         "--weights", nargs="+", metavar="W", help="with several styles: one weight >= 0 per style (normalised); "
         "default equal",

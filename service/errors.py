@@ -177,6 +177,11 @@ class Internal(ServiceError):
     status, code, reason = 500, "internal", None
 
 
+def byte_size(nbytes: int) -> str:
+    """A size for a 413 message: exact bytes for a program, MiB for a person ("20971520 bytes (20 MiB)")."""
+    return f"{nbytes} bytes ({nbytes / 2**20:.3g} MiB)"
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 

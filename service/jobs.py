@@ -55,6 +55,7 @@ from service.errors import (
     JobTooLong,
     QueueFull,
     ServiceError,
+    byte_size,
 )
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -538,8 +539,9 @@ class JobStore:
         size, limit = len(outcome.body), self.settings.job_result_bytes
         if size > limit:
             job.error = ImageTooLarge(
-                f"the result ({size} bytes) is larger than all the memory kept for results "
-                f"(STYA2K_JOB_RESULT_BYTES={limit}); ask for a smaller max_side or a compressed format (jpeg, webp)"
+                f"the result ({byte_size(size)}) is larger than all the memory kept for results "
+                f"(STYA2K_JOB_RESULT_BYTES={byte_size(limit)}); ask for a smaller max_side or a compressed format "
+                "(jpeg, webp)"
             )
             self._end(job, JobState.failed)
             return

@@ -35,6 +35,11 @@ STYLE_FIT_DOC = (
     "STYA2K_STYLE_SIZE, aspect kept (refused when its short side would fall below 16 px). Default: the "
     "server's STYA2K_STYLE_FIT (crop unless configured; GET /v1/info limits.style_fit)."
 )
+STYLE_PRESET_DOC = (
+    "A preset style's name instead of (or besides) an uploaded style image: GET /v1/styles lists them. Repeat the "
+    "field for several; the styles are taken in the order the parts are sent (JSON: style first, then "
+    "style_preset), and weights and masks follow that order."
+)
 
 Alpha = Annotated[float, Field(ge=ALPHA.low, le=ALPHA.high, description=ALPHA_DOC, allow_inf_nan=False)]
 MaxSide = Annotated[int | None, Field(ge=MAX_SIDE.low, description=MAX_SIDE_DOC)]
@@ -56,16 +61,19 @@ class JSONRequest(BaseModel):
 
 
 class StylizeJSON(JSONRequest):
-    style: Base64Image
+    style: Base64Image | None = Field(None, description="The style image; or name a preset in style_preset")
+    style_preset: str | None = Field(None, description=STYLE_PRESET_DOC)
 
 
 class InterpolateJSON(JSONRequest):
-    style: list[Base64Image] = Field(description="2..STYA2K_MAX_STYLES style images")
+    style: list[Base64Image] = Field([], description="2..STYA2K_MAX_STYLES style images, with style_preset")
+    style_preset: list[str] = Field([], description=STYLE_PRESET_DOC)
     weights: list[float] = Field(description=WEIGHTS_DOC)
 
 
 class MultistyleJSON(JSONRequest):
-    style: list[Base64Image] = Field(description="2..STYA2K_MAX_STYLES style images")
+    style: list[Base64Image] = Field([], description="2..STYA2K_MAX_STYLES style images, with style_preset")
+    style_preset: list[str] = Field([], description=STYLE_PRESET_DOC)
     masks: list[Base64Image] | None = Field(
         None, description="One grayscale mask per style (white = that style's region); or send labels"
     )

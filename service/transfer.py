@@ -216,9 +216,11 @@ def validate(request: TransferRequest, settings: Settings, max_side: int | None 
         request = dataclasses.replace(request, style_fit=StyleFit(request.style_fit))
     if mode.single_style:
         if count != 1:
-            raise InvalidParameter("style", f"{count} style files given; {mode} takes exactly one")
+            raise InvalidParameter("style", f"{count} styles given (style + style_preset); {mode} takes exactly one")
     elif not 2 <= count <= settings.max_styles:
-        raise InvalidParameter("style", f"{count} style files given; {mode} takes 2..{settings.max_styles}")
+        raise InvalidParameter(
+            "style", f"{count} styles given (style + style_preset); {mode} takes 2..{settings.max_styles}"
+        )
     if request.max_side is not None and not (
         MAX_SIDE.contains(request.max_side) and request.max_side <= side_limit
     ):

@@ -52,6 +52,7 @@ from service.errors import (
     UnsupportedVideo,
     VideoTooLarge,
     VideoUnavailable,
+    byte_size,
 )
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -260,7 +261,9 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
     file's completeness; the first frame is decoded to check the codec.
     """
     if len(data) > limits.max_bytes:
-        raise VideoTooLarge(f"the video is {len(data)} bytes; the limit is {limits.max_bytes} (STYA2K_VIDEO_MAX_BYTES)")
+        raise VideoTooLarge(
+            f"the video is {byte_size(len(data))}; the limit is {byte_size(limits.max_bytes)} (STYA2K_VIDEO_MAX_BYTES)"
+        )
     with _open(data) as container:
         demuxer = container.format.name
         if demuxer == "image2" or demuxer.endswith("_pipe"):  # FFmpeg reads a photo as a one-frame video

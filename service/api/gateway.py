@@ -27,6 +27,7 @@ from service.errors import (
     TooManyConnections,
     Unauthorized,
     UnsupportedMediaType,
+    byte_size,
     error_body,
 )
 from service.jobs import JOBS_PATH  # POST (multipart); the job paths below carry an id
@@ -182,7 +183,8 @@ class Gateway:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
             return BodyTooLarge(
-                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
+                f"request body of {byte_size(int(length))} exceeds the limit of {byte_size(settings.max_body_bytes)} "
+                "(STYA2K_MAX_BODY_BYTES)"
             )
         return None
 
@@ -214,7 +216,7 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+                return BodyTooLarge(f"request body exceeds the limit of {byte_size(limit)} (STYA2K_MAX_BODY_BYTES)")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break

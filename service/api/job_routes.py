@@ -20,7 +20,9 @@ from service.api.requests import (
     PreserveForm,
     StyleFiles,
     StyleFitForm,
+    StylePresetForm,
     check_form,
+    form_styles,
 )
 from service.api.responses import ERROR_RESPONSES
 from service.api.state import ServiceState, State
@@ -116,7 +118,8 @@ async def submit_job(
     request: Request,
     state: State,
     mode: ModeForm,
-    style: StyleFiles,
+    style: StyleFiles = None,
+    style_preset: StylePresetForm = None,
     content: OptionalContentFile = None,
     video: VideoFile = None,
     weights: OptionalWeightsForm = None,
@@ -133,7 +136,7 @@ async def submit_job(
     """Accept a transfer of any mode as a job, up to `STYA2K_JOBS_MAX_SIDE`, or a video (field `video` instead of
     `content`): validated and decoded (a video probed) now, so bad input is refused here; computed when its turn
     comes. Poll the Location for its state and progress."""
-    await check_form(request, frozenset({"style", "mask"}))
+    await check_form(request, frozenset({"style", "style_preset", "mask"}))
     _check_mode_fields(mode, {"weights": weights, "mask": mask, "labels": labels, "feather": feather})
     if (content is None) == (video is None):
         raise InvalidParameter("content", "send either a content photo (content) or a video (video), not both")
@@ -145,7 +148,7 @@ async def submit_job(
     # The fields a video and a photo job share, read once (the styles' bytes, the parsed weights).
     shared: dict[str, Any] = {
         "mode": mode,
-        "styles": [await s.read() for s in style],
+        "styles": await form_styles(request),  # style files and style_preset paintings, in the order sent
         "alpha": alpha,
         "preserve_color": preserve_color,
         "max_side": max_side,

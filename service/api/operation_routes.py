@@ -103,6 +103,13 @@ async def index() -> HTMLResponse:
     )
 
 
+@router.get("/sample-photo.jpg", include_in_schema=False)
+async def sample_photo() -> Response:
+    """The demo page's sample photo (CC-BY-4.0; service/presets/PROVENANCE.md)."""
+    return Response((STATIC_DIR / "sample-photo.jpg").read_bytes(), media_type="image/jpeg",
+                    headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+
+
 def page_security_headers(html: str) -> dict[str, str]:
     """Content-Security-Policy for the demo page: its own inline scripts (by hash) and same-origin calls only."""
     hashes = " ".join(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import File, Form, Request, UploadFile
@@ -12,6 +13,7 @@ from fastapi import File, Form, Request, UploadFile
 from service.api.state import BODY_STATE_KEY, ServiceState
 from service.contract import ALPHA, FEATHER, MAX_SIDE, SMOOTHING, Mode, OutputFormat, StyleFit, TransferRequest
 from service.errors import InvalidParameter
+from service.presets import library
 from service.schemas import (
     ALPHA_DOC,
     FEATHER_DOC,
@@ -19,6 +21,7 @@ from service.schemas import (
     MAX_SIDE_DOC,
     PRESERVE_COLOR_DOC,
     STYLE_FIT_DOC,
+    STYLE_PRESET_DOC,
     WEIGHTS_DOC,
     InterpolateJSON,
     JSONLimits,
@@ -32,10 +35,12 @@ from service.settings import Settings
 
 # The multipart form's fields, with the same ranges and docs as the JSON models (service.contract).
 ContentFile = Annotated[UploadFile, File(description="Content photo (PNG, JPEG, WebP, BMP, TIFF, GIF)")]
-StyleFile = Annotated[UploadFile, File(description="Style image")]
+StyleFile = Annotated[UploadFile | None, File(description="Style image; or name a preset in style_preset")]
 StyleFiles = Annotated[
-    list[UploadFile], File(description="Style images, 2..STYA2K_MAX_STYLES (repeat the field)")
+    list[UploadFile] | None,
+    File(description="Style images, 2..STYA2K_MAX_STYLES in all with style_preset (repeat the field)"),
 ]
+StylePresetForm = Annotated[list[str] | None, Form(description=STYLE_PRESET_DOC)]
 MaskFiles = Annotated[list[UploadFile] | None, File(description="One grayscale mask per style (white = region)")]
 LabelsFile = Annotated[UploadFile | None, File(description="Label map: pixel value i -> style i")]
 AlphaForm = Annotated[float, Form(ge=ALPHA.low, le=ALPHA.high, allow_inf_nan=False, description=ALPHA_DOC)]
@@ -78,6 +83,7 @@ FORM_ALLOWED = {
     "smoothing": f"a number {SMOOTHING.text()}",
 }
 _INTEGER = re.compile(r"\s*\d+\s*")
+NO_STYLE = "required: a style image (style) or a preset's name (style_preset; GET /v1/styles lists them)"
 
 
 async def check_form(request: Request, repeatable: frozenset[str] = frozenset()) -> None:
@@ -97,6 +103,25 @@ async def check_form(request: Request, repeatable: frozenset[str] = frozenset())
                 raise InvalidParameter(name, f"empty value; send {allowed}, or leave the field out for the default")
             if name == "max_side" and not _INTEGER.fullmatch(value):
                 raise InvalidParameter(name, f"{value[:40]!r} is not an integer; allowed: {allowed}")
+
+
+async def form_styles(request: Request) -> list[bytes]:
+    """The style images of a multipart form in the order sent: each ``style`` file's bytes and each
+    ``style_preset``'s painting, interleaved as the parts came (weights and masks follow this order)."""
+    presets = library()
+    styles: list[bytes] = []
+    for name, value in (await request.form()).multi_items():
+        if name == "style":
+            if isinstance(value, str):
+                raise InvalidParameter("style", "must be a file part (an image); name a preset in style_preset")
+            styles.append(await value.read())
+        elif name == "style_preset":
+            if not isinstance(value, str):
+                raise InvalidParameter("style_preset", "a preset's name, not a file (GET /v1/styles lists them)")
+            styles.append(presets.image(value))
+    if not styles:
+        raise InvalidParameter("style", NO_STYLE)
+    return styles
 
 
 async def json_transfer(request: Request, state: ServiceState, model: type[JSONRequest]) -> TransferRequest:
@@ -123,9 +148,9 @@ def parse_json_transfer(body: bytes, model: type[JSONRequest], settings: Setting
         "style_fit": parsed.style_fit,
     }
     if isinstance(parsed, StylizeJSON):
-        return TransferRequest(mode=Mode.stylize, styles=[decode(parsed.style, "style")], **common)
+        return TransferRequest(mode=Mode.stylize, styles=json_styles(parsed, decode), **common)
     assert isinstance(parsed, InterpolateJSON | MultistyleJSON)
-    styles = [decode(s, f"style[{i}]") for i, s in enumerate(parsed.style)]
+    styles = json_styles(parsed, decode)
     if isinstance(parsed, InterpolateJSON):
         return TransferRequest(mode=Mode.interpolate, styles=styles, weights=list(parsed.weights), **common)
     return TransferRequest(
@@ -136,3 +161,18 @@ def parse_json_transfer(body: bytes, model: type[JSONRequest], settings: Setting
         feather=parsed.feather,
         **common,
     )
+
+
+def json_styles(parsed: JSONRequest, decode: Callable[[str, str], bytes]) -> list[bytes]:
+    """A JSON body's style images: the ``style`` entries, then the ``style_preset`` ones (two lists cannot
+    interleave; a multipart form keeps the order its parts were sent in)."""
+    given, presets = getattr(parsed, "style", None), getattr(parsed, "style_preset", None)
+    if isinstance(given, str):
+        styles = [decode(given, "style")]
+    else:
+        styles = [decode(s, f"style[{i}]") for i, s in enumerate(given or [])]
+    names = [presets] if isinstance(presets, str) else list(presets or [])
+    styles += [library().image(name, "style_preset") for name in names]
+    if not styles:
+        raise InvalidParameter("style", NO_STYLE)
+    return styles

@@ -26,8 +26,10 @@ from service.api.requests import (
     StyleFile,
     StyleFiles,
     StyleFitForm,
+    StylePresetForm,
     WeightsForm,
     check_form,
+    form_styles,
     json_transfer,
 )
 from service.api.responses import IMAGE_RESPONSE, JSON_RESPONSE, image_response, json_response
@@ -63,19 +65,20 @@ async def stylize(
     request: Request,
     state: State,
     content: ContentFile,
-    style: StyleFile,
+    style: StyleFile = None,
+    style_preset: StylePresetForm = None,
     alpha: AlphaForm = DEFAULT_ALPHA,
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
     format: FormatForm = OutputFormat.png,
     style_fit: StyleFitForm = None,
 ) -> Response:
-    """Stylize `content` with one `style`."""
+    """Stylize `content` with one `style` image, or the preset painting named by `style_preset` (GET /v1/styles)."""
     await check_form(request)
     transfer = TransferRequest(
         mode=Mode.stylize,
         content=await content.read(),
-        styles=[await style.read()],
+        styles=await form_styles(request),
         alpha=alpha,
         preserve_color=preserve_color,
         max_side=max_side,
@@ -90,8 +93,9 @@ async def interpolate(
     request: Request,
     state: State,
     content: ContentFile,
-    style: StyleFiles,
     weights: WeightsForm,
+    style: StyleFiles = None,
+    style_preset: StylePresetForm = None,
     alpha: AlphaForm = DEFAULT_ALPHA,
     preserve_color: PreserveForm = False,
     max_side: MaxSideForm = None,
@@ -99,11 +103,11 @@ async def interpolate(
     style_fit: StyleFitForm = None,
 ) -> Response:
     """Convex combination of the transferred features of 2..N styles (paper section 4.4)."""
-    await check_form(request, frozenset({"style"}))
+    await check_form(request, frozenset({"style", "style_preset"}))
     transfer = TransferRequest(
         mode=Mode.interpolate,
         content=await content.read(),
-        styles=[await s.read() for s in style],
+        styles=await form_styles(request),
         alpha=alpha,
         preserve_color=preserve_color,
         max_side=max_side,
@@ -119,7 +123,8 @@ async def multistyle(
     request: Request,
     state: State,
     content: ContentFile,
-    style: StyleFiles,
+    style: StyleFiles = None,
+    style_preset: StylePresetForm = None,
     mask: MaskFiles = None,
     labels: LabelsFile = None,
     feather: FeatherForm = DEFAULT_FEATHER,
@@ -130,11 +135,11 @@ async def multistyle(
     style_fit: StyleFitForm = None,
 ) -> Response:
     """Each region (masks or a label map) rendered in its own style, blended softly at the borders."""
-    await check_form(request, frozenset({"style", "mask"}))
+    await check_form(request, frozenset({"style", "style_preset", "mask"}))
     transfer = TransferRequest(
         mode=Mode.multistyle,
         content=await content.read(),
-        styles=[await s.read() for s in style],
+        styles=await form_styles(request),
         alpha=alpha,
         preserve_color=preserve_color,
         max_side=max_side,

@@ -159,7 +159,8 @@ def is_ignored(relative_path: str) -> bool:
 
 
 def test_dockerignore_keeps_only_what_the_image_needs() -> None:
-    for needed in ("pyproject.toml", "service/app.py", "model/stya2k.py", "weights/MANIFEST",
+    for needed in ("pyproject.toml", "service/app.py", "model/stya2k.py", "weights/MANIFEST", "stya2k_client/client.py",
+                   "service/presets/presets.json", "service/presets/thumbnails/starry_night.jpg",
                    "deploy/docker/entrypoint.sh", "deploy/docker/healthcheck.py"):  # fmt: skip
         assert not is_ignored(needed), f"{needed} is needed in the image but .dockerignore drops it"
     for unwanted in (".git/config", ".venv/bin/python", "tests/service/test_app.py", "runs/ckpt.pt",

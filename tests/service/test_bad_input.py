@@ -260,6 +260,15 @@ def test_bad_input_gets_json_error(
     assert response.headers.get("x-request-id")
 
 
+def test_size_limits_are_stated_in_bytes_and_mib(strict_server: RunningServer) -> None:
+    """A 413 names its limit exactly (bytes, for a program) and readably (MiB, for a person)."""
+    with strict_server.client() as client:
+        response = client.post("/v1/stylize", **multipart(content=b"\x00" * (MAX_BODY + 10), style=GOOD))
+    message = response.json()["error"]["message"]
+    assert response.status_code == 413 and "the limit of 300000 bytes (0.286 MiB)" in message, message
+    assert "STYA2K_MAX_BODY_BYTES" in message
+
+
 def test_server_still_healthy_after_corpus(strict_server: RunningServer) -> None:
     with strict_server.client() as client:
         assert client.get("/health/ready").status_code == 200

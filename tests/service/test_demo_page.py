@@ -257,6 +257,7 @@ def page(browser: Browser, server: RunningServer) -> Iterator[Page]:
     tab = Page(browser)
     tab.goto(server.url + "/")
     tab.wait_for("document.getElementById('status').classList.contains('ready')")
+    tab.wait_for("state.opened === true")  # the opening photo and painting are in place: no race with the test's
     yield tab
     tab.call("Page.close")
 
@@ -310,16 +311,21 @@ BROKEN_IMAGES = (
 )
 
 
-def test_no_broken_image_placeholders_before_any_upload(page: Page) -> None:
-    assert page.evaluate("document.images.length") >= 3  # content preview, style thumbnail, result
-    assert page.evaluate(BROKEN_IMAGES) == []
-    assert page.evaluate("getComputedStyle(document.querySelector('.stage .empty')).display") != "none"
-    page.click("#add-style")  # a second, still empty style row
-    assert page.evaluate(BROKEN_IMAGES) == []
-    page.click("[data-content-sample=landscape]")
-    page.wait_for("document.getElementById('content-preview').naturalWidth > 0")
+def test_page_opens_with_a_real_photo_and_painting_and_no_broken_images(page: Page, tmp_path: Path) -> None:
+    # The shipped sample photo (512 px) and the Starry Night preset, sent by name; no broken-image icons anywhere.
+    assert page.evaluate("document.getElementById('content-preview').naturalWidth") == 512
+    assert page.evaluate("state.styles[0].preset") == "starry_night"
+    assert page.evaluate("document.querySelector('.style-row img').naturalWidth") > 0
+    assert page.evaluate("document.getElementById('style-preset-0').options.length") > 10
     assert page.evaluate("getComputedStyle(document.querySelector('.stage .empty')).display") == "none"
     assert page.evaluate(BROKEN_IMAGES) == []
+    page.click("#add-style")  # a second, still empty style row
+    assert page.evaluate(BROKEN_IMAGES) == []
+    page.evaluate("document.querySelector('.style-row:nth-child(2) .remove').click()")
+    page.click("#run")
+    assert _result_size(page) == (64, 64)  # the 512x512 photo at the test server's max side
+    assert page.evaluate("document.getElementById('error').textContent") == ""
+    _save_screenshot(page, tmp_path, "demo-opening.png")
 
 
 def test_upload_two_images_and_stylize(page: Page, tmp_path: Path) -> None:

@@ -188,6 +188,7 @@ def test_video_byte_and_duration_limits(server_factory: Any, style: bytes) -> No
     clip = make_clip(frames=12, audio=None, size=(32, 32))
     status, code, message = _error(submit(small, make_clip(frames=30, size=(96, 96)), [style]))
     assert (status, code) == (413, "video_too_large") and "STYA2K_VIDEO_MAX_BYTES" in message
+    assert "the limit is 4096 bytes (0.00391 MiB)" in message
     status, code, message = _error(submit(small, clip, [style]))
     assert (status, code) == (413, "video_too_large") and "STYA2K_VIDEO_MAX_SECONDS" in message
 
@@ -202,7 +203,7 @@ def test_info_states_the_video_limits(video_server: RunningServer) -> None:
 def test_the_body_limit_applies_first_when_it_is_lower(server_factory: Any, style: bytes) -> None:
     small_bodies = server_factory(max_body_bytes=8192)  # below STYA2K_VIDEO_MAX_BYTES: still a valid setting
     status, code, message = _error(submit(small_bodies, make_clip(frames=30, size=(96, 96)), [style]))
-    assert (status, code) == (413, "body_too_large") and "8192" in message
+    assert (status, code) == (413, "body_too_large") and "8192 bytes (0.00781 MiB)" in message
 
 
 def test_an_install_without_pyav_answers_video_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
