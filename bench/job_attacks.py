@@ -33,6 +33,7 @@ from PIL import Image
 from bench.reliability import REPO_ROOT, RESULTS_DIR, Probe, RSSSampler, machine, running_server
 
 MIB = 2**20
+REPEAT_S = 8.0  # upload attacks repeat back to back for this long, so the probe sees enough of them
 
 
 # ---------------------------------------------------------------------------------------------- uploads
@@ -49,15 +50,16 @@ def ffconcat_playlist(path: str) -> bytes:
     return f"ffconcat version 1.0\nfile '{path}'\n".encode()
 
 
-def _h264_ts(frames: list[tuple[int, int, int]], rate: int = 25) -> bytes:
-    """MPEG-TS with H.264 frames of the given (width, height, count) runs, one encoder (and SPS) per run."""
+def _ts(frames: list[tuple[int, int, int]], codec: str, rate: int = 25) -> bytes:
+    """MPEG-TS with ``codec`` frames of the given (width, height, count) runs, one encoder (and header) per run."""
     import av
 
     data, offset = b"", 0
     for width, height, count in frames:
         buffer = io.BytesIO()
         with av.open(buffer, mode="w", format="mpegts") as out:
-            stream = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast"})
+            options = {"preset": "ultrafast"} if codec == "libx264" else {}
+            stream = out.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             picture = np.full((height, width, 3), 90, np.uint8)
             for index in range(count):
@@ -72,10 +74,12 @@ def _h264_ts(frames: list[tuple[int, int, int]], rate: int = 25) -> bytes:
     return data
 
 
-def growing_frames_ts(small: tuple[int, int], small_frames: int, big: tuple[int, int], big_frames: int) -> bytes:
+def growing_frames_ts(small: tuple[int, int], small_frames: int, big: tuple[int, int], big_frames: int,
+                      codec: str = "libx264") -> bytes:  # fmt: skip
     """An MPEG-TS stream whose first ``small_frames`` frames are ``small`` and the next ones ``big`` (W, H): the
-    header (all a probe reads) says small."""
-    return _h264_ts([(*small, small_frames), (*big, big_frames)])
+    header (all a probe reads) says small. ``codec``: libx264 keeps the refused size in its context, mpeg4 resets
+    it to 0x0 (both must fail the job as too large)."""
+    return _ts([(*small, small_frames), (*big, big_frames)], codec)
 
 
 def screen_gif(frames: int, screen: tuple[int, int], delay_cs: int = 2) -> bytes:
@@ -207,16 +211,33 @@ def _answers(responses: list[httpx.Response]) -> dict[str, int]:
     return counts
 
 
-def _timed_posts(count: int, send: Callable[[], httpx.Response]) -> dict[str, Any]:
-    responses, slowest = [], 0.0
-    for _ in range(count):
-        started = time.monotonic()
-        try:
-            responses.append(send())
-        except httpx.HTTPError as exc:
-            responses.append(httpx.Response(599, json={"error": {"code": type(exc).__name__}}))
-        slowest = max(slowest, time.monotonic() - started)
-    return {"answers": _answers(responses), "slowest_s": round(slowest, 2)}
+def _timed_posts(copies: int, send: Callable[[], httpx.Response], repeat_s: float = REPEAT_S) -> dict[str, Any]:
+    """``copies`` concurrent senders, each repeating ``send`` until ``repeat_s`` has passed (at least once), so
+    the liveness probe sees the whole attack; the answers and the slowest one."""
+    responses: list[httpx.Response] = []
+    slowest = [0.0]
+    lock = threading.Lock()
+    until = time.monotonic() + repeat_s
+
+    def sender() -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                response = send()
+            except httpx.HTTPError as exc:
+                response = httpx.Response(599, json={"error": {"code": type(exc).__name__}})
+            with lock:
+                responses.append(response)
+                slowest[0] = max(slowest[0], time.monotonic() - started)
+            if time.monotonic() >= until:
+                return
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"answers": _answers(responses), "slowest_s": round(slowest[0], 2)}
 
 
 def attack_sdp(url: str) -> dict[str, Any]:
@@ -233,7 +254,7 @@ def attack_sdp(url: str) -> dict[str, Any]:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = _timed_posts(8, lambda: video_job(url, sdp_session(port), name="x.sdp"))
+        result = _timed_posts(8, lambda: video_job(url, sdp_session(port), name="x.sdp", timeout_s=120))
     finally:
         stop.set()
         watcher.join()

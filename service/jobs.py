@@ -69,6 +69,7 @@ from service.transfer import (
 )
 from service.video import PreparedVideo, VideoOutcome, complete_video, prepare_video
 from service.workload import (
+    ESTIMATE_MARGIN,
     ComputeRate,
     MemoryBudget,
     Reservation,
@@ -221,14 +222,13 @@ class JobRunner:
         return await self.model_thread.call(fn, *args)
 
     async def compute(self, job: TransferJob) -> BatchResult[torch.Tensor]:
-        if self.engine.needs_tiling(job):
-            # not a rate sample: a tiled job's time includes the sync batches run between its tiles
+        if self.engine.needs_tiling(job):  # not a rate sample: its time includes the sync batches between tiles
             return await compute_tiled(self.engine, job, self.model_thread.call, self.on_progress, self.deadline)
+        # Not a rate sample either: its batch time includes encoding new styles and any sync requests batched
+        # with it (the rate hears of clean turns only: the start-up probe and video frames).
         self._progress(0, 1)
         result = await self._submit(job)
         self._progress(1, 1)
-        if self.rate is not None:  # compute_s is the batch's own model time; the batch may hold sync requests too
-            self.rate.observe(job.width * job.height * result.batch_size, result.compute_s)
         return result
 
     async def _submit(self, job: TransferJob) -> BatchResult[torch.Tensor]:
@@ -381,14 +381,14 @@ class JobStore:
             return  # nothing measured yet: the job's own pace is checked while it runs
         limit = self.settings.job_timeout_s
         per_mpx = (self.rate.seconds_per_pixel or 0.0) * 1e6
-        if estimate_s > limit:
+        if estimate_s > ESTIMATE_MARGIN * limit:
             raise JobTooLong(
                 f"this job needs about {estimate_s:.0f} s of model time at the {per_mpx:.2f} s per megapixel "
                 f"measured on this server, and a job must finish within {limit:g} s (STYA2K_JOB_TIMEOUT_S); "
                 "send a shorter clip, fewer frames or a smaller max_side"
             )
         ahead = self._work_ahead_s()
-        if estimate_s + ahead > limit:
+        if estimate_s + ahead > ESTIMATE_MARGIN * limit:
             raise JobQueueFull(
                 f"the jobs ahead need about {ahead:.0f} s and this one about {estimate_s:.0f} s, more than the "
                 f"{limit:g} s a job has from acceptance to its result (STYA2K_JOB_TIMEOUT_S); retry later",

@@ -38,7 +38,7 @@ from service.engine import Engine
 from service.errors import InvalidImage, InvalidParameter, ServiceError
 from service.metrics import ServiceMetrics
 from service.settings import Settings
-from service.workload import check_pace
+from service.workload import Pace
 
 log = logging.getLogger("service.transfer")
 T = TypeVar("T")
@@ -109,13 +109,12 @@ async def compute_tiled(
         tiled = await call(engine.tiled, job)  # encodes the job's styles
         if on_progress is not None:
             on_progress(0, tiled.total)
-        steps_started = time.monotonic()
+        pace = Pace(deadline, "tile step")
         for step in tiled.steps():
             await call(step)
             if on_progress is not None:
                 on_progress(tiled.done, tiled.total)
-            now = time.monotonic()
-            check_pace(tiled.done, tiled.total, now - steps_started, now, deadline, "tile step")
+            pace.check(tiled.done, tiled.total, time.monotonic())
         image = await call(engine.finish_tiled, job, tiled)
     except ServiceError:
         raise

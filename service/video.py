@@ -57,7 +57,7 @@ from service.errors import (
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.transfer import ProgressHook, prepare_style, validate
-from service.workload import ComputeRate, check_pace
+from service.workload import ComputeRate, Pace
 
 log = logging.getLogger("service.video")
 T = TypeVar("T")
@@ -428,6 +428,12 @@ class FrameReader:
 
     def _check_stream_size(self, where: str) -> None:
         context = self._stream.codec_context  # holds the size the stream changed to, when it did
+        if context.width == 0 or context.height == 0:
+            # some decoders (mpeg4) reset the size to 0x0 when they refuse a new one for max_pixels
+            raise VideoTooLarge(
+                f"{where}: the decoder refused the frame size the stream changed to, over the limit of "
+                f"{self._max_pixels} pixels a frame (STYA2K_VIDEO_MAX_INPUT_PIXELS) or invalid"
+            )
         _check_frame_size(context.width, context.height, self._max_pixels, where)
 
     def _tensor(self, frame: av.VideoFrame, number: int) -> torch.Tensor:
@@ -611,7 +617,7 @@ async def complete_video(
         )
         if on_progress is not None:
             on_progress(0, total)
-        frames_started = time.monotonic()
+        pace = Pace(runner.deadline, "frame")
         while frames := await media.run(reader.read, max(1, engine.max_batch_size)):
             jobs = [_frame_job(request, frame, styles, prepared.weights) for frame in frames]
             images, model_s = await runner.call_model(_stylize, engine, jobs)
@@ -622,8 +628,7 @@ async def complete_video(
             total = max(total, done)
             if on_progress is not None:
                 on_progress(done, total)
-            now = time.monotonic()
-            check_pace(done, total, now - frames_started, now, runner.deadline, "frame")
+            pace.check(done, total, time.monotonic())
         if done == 0:
             raise InvalidVideo("no frame of the video could be decoded")
         body = await media.run(writer.finish)

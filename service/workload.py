@@ -38,13 +38,24 @@ log = logging.getLogger("service.workload")
 
 FLOAT_BYTES = 4  # decoded images and region weights are float32 tensors
 RGB = 3
-# Model turns smaller than this are dominated by fixed costs (style encoding, kernel launches): not a rate sample.
+# Model turns smaller than this are dominated by fixed costs (kernel launches, the batch's set-up): not a sample.
 MIN_SAMPLE_PIXELS = 128 * 128
 RATE_SMOOTHING = 0.3  # weight of a new sample in the running mean of seconds per pixel
-PROBE_SIDE = 256  # the start-up pass that seeds the rate: large enough to be a per-pixel cost, short on a CPU
-# A running job is judged by its own pace once it has run this long (the first batch also encodes the styles).
+# One sample moves the rate by at most this factor either way: a burst of odd turns cannot poison the estimate.
+MAX_SAMPLE_STEP = 2.0
+# The start-up pass that seeds the rate: large enough to be a per-pixel cost, short on a CPU; on a GPU the
+# default output side (a 256 px pass there is mostly fixed overhead).
+CPU_PROBE_SIDE = 256
+# Submission refuses only a job whose estimate exceeds the limit by this factor: the estimate comes from other
+# shapes and batch sizes, and the running job's own pace is the exact check.
+ESTIMATE_MARGIN = 1.5
+# A running job is judged by its own pace once, counted from the end of its first step (decoder start-up, style
+# encoding and per-shape kernel set-up are in that one), it has done this many steps and this share of them, for
+# this long; it stops when even PACE_MARGIN times its pace so far would miss the deadline.
 MIN_PACE_S = 2.0
 MIN_PACE_STEPS = 2
+MIN_PACE_SHARE = 0.1
+PACE_MARGIN = 1.25
 MiB = 2**20
 
 
@@ -56,11 +67,15 @@ class ComputeRate:
         self.samples = 0
 
     def observe(self, pixels: int, seconds: float) -> None:
+        """One clean sample: model turns of one job's frames only, its styles already encoded."""
         if pixels < MIN_SAMPLE_PIXELS or seconds <= 0:
             return
         rate = seconds / pixels
         old = self.seconds_per_pixel
-        self.seconds_per_pixel = rate if old is None else (1 - RATE_SMOOTHING) * old + RATE_SMOOTHING * rate
+        if old is not None:
+            rate = min(max(rate, old / MAX_SAMPLE_STEP), old * MAX_SAMPLE_STEP)
+            rate = (1 - RATE_SMOOTHING) * old + RATE_SMOOTHING * rate
+        self.seconds_per_pixel = rate
         self.samples += 1
 
     def estimate_s(self, pixels: int) -> float | None:
@@ -80,20 +95,20 @@ class RateProbeEngine(Protocol):
     def run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]: ...
 
 
-def probe_rate(engine: RateProbeEngine, rate: ComputeRate, style_size: int) -> float:
-    """Seed ``rate`` with one timed pass at PROBE_SIDE (in the model thread, after the warm-up); returns its s."""
+def probe_rate(engine: RateProbeEngine, rate: ComputeRate, style_size: int, side: int) -> float:
+    """Seed ``rate`` with one timed pass at ``side`` (in the model thread, after the warm-up); returns its s."""
     generator = torch.Generator().manual_seed(0)
     style = StyleInput(key=f"rate-probe:{style_size}", image=torch.rand(3, style_size, style_size, generator=generator),
                        features=None)  # fmt: skip
     styles = engine.with_style_features((style,))  # encoded apart: the rate is the transfer's, not the encoder's
-    job = TransferJob(mode=Mode.stylize, content=torch.rand(3, PROBE_SIDE, PROBE_SIDE, generator=generator),
+    job = TransferJob(mode=Mode.stylize, content=torch.rand(3, side, side, generator=generator),
                       styles=styles, weights=None, alpha=1.0, preserve_color=False)  # fmt: skip
     started = time.monotonic()
     result = engine.run_batch([job])[0]
     seconds = time.monotonic() - started
     if isinstance(result, BaseException):
         raise result
-    rate.observe(PROBE_SIDE * PROBE_SIDE, seconds)
+    rate.observe(side * side, seconds)
     return seconds
 
 
@@ -196,15 +211,30 @@ def style_tensor_bytes(styles: Iterable[StyleInput]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- time
-def check_pace(done: int, total: int, elapsed_s: float, now: float, deadline: float, unit: str) -> None:
-    """Raise :class:`~service.errors.JobTooLong` when the pace so far cannot reach ``total`` before ``deadline``."""
-    if math.isinf(deadline) or done < MIN_PACE_STEPS or elapsed_s < MIN_PACE_S or done >= total:
-        return
-    per_step = elapsed_s / done
-    needed = (total - done) * per_step
-    if now + needed > deadline:
-        raise JobTooLong(
-            f"at the {per_step:.2f} s per {unit} measured so far, the remaining {total - done} of {total} {unit}s "
-            f"need about {needed:.0f} s more, and the job's time ends in {max(0.0, deadline - now):.0f} s "
-            "(STYA2K_JOB_TIMEOUT_S counts from acceptance); send a shorter clip or a smaller max_side"
-        )
+class Pace:
+    """A running job's own pace, from the end of its first step: stops it (:class:`~service.errors.JobTooLong`)
+    as soon as the rest cannot be done before its deadline, instead of holding the worker until the limit."""
+
+    def __init__(self, deadline: float, unit: str) -> None:
+        self.deadline = deadline
+        self.unit = unit
+        self._first: tuple[int, float] | None = None  # (steps done, time) at the end of the first step
+
+    def check(self, done: int, total: int, now: float) -> None:
+        if self._first is None:
+            self._first = (done, now)
+            return
+        first_done, first_at = self._first
+        steps, elapsed = done - first_done, now - first_at
+        if (math.isinf(self.deadline) or done >= total or steps < MIN_PACE_STEPS or elapsed < MIN_PACE_S
+                or done < MIN_PACE_SHARE * total):  # fmt: skip
+            return
+        per_step = elapsed / steps
+        needed = (total - done) * per_step
+        if now + needed / PACE_MARGIN > self.deadline:
+            raise JobTooLong(
+                f"at the {per_step:.2f} s per {self.unit} measured so far, the remaining {total - done} of {total} "
+                f"{self.unit}s need about {needed:.0f} s more, and the job's time ends in "
+                f"{max(0.0, self.deadline - now):.0f} s (STYA2K_JOB_TIMEOUT_S counts from acceptance); send a "
+                "shorter clip or a smaller max_side"
+            )

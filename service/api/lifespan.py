@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from service.api.state import ServiceState
 from service.batcher import Batcher, ModelThread
 from service.engine import process_uptime_s
-from service.workload import probe_rate
+from service.workload import CPU_PROBE_SIDE, probe_rate
 
 log = logging.getLogger("service.app")
 
@@ -89,7 +89,8 @@ async def _probe_rate(state: ServiceState, thread: ModelThread) -> None:
     """Seed the jobs' compute rate with one timed pass, so the first job's time is estimated at submission (a
     failure here only leaves it unknown: jobs are then judged by their own pace while they run)."""
     try:
-        seconds = await thread.call(probe_rate, state.engine, state.jobs.rate, state.settings.style_size)
+        side = CPU_PROBE_SIDE if state.engine.device.type == "cpu" else state.settings.default_side
+        seconds = await thread.call(probe_rate, state.engine, state.jobs.rate, state.settings.style_size, side)
     except Exception:
         log.warning("the start-up rate probe failed; job times are checked while they run", exc_info=True)
         return

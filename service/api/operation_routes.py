@@ -72,6 +72,7 @@ async def info(state: State) -> dict[str, Any]:
             # The jobs API (POST /v1/jobs): larger outputs than the sync endpoints, in time and memory bounds
             "jobs_max_side": settings.jobs_max_side,
             "jobs_queue_size": settings.jobs_queue_size,
+            "jobs_memory_bytes": settings.jobs_memory_bytes,
             "job_timeout_s": settings.job_timeout_s,
             "job_result_ttl_s": settings.job_result_ttl_s,
             "job_result_bytes": settings.job_result_bytes,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from PIL import Image
 
@@ -34,3 +37,53 @@ def test_masks_and_labels_give_the_same_regions() -> None:
     assert from_masks.shape == from_labels.shape == (2, 10, 20)
     # equal up to the one-pixel bilinear seam of the resized masks
     assert (from_masks - from_labels).abs().mean() < 0.05
+
+
+PEAK_SCRIPT = """
+import sys, torch
+from PIL import Image
+from service import regions
+torch.set_num_threads(1)
+side, count, feather, kind = int(sys.argv[1]), 4, float(sys.argv[2]), sys.argv[3]
+if kind == "masks":
+    masks = [Image.new("L", (side, side), 0) for _ in range(count)]
+    for i, m in enumerate(masks):
+        m.paste(255, (0, i * side // count, side, (i + 1) * side // count))
+    inputs = count * side * side
+else:
+    labels = (torch.arange(side).view(side, 1) * count // side).expand(side, side).contiguous()
+    inputs = side * side * 8
+small = regions.masks_to_regions([Image.new("L", (64, 64), 0)] * count, (64, 64))
+regions.soft_weights_(small, feather)  # the kernels' one-off allocations are not the job's
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+before = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM (peak RSS) starts again from the RSS now
+if kind == "masks":
+    maps = regions.masks_to_regions(masks, (side, side))
+else:
+    maps = regions.labels_to_regions(labels, count, (side, side))
+regions.soft_weights_(maps, feather)
+grown = status("VmHWM:") - before
+print(grown, regions.peak_bytes(count, side, side, feather) - inputs)
+"""
+
+
+@pytest.mark.parametrize("kind", ["masks", "labels"])
+def test_peak_bytes_bounds_the_memory_region_weights_really_take(kind: str) -> None:
+    """The jobs' memory budget reserves peak_bytes for a multistyle job's weights: measured in a fresh process
+    (peak RSS growth at 1536 px, 4 styles, a wide feather), it must be an upper bound."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure a peak RSS")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, "1536", "32", kind], capture_output=True, text=True,
+                         check=True, timeout=300).stdout.split()  # fmt: skip
+    grown, bound = int(out[0]), int(out[1])
+    weights = 4 * 1536 * 1536 * 4
+    assert weights <= grown <= bound, (grown, bound)
