@@ -1,4 +1,8 @@
-"""The model engine: owns the StyA2K network, the device, precision, warm-up and the style-feature cache.
+"""The model engine: the serving policy around one inference backend.
+
+The engine owns the weights, the device and precision choice, warm-up, the style-feature cache, batch keys,
+padding to buckets, crops, colour preservation, tiling plans, out-of-memory mapping and /v1/info; the backend
+(service/backends: torch today's code, onnxruntime exported graphs) only runs the network.
 
 Every method that touches the network runs in the model thread (see ``batcher.ModelThread``), one call
 at a time; only the style cache is shared with the request threads, so it carries a lock.
@@ -12,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ from model.hardware import (
 from model.imageio import quantize
 from model.stya2k import padded_size
 from model.tiling import TileConfig, TiledStylizer, needs_tiling
+from service.backends.base import InferenceBackend
+from service.backends.pytorch import TorchBackend
 from service.contract import BatchKey, Mode, StyleInput, TransferJob
 from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
 from service.geometry import MIN_SIDE, bucket_shape, pad_to
@@ -142,6 +148,7 @@ class Engine:
         self.metrics = metrics
         self.cache = StyleCache(settings.cache_bytes, metrics)
         self.net: model.StyA2K | None = None
+        self.backend: InferenceBackend = TorchBackend(settings.compile)
         self.device = torch.device("cpu")
         self.autocast_dtype: torch.dtype | None = None
         self.precision_reason = ""
@@ -151,7 +158,6 @@ class Engine:
         self.startup: dict[str, float | None] = {}  # seconds of each start-up step
         self.weights_label = ""
         self.weights_sha256: str | None = None
-        self._transfer: Callable[..., torch.Tensor] | None = None
         self._largest_ok_pixels = 0  # padded pixels of the largest item computed: OOM below it is transient
 
     # ------------------------------------------------------------------ loading
@@ -175,18 +181,15 @@ class Engine:
             net = model.load_model(path, device="cpu")
             self.weights_label, self.weights_sha256 = str(path), sha256_file(Path(path))
         net.eval().requires_grad_(False)
-        net = net.to(self.device)
-        # NHWC on every device: oneDNN (CPU) and cuDNN skip per-layer layout reorders. CPU, 512 px, 2 threads:
-        # 1.08-1.24x in 3 of 3 in-process pairs; output within 1 level of 255, LPIPS 7e-9 (docs/BENCHMARKS.md).
-        net = net.to(memory_format=torch.channels_last)
-        self.net = net
+        # The torch backend moves the network to the device (and NHWC); the precision probe below runs it there.
+        torch_backend = TorchBackend(self.settings.compile)
+        torch_backend.load(net, self.device, None)
+        self.net, self.backend = torch_backend.network, torch_backend
         self.startup["load_s"] = round(time.monotonic() - started, 3)
         self.huge_pages_reason = huge_pages().reason if self.device.type == "cpu" else None
         precision = self._select_precision()
         self.autocast_dtype, self.precision_reason = precision.dtype, precision.reason
-        self._transfer = net.stylize_from_features
-        if self.settings.compile:
-            self._transfer = torch.compile(net.stylize_from_features, dynamic=False)
+        torch_backend.autocast_dtype = precision.dtype
         log.info(
             "model loaded",
             extra={
@@ -266,10 +269,12 @@ class Engine:
 
     @property
     def transfer(self) -> Callable[..., torch.Tensor]:
-        """The network's feature-level transfer, compiled when STYA2K_COMPILE is on."""
-        if self._transfer is None:
+        """The backend's batch transfer (the torch backend's is compiled when STYA2K_COMPILE is on)."""
+        if not self.loaded:
             raise RuntimeError("the model is not loaded yet (Engine.load)")
-        return self._transfer
+        return self.backend.run
+
+    _transfer = transfer  # the name the engine's tests knew it by
 
     @property
     def loaded(self) -> bool:
@@ -306,8 +311,8 @@ class Engine:
             "max_batch_size_setting": self.settings.max_batch_size or "auto",
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "cpu_capability": cpu_capability(),
-            "compile": self.settings.compile,
-            "channels_last": True,
+            "backend": self.backend.name,
+            **self.backend.info(),
             "huge_pages": self.huge_pages_reason,
             "heap": self.heap_reason,
             "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
@@ -315,29 +320,14 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ precision / context
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        with torch.inference_mode():
-            if self.autocast_dtype is None:
-                yield
-            else:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    yield
+    def _inference(self) -> contextlib.AbstractContextManager[Any]:
+        return self.backend.inference()
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return tensor
-        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        pinned.copy_(tensor)
-        return pinned.to(self.device, non_blocking=True)
+        return self.backend.to_device(tensor)
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return tensor
-        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        pinned.copy_(tensor, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return pinned
+        return self.backend.to_host(tensor)
 
     # ------------------------------------------------------------------ warm-up
     def warm_shapes(self) -> list[tuple[int, int]]:
@@ -367,23 +357,19 @@ class Engine:
         try:
             self._warm(style, generator)
         except Exception as exc:
-            if self._transfer == self.network.stylize_from_features:  # bound methods: a new object per access
+            if not self.backend.recover(exc):  # e.g. torch.compile failed: eager mode, warmed up again
                 raise
-            log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
-            self._transfer = self.network.stylize_from_features
             self._warm(style, generator)
         self.startup["warmup_s"] = round(time.monotonic() - started, 3)
         log.info("warm-up done", extra={"seconds": self.startup["warmup_s"], "shapes": self.warm_shapes()})
 
     def _warm(self, style: torch.Tensor, generator: torch.Generator) -> None:
         with self._inference():
-            features = self.network.encode_style(self._to_device(style))
+            features = self.backend.encode_styles(self._to_device(style))
             for height, width in self.warm_shapes():
                 content = self._to_device(torch.rand(1, 3, height, width, generator=generator))
-                content = content.contiguous(memory_format=torch.channels_last)
-                self.transfer(content, [features], None, 1.0)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+                self.backend.run(content, [features], None, 1.0)
+        self.backend.synchronize()
 
     # ------------------------------------------------------------------ batching
     def batch_key(self, job: TransferJob) -> BatchKey:
@@ -409,8 +395,8 @@ class Engine:
         try:
             return self._run_batch(jobs)
         except Exception as exc:
-            if _is_oom(exc) and self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            if _is_oom(exc):
+                self.backend.release_memory()
             raise
 
     def _run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]:
@@ -418,11 +404,11 @@ class Engine:
         with self._inference():
             encoded = self._encode_missing_styles(jobs)
             content = torch.stack([pad_to(job.content[None], height, width)[0] for job in jobs])
-            content = self._to_device(content).contiguous(memory_format=torch.channels_last)  # (B, 3, Hb, Wb)
+            content = self._to_device(content)  # (B, 3, Hb, Wb)
             styles = [self._style_batch(jobs, n, encoded) for n in range(count)]
             weights = self._weights_batch(jobs, mode, height, width)
             alpha = torch.tensor([job.alpha for job in jobs], device=self.device)  # (B,)
-            stylized = self.transfer(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
+            stylized = self.backend.run(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
             results: list[torch.Tensor | BaseException] = []
             for index, job in enumerate(jobs):
                 crop = (slice(index, index + 1), slice(None), slice(0, job.height), slice(0, job.width))
@@ -465,7 +451,7 @@ class Engine:
         parts = [keys[start : start + chunk] for keys in by_shape.values() for start in range(0, len(keys), chunk)]
         for part in parts:
             images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, Hs, Ws)
-            features = self.network.encode_style(images)
+            features = self.backend.encode_styles(images)
             for index, key in enumerate(part):
                 single = features[index]
                 # clone: a cached entry must not pin the whole batched tensor
@@ -517,7 +503,7 @@ class Engine:
         if weights is not None:
             weights = weights[None]  # (1, N) or (1, N, H, W)
         return TiledStylizer(
-            self.network, job.content[None], styles, weights, job.alpha, self.tile_config(), self.device,
+            self.backend.network, job.content[None], styles, weights, job.alpha, self.tile_config(), self.device,
             context=self._inference,
         )
 
