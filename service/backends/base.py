@@ -65,6 +65,12 @@ class InferenceBackend(Protocol):
         """The feature-level network the tiled path steps through (encoder, then transfer with given stats)."""
         ...
 
+    @property
+    def tensor_device(self) -> torch.device:
+        """Where the tensors handed to :meth:`run` live (the device for torch; the CPU for a runtime that moves
+        them itself)."""
+        ...
+
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A CPU tensor where :meth:`run` wants it."""
         ...

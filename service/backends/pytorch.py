@@ -52,6 +52,10 @@ class TorchBackend:
         return self.net
 
     @property
+    def tensor_device(self) -> torch.device:
+        return self.device
+
+    @property
     def transfer(self) -> Callable[..., torch.Tensor]:
         """The network's feature-level transfer, compiled when STYA2K_COMPILE is on."""
         if self._transfer is None:

@@ -4,12 +4,12 @@ and for the tiled path (whole-image statistics). Parametrised over every backend
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from model import ModelConfig, StyA2K, StyleFeatures
+from model import StyA2K, StyleFeatures
 from model.tiling import TileConfig, TiledStylizer
 from service.backends import BACKENDS, available_backends, missing_packages
 from service.backends.base import InferenceBackend
@@ -22,15 +22,17 @@ PARAMS = [
 
 
 @pytest.fixture(scope="module")
-def reference() -> StyA2K:
+def reference(seeded_network: Callable[[], StyA2K]) -> StyA2K:
     """Random weights (seeded): a float32 network in torch's default layout, never handed to a backend."""
-    torch.manual_seed(0)
-    return StyA2K(ModelConfig()).eval().requires_grad_(False)
+    return seeded_network()
 
 
 @pytest.fixture(scope="module", params=PARAMS)
-def backend(request: pytest.FixtureRequest, reference: StyA2K, backend_factory) -> InferenceBackend:
-    return backend_factory(request.param, copy.deepcopy(reference))
+def backend(
+    request: pytest.FixtureRequest, seeded_network: Callable[[], StyA2K],
+    backend_factory: Callable[[str, StyA2K], InferenceBackend],
+) -> InferenceBackend:
+    return backend_factory(request.param, seeded_network())
 
 
 def images(seed: int, batch: int, height: int, width: int) -> torch.Tensor:
@@ -59,11 +61,13 @@ def served(backend: InferenceBackend, content: torch.Tensor, styles: list[torch.
 
 def assert_close(backend: InferenceBackend, got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.shape == want.shape
-    # Not a saturated image: the comparison must see real values (random weights can clamp everything).
-    interior = ((want > 0.02) & (want < 0.98)).float().mean().item()
-    assert interior > 0.2, f"reference output is saturated ({interior:.0%} interior)"
+    # Not a clamped image: the comparison must see real values (random weights could clamp everything).
+    unclamped = ((want > 0) & (want < 1)).float().mean().item()
+    assert unclamped > 0.5, f"reference output is clamped ({unclamped:.0%} inside (0, 1))"
     diff = (got - want).abs().max().item()
-    assert diff <= backend.capabilities.tolerance, f"{backend.name}: max abs {diff:.2e}"
+    # Random weights give a dim image: the tolerance counts relative to its range as well.
+    bound = backend.capabilities.tolerance * min(1.0, (want.max() - want.min()).item() * 10)
+    assert diff <= bound, f"{backend.name}: max abs {diff:.2e} > {bound:.2e}"
 
 
 CASES = {
