@@ -167,6 +167,7 @@ def export_graphs(net: StyA2K, folder: Path, weights_sha256: str | None = None, 
             # graphs the issue measured; its deprecation notice is not news to the caller.
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # strided slices stay
             torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, input_names=inputs,
                               output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
         proto = onnx.load_from_string(buffer.getvalue())

@@ -22,8 +22,18 @@ def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
+    net = StyA2K(ModelConfig()).eval()
+    # Random decoders answer a dim, nearly flat image (a few levels of 255): rescale the last conv so outputs
+    # span [0, 1] like a trained model's, or comparisons at 1/255 would see nothing.
+    last = net.decoder.stage1[-1].conv
+    with torch.no_grad():
+        content, style = generate_photo_like(0, 1, 64, 64), generate_photo_like(1, 1, 64, 64)
+        raw = net(content, style)  # (1, 3, 64, 64) unclamped
+        scale = 0.25 / raw.std().clamp_min(1e-8)
+        last.weight.mul_(scale)
+        last.bias.mul_(scale).add_(0.5 - (raw.mean() * scale))
     path = tmp_path_factory.mktemp("weights") / "seeded.pt"
-    save_checkpoint(StyA2K(ModelConfig()), path, half=False)
+    save_checkpoint(net, path, half=False)
     return path
 
 

@@ -18,9 +18,9 @@ from service.backends.base import Capabilities
 log = logging.getLogger("service.backends.pytorch")
 
 # Batches fill a GPU (the engine's AUTO_BATCH chooses per device); torch itself sets no limit. Tolerance: the same
-# network, but NHWC kernels sum in another order than the NCHW reference (measured 5e-8 on [0, 1] outputs).
+# network, but NHWC kernels sum in another order than the NCHW reference (measured up to 4e-6 on [0, 1] outputs).
 CAPABILITIES = Capabilities(
-    dtypes=("float32", "bfloat16", "float16"), batching=True, tiling=True, masks=True, max_batch=None, tolerance=1e-6
+    dtypes=("float32", "bfloat16", "float16"), batching=True, tiling=True, masks=True, max_batch=None, tolerance=2e-5
 )
 
 
