@@ -29,13 +29,16 @@ class A2K(nn.Module):
         self.sim_alpha = nn.Parameter(torch.ones(1))
         self.sim_beta = nn.Parameter(torch.zeros(1))
 
-    def forward(self, content: Tensor, style: Tensor, content_stats: fn.Stats | None = None) -> Tensor:
+    def forward(self, content: Tensor, style: Tensor, content_stats: fn.Stats | None = None,
+                style_stats: fn.Stats | None = None) -> Tensor:
         """content: (B, C, H, W), style: (B, C, Hs, Ws) raw encoder features -> (B, C, H, W).
 
         ``content_stats``: the content's per-channel (mean, std) when ``content`` is one tile of the image.
+        ``style_stats``: the style's, when ``style`` was padded to the block grid beforehand (the exported graph,
+        model/graphs.py); default: its own.
         """
         norm_c = fn.mean_variance_norm(content, content_stats)
-        norm_s = fn.mean_variance_norm(style)
+        norm_s = fn.mean_variance_norm(style, style_stats)
         da = fn.distributed_branch(self.q(norm_c), self.k(norm_s), self.v(style), self.block_size, self.heads,
                                    self.sim_alpha, self.sim_beta)
         pa = fn.progressive_branch(self.q2(norm_c), self.k2(norm_s), self.v2(style), self.block_size, self.heads)
@@ -53,8 +56,9 @@ class AllToAll(nn.Module):
         self.q, self.k, self.v = _conv1x1(channels), _conv1x1(channels), _conv1x1(channels)
         self.fusion = _conv1x1(channels)
 
-    def forward(self, content: Tensor, style: Tensor, content_stats: fn.Stats | None = None) -> Tensor:
-        """content: (B, C, H, W), style: (B, C, Hs, Ws) -> (B, C, H, W); ``content_stats`` as in `A2K`."""
+    def forward(self, content: Tensor, style: Tensor, content_stats: fn.Stats | None = None,
+                style_stats: fn.Stats | None = None) -> Tensor:
+        """content: (B, C, H, W), style: (B, C, Hs, Ws) -> (B, C, H, W); the stats as in `A2K`."""
         q = self.q(fn.mean_variance_norm(content, content_stats))
-        k = self.k(fn.mean_variance_norm(style))
+        k = self.k(fn.mean_variance_norm(style, style_stats))
         return self.fusion(fn.all_to_all(q, k, self.v(style), self.heads)) + content

@@ -206,6 +206,8 @@ def match_blocks(q: Tensor, k: Tensor, chunk_elems: int = 1 << 24) -> Tensor:
     n_s = k.shape[2]
     q_flat = q.reshape(b, h, n_c, r * d)
     k_flat = k.reshape(b, h, n_s, r * d).transpose(-1, -2)  # (B, h, r*d, n_s)
+    if torch.onnx.is_in_onnx_export():  # a traced loop would freeze its chunk count: one product, same argmax
+        return torch.matmul(q_flat, k_flat).argmax(dim=-1)
     step = max(1, chunk_elems // max(1, b * h * n_s))
     parts = [torch.matmul(q_flat[:, :, i:i + step], k_flat).argmax(dim=-1) for i in range(0, n_c, step)]
     return torch.cat(parts, dim=2)

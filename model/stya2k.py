@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,19 @@ def pad_image(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = F.pad(x, (0, max(0, MIN_PADDED_SIDE - w), 0, max(0, MIN_PADDED_SIDE - h)), mode="replicate")
     padded, _ = fn.pad_to_multiple(x, SIZE_MULTIPLE)
     return padded, (h, w)
+
+
+class Stages(Protocol):
+    """The three stages of a transfer (Figure 3), as :func:`stylize_stages` calls them."""
+
+    taps: tuple[str, ...]
+
+    def encoder(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]: ...
+
+    def transfer(self, content_feats: dict[str, Tensor], style_feats: dict[str, Tensor],
+                 content_stats: dict[str, fn.Stats] | None = None) -> dict[str, Tensor]: ...
+
+    def decode(self, transferred: dict[str, Tensor]) -> Tensor: ...
 
 
 class StyA2K(nn.Module):
@@ -177,36 +190,8 @@ class StyA2K(nn.Module):
     def stylize_from_features(self, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None = None,
                               alpha: float | Tensor = 1.0,
                               content_stats: dict[str, fn.Stats] | None = None) -> Tensor:
-        """Stylize with pre-encoded styles, mixed by `weights`.
-
-        content: (B, 3, H, W). styles: N entries of batch size B. weights: None (N == 1), (B, N) interpolation
-        weights, or (B, N, H, W) per-pixel masks; each is normalised to sum to 1 over N. alpha: float or (B,)
-        style strength, blended at the feature level. content_stats: see `transfer`. Returns (B, 3, H, W) clamped
-        to [0, 1].
-        """
-        n = len(styles)
-        b = content.shape[0]
-        if n == 0:
-            raise ValueError("at least one style is required")
-        if weights is None:
-            if n != 1:
-                raise ValueError(f"{n} styles need weights (B, N) or masks (B, N, H, W)")
-            weights = content.new_ones(b, 1)
-        if weights.shape[:2] != (b, n):
-            raise ValueError(f"weights must start with (B={b}, N={n}), got {tuple(weights.shape)}")
-        padded, (h, w) = pad_image(content)
-        if weights.dim() == 4 and tuple(weights.shape[-2:]) != (h, w):
-            weights = F.interpolate(weights, size=(h, w), mode="bilinear", align_corners=False)
-        c_feats = self.encoder(padded, self.taps)
-        per_style = [self.transfer(c_feats, s.feats, content_stats) for s in styles]
-        mixed = {}
-        for tap, c in c_feats.items():
-            # (B, N, h, w) for masks, (B, N, 1, 1) for interpolation weights
-            wmap = self._weights_at(weights, padded.shape[-2:], c.shape[-2:]).to(c.dtype)
-            mix = sum(wmap[:, i:i + 1] * t[tap] for i, t in enumerate(per_style))
-            a = torch.as_tensor(alpha, dtype=c.dtype, device=c.device).reshape(-1, 1, 1, 1)
-            mixed[tap] = a * mix + (1 - a) * c
-        return self.decode(mixed)[..., :h, :w].clamp(0, 1)
+        """Stylize with pre-encoded styles, mixed by `weights` (see :func:`stylize_stages`)."""
+        return stylize_stages(self, content, styles, weights, alpha, content_stats)
 
     @staticmethod
     def _weights_at(weights: Tensor, padded_size: torch.Size, size: torch.Size) -> Tensor:
@@ -220,3 +205,38 @@ class StyA2K(nn.Module):
             wmap = F.pad(weights, (0, pw - w, 0, ph - h), mode="replicate")
             wmap = F.adaptive_avg_pool2d(wmap, tuple(size))
         return wmap / wmap.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def stylize_stages(stages: Stages, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None = None,
+                   alpha: float | Tensor = 1.0, content_stats: dict[str, fn.Stats] | None = None) -> Tensor:
+    """Stylize with pre-encoded styles, mixed by `weights`, through any implementation of the three stages (the
+    torch network itself, or exported graphs: service/backends).
+
+    content: (B, 3, H, W). styles: N entries of batch size B. weights: None (N == 1), (B, N) interpolation
+    weights, or (B, N, H, W) per-pixel masks; each is normalised to sum to 1 over N. alpha: float or (B,)
+    style strength, blended at the feature level. content_stats: see `transfer`. Returns (B, 3, H, W) clamped
+    to [0, 1].
+    """
+    n = len(styles)
+    b = content.shape[0]
+    if n == 0:
+        raise ValueError("at least one style is required")
+    if weights is None:
+        if n != 1:
+            raise ValueError(f"{n} styles need weights (B, N) or masks (B, N, H, W)")
+        weights = content.new_ones(b, 1)
+    if weights.shape[:2] != (b, n):
+        raise ValueError(f"weights must start with (B={b}, N={n}), got {tuple(weights.shape)}")
+    padded, (h, w) = pad_image(content)
+    if weights.dim() == 4 and tuple(weights.shape[-2:]) != (h, w):
+        weights = F.interpolate(weights, size=(h, w), mode="bilinear", align_corners=False)
+    c_feats = stages.encoder(padded, stages.taps)
+    per_style = [stages.transfer(c_feats, s.feats, content_stats) for s in styles]
+    mixed = {}
+    for tap, c in c_feats.items():
+        # (B, N, h, w) for masks, (B, N, 1, 1) for interpolation weights
+        wmap = StyA2K._weights_at(weights, padded.shape[-2:], c.shape[-2:]).to(c.dtype)
+        mix = sum(wmap[:, i:i + 1] * t[tap] for i, t in enumerate(per_style))
+        a = torch.as_tensor(alpha, dtype=c.dtype, device=c.device).reshape(-1, 1, 1, 1)
+        mixed[tap] = a * mix + (1 - a) * c
+    return stages.decode(mixed)[..., :h, :w].clamp(0, 1)

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -30,6 +30,19 @@ from model.encoder import TAP_BY_NAME
 from model.stya2k import MIN_PADDED_SIDE, SIZE_MULTIPLE, StyA2K, StyleFeatures, pad_image
 
 GRID = 64  # px: the coarsest A2K block (relu4_1: 8 x stride 8; relu5_1: 4 x stride 16); tiles start on it
+
+
+class FeatureNetwork(Protocol):
+    """What a tiled transfer needs of the network: its encoder and a transfer that takes whole-image statistics
+    (:class:`StyA2K` itself, or a backend's exported graphs: service/backends)."""
+
+    taps: tuple[str, ...]
+
+    def encoder(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]: ...
+
+    def stylize_from_features(self, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None = None,
+                              alpha: float | Tensor = 1.0,
+                              content_stats: dict[str, fn.Stats] | None = None) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,7 @@ class TiledStylizer:
     (1, N) or (1, N, H, W) on the CPU; alpha: float. ``context`` wraps every step (inference mode, autocast).
     """
 
-    def __init__(self, net: StyA2K, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None,
+    def __init__(self, net: FeatureNetwork, content: Tensor, styles: Sequence[StyleFeatures], weights: Tensor | None,
                  alpha: float, cfg: TileConfig, device: torch.device,
                  context: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         if content.dim() != 4 or content.shape[0] != 1:

@@ -1,4 +1,4 @@
-"""The ``stya2k`` command line: serve, stylize, interpolate, multistyle, video, train, eval.
+"""The ``stya2k`` command line: serve, stylize, interpolate, multistyle, video, export-graph, train, eval.
 
 Transfers run the model in this process (``--weights``, ``--device``) or, with ``--url``, on a running
 server through :mod:`service.client`. Local mode uses the service's own decode / resize / encode path
@@ -615,6 +615,44 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def run_export_graph(args: argparse.Namespace) -> int:
+    """``stya2k export-graph``: the network as ONNX graphs (model/graphs.py), by default into the cache folder the
+    service's onnxruntime backend reads, so a later ``stya2k serve`` starts without an export."""
+    import json
+
+    from model.checkpoint import CheckpointError, load_model, sha256_file
+    from model.encoder import EncoderWeightsError
+    from model.graphs import GraphSet, describe, export_graphs
+    from model.pack import default_cache_dir
+    from service.backends import missing_packages
+    from service.backends.onnx_runtime import graph_folder
+
+    missing = missing_packages("onnxruntime")
+    if missing:
+        raise Failure(f"exporting needs {', '.join(missing)}: pip install 'stya2k-serve[onnx]'")
+    import model
+
+    path = Path(args.weights) if args.weights else model.DEFAULT_WEIGHTS
+    try:
+        net = load_model(path)
+    except (OSError, CheckpointError, EncoderWeightsError, ValueError) as exc:
+        raise Failure(f"cannot load {path}: {exc}") from None
+    digest = sha256_file(path)
+    folder = Path(args.out) if args.out else graph_folder(default_cache_dir(), digest)
+    if GraphSet(folder).complete() and not args.force:
+        log.info("graphs already exported in %s (--force exports again)", folder)
+        graphs = GraphSet(folder)
+    else:
+        started = time.monotonic()
+        try:
+            graphs = export_graphs(net, folder, digest, opset=args.opset)
+        except ValueError as exc:
+            raise Failure(str(exc)) from None
+        log.info("exported in %.1f s", time.monotonic() - started)
+    sys.stdout.write(json.dumps(describe(graphs), indent=2) + "\n")
+    return EXIT_OK
+
+
 def run_delegated(command: str, argv: Sequence[str]) -> int:
     """``stya2k train|eval ...``: the model package's own parser and entry point, imported only now."""
     module_name = DELEGATED[command]
@@ -855,6 +893,24 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_transfer_options(video, video=True)
     video.set_defaults(handler=run_video)
+
+    export = sub.add_parser(
+        "export-graph",
+        help="write the network as ONNX graphs (encoder, transfer, decoder) for other runtimes",
+        description="Export the trained network as three ONNX graphs with dynamic sizes: encoder (image -> "
+        "relu3_1/4_1/5_1 features), transfer (A2K at the three layers for one style, features padded to the block "
+        "grid, with the content's and the style's statistics) and decoder (features -> image), so interpolation, "
+        "masks, the style cache and tiling work on any runtime. Each file carries the weights' sha256 and the "
+        "model config in its metadata_props (stya2k.*). Default output: the cache folder the service's "
+        "onnxruntime backend (STYA2K_BACKEND) reads.",
+        formatter_class=_Formatter,
+    )
+    export.add_argument("--weights", default=None, help="weights file (.pt); default: the shipped weights")
+    export.add_argument("--out", default=None, help="output folder; default: the service's graph cache "
+                        "(<STYA2K_CACHE or ~/.cache/stya2k>/graphs/<sha256>-...)")  # fmt: skip
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    export.add_argument("--force", action="store_true", help="export again when the folder already has the graphs")
+    export.set_defaults(handler=run_export_graph)
 
     for command, module in DELEGATED.items():
         what = "train the model" if command == "train" else "evaluate weights (quality metrics)"

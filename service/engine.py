@@ -1,4 +1,8 @@
-"""The model engine: owns the StyA2K network, the device, precision, warm-up and the style-feature cache.
+"""The model engine: the serving policy around one inference backend.
+
+The engine owns the weights, the device and precision choice, warm-up, the style-feature cache, batch keys,
+padding to buckets, crops, colour preservation, tiling plans, out-of-memory mapping and /v1/info; the backend
+(service/backends: torch today's code, onnxruntime exported graphs) only runs the network.
 
 Every method that touches the network runs in the model thread (see ``batcher.ModelThread``), one call
 at a time; only the style cache is shared with the request threads, so it carries a lock.
@@ -12,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,14 @@ from model.hardware import (
     select_device,
 )
 from model.imageio import quantize
+from model.pack import default_cache_dir
 from model.stya2k import padded_size
 from model.tiling import TileConfig, TiledStylizer, needs_tiling
+from service.backends import missing_packages
+from service.backends.base import InferenceBackend
+from service.backends.pytorch import TorchBackend
 from service.contract import BatchKey, Mode, StyleInput, TransferJob
-from service.errors import InsufficientMemory, Internal, OutOfMemory, ServiceError
+from service.errors import InsufficientMemory, Internal, InvalidParameter, OutOfMemory, ServiceError
 from service.geometry import MIN_SIDE, bucket_shape, pad_to
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -49,6 +57,10 @@ AUTO_BATCH = {"cpu": 1, "cuda": 8}
 # Tiled inference: neighbouring tiles are cross-faded over 2 x this band (model.tiling); within the margin.
 TILE_BLEND_PX = 32
 BF16_MIN_SPEEDUP = 1.25  # CPU auto picks bfloat16 only when the start-up probe measured at least this gain
+# STYA2K_BACKEND=auto takes another backend only when its start-up probe (one content of this side) beats torch by
+# this much: a small probe's ratio wanders by a few percent from the 512 px one, a switch must win more than that.
+BACKEND_MIN_SPEEDUP = 1.1
+BACKEND_PROBE_SIDE = 128
 
 
 class StyleCache:
@@ -142,6 +154,7 @@ class Engine:
         self.metrics = metrics
         self.cache = StyleCache(settings.cache_bytes, metrics)
         self.net: model.StyA2K | None = None
+        self.backend: InferenceBackend = TorchBackend(settings.compile)
         self.device = torch.device("cpu")
         self.autocast_dtype: torch.dtype | None = None
         self.precision_reason = ""
@@ -151,7 +164,8 @@ class Engine:
         self.startup: dict[str, float | None] = {}  # seconds of each start-up step
         self.weights_label = ""
         self.weights_sha256: str | None = None
-        self._transfer: Callable[..., torch.Tensor] | None = None
+        self.backend_reason = ""
+        self.backend_probe: dict[str, float] | None = None  # STYA2K_BACKEND=auto's measurement, when it ran
         self._largest_ok_pixels = 0  # padded pixels of the largest item computed: OOM below it is transient
 
     # ------------------------------------------------------------------ loading
@@ -175,18 +189,25 @@ class Engine:
             net = model.load_model(path, device="cpu")
             self.weights_label, self.weights_sha256 = str(path), sha256_file(Path(path))
         net.eval().requires_grad_(False)
-        net = net.to(self.device)
-        # NHWC on every device: oneDNN (CPU) and cuDNN skip per-layer layout reorders. CPU, 512 px, 2 threads:
-        # 1.08-1.24x in 3 of 3 in-process pairs; output within 1 level of 255, LPIPS 7e-9 (docs/BENCHMARKS.md).
-        net = net.to(memory_format=torch.channels_last)
-        self.net = net
-        self.startup["load_s"] = round(time.monotonic() - started, 3)
+        if self.settings.backend == "onnxruntime":
+            self._load_onnxruntime(net)
+            self.startup["load_s"] = round(time.monotonic() - started, 3)
+        else:
+            # The torch backend moves the network to the device (and NHWC); the precision probe below runs it there.
+            torch_backend = TorchBackend(self.settings.compile)
+            torch_backend.load(net, self.device, None)
+            self.net, self.backend = torch_backend.network, torch_backend
+            self.startup["load_s"] = round(time.monotonic() - started, 3)
+            precision = self._select_precision()
+            self.autocast_dtype, self.precision_reason = precision.dtype, precision.reason
+            torch_backend.autocast_dtype = precision.dtype
+            self.backend_reason = "torch: STYA2K_BACKEND=torch"
+            if self.settings.backend == "auto":
+                self.backend_reason = self._choose_backend(torch_backend)
         self.huge_pages_reason = huge_pages().reason if self.device.type == "cpu" else None
-        precision = self._select_precision()
-        self.autocast_dtype, self.precision_reason = precision.dtype, precision.reason
-        self._transfer = net.stylize_from_features
-        if self.settings.compile:
-            self._transfer = torch.compile(net.stylize_from_features, dynamic=False)
+        declared = self.backend.capabilities.max_batch
+        if declared is not None:
+            self.max_batch_size = min(self.max_batch_size, declared)
         log.info(
             "model loaded",
             extra={
@@ -194,11 +215,89 @@ class Engine:
                 "device": str(self.device),
                 "dtype": self.dtype_name,
                 "precision": self.precision_reason,
+                "backend": self.backend_reason,
                 "max_batch_size": self.max_batch_size,
                 "threads": torch.get_num_threads(),
                 "seconds": self.startup["load_s"],
             },
         )
+
+    def _load_onnxruntime(self, net: model.StyA2K) -> None:
+        """STYA2K_BACKEND=onnxruntime: the exported graphs (exported into the cache now when they are not there)."""
+        missing = missing_packages("onnxruntime")
+        if missing:
+            raise RuntimeError(
+                f"STYA2K_BACKEND=onnxruntime needs {', '.join(missing)}: pip install 'stya2k-serve[onnx]'"
+            )
+        if self.settings.dtype not in ("auto", "float32"):
+            raise RuntimeError(
+                f"STYA2K_DTYPE={self.settings.dtype}: the onnxruntime backend runs float32 graphs only; "
+                "use STYA2K_DTYPE=auto or float32, or STYA2K_BACKEND=torch"
+            )
+        from service.backends.onnx_runtime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(default_cache_dir(), self.weights_sha256, self.settings.threads)
+        backend.load(net, self.device, None)
+        self.net, self.backend = net, backend
+        self.autocast_dtype, self.precision_reason = None, "float32: the onnxruntime backend runs float32 graphs"
+        self.backend_reason = "onnxruntime: STYA2K_BACKEND=onnxruntime"
+        self.startup["graphs_export_s"] = backend.export_s
+        self.startup["sessions_s"] = backend.session_s
+
+    def _choose_backend(self, torch_backend: TorchBackend) -> str:
+        """STYA2K_BACKEND=auto: torch, unless ONNX Runtime's graphs of these weights are already cached (start-up
+        never pays an export) and a short measurement finds them faster and within their declared tolerance."""
+        if self.device.type != "cpu":
+            return "torch: auto; other backends are measured on a CPU only (STYA2K_BACKEND=onnxruntime to try one)"
+        if self.autocast_dtype is not None:
+            return f"torch: auto; {self.dtype_name} was measured faster already (other backends are float32)"
+        missing = missing_packages("onnxruntime")
+        if missing:
+            return f"torch: auto; onnxruntime is not installed ({', '.join(missing)}: pip install '.[onnx]')"
+        if self.weights_sha256 is None:
+            return "torch: auto; random weights have no exported graphs"
+        from service.backends.onnx_runtime import OnnxRuntimeBackend
+
+        candidate = OnnxRuntimeBackend(default_cache_dir(), self.weights_sha256, self.settings.threads, export=False)
+        if not candidate.graph_set(torch_backend.network).complete():
+            return "torch: auto; no exported graphs of these weights in the cache (`stya2k export-graph`, then restart)"
+        started = time.monotonic()
+        candidate.load(torch_backend.network, self.device, None)
+        probe = self._probe_backends(torch_backend, candidate)
+        self.startup["backend_probe_s"] = round(time.monotonic() - started, 3)
+        self.backend_probe = probe
+        measured = (f"measured {probe['speedup']:.2f}x torch at {BACKEND_PROBE_SIDE} px, max abs "
+                    f"{probe['max_abs']:.1e} (tolerance {candidate.capabilities.tolerance:.0e})")
+        if probe["max_abs"] > candidate.capabilities.tolerance:
+            return f"torch: auto; onnxruntime out of its tolerance: {measured}"
+        if probe["speedup"] < BACKEND_MIN_SPEEDUP:
+            return f"torch: auto; onnxruntime not faster enough (< {BACKEND_MIN_SPEEDUP}x): {measured}"
+        self.backend = candidate
+        return f"onnxruntime: auto; {measured}"
+
+    def _probe_backends(self, reference: InferenceBackend, candidate: InferenceBackend) -> dict[str, float]:
+        """Best-of-2 seconds of one small transfer on each backend (after a warm call), and the outputs' max abs
+        difference: what auto decides by."""
+        generator = torch.Generator().manual_seed(0)
+        side = BACKEND_PROBE_SIDE
+        content = torch.rand(1, 3, side // 8, side // 8, generator=generator)
+        content = torch.nn.functional.interpolate(content, size=(side, side), mode="bilinear")  # photo-like: smooth
+        style = torch.rand(1, 3, side // 2, side // 2, generator=generator)
+
+        def measure(backend: InferenceBackend) -> tuple[float, torch.Tensor]:
+            with backend.inference():
+                features = backend.encode_styles(backend.to_device(style))
+                times = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    out = backend.run(backend.to_device(content), [features], None, 1.0)
+                    times.append(time.perf_counter() - started)
+                return min(times[1:]), backend.to_host(out).float()
+
+        torch_s, want = measure(reference)
+        other_s, got = measure(candidate)
+        return {"torch_s": round(torch_s, 4), f"{candidate.name}_s": round(other_s, 4),
+                "speedup": round(torch_s / other_s, 3), "max_abs": float((got - want).abs().max())}
 
     def _select_precision(self) -> Precision:
         """Autocast dtype (None = plain float32) and why. auto: float16 on GPU; on CPU bfloat16 only where the
@@ -266,10 +365,12 @@ class Engine:
 
     @property
     def transfer(self) -> Callable[..., torch.Tensor]:
-        """The network's feature-level transfer, compiled when STYA2K_COMPILE is on."""
-        if self._transfer is None:
+        """The backend's batch transfer (the torch backend's is compiled when STYA2K_COMPILE is on)."""
+        if not self.loaded:
             raise RuntimeError("the model is not loaded yet (Engine.load)")
-        return self._transfer
+        return self.backend.run
+
+    _transfer = transfer  # the name the engine's tests knew it by
 
     @property
     def loaded(self) -> bool:
@@ -306,8 +407,11 @@ class Engine:
             "max_batch_size_setting": self.settings.max_batch_size or "auto",
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "cpu_capability": cpu_capability(),
-            "compile": self.settings.compile,
-            "channels_last": True,
+            "backend": self.backend.name,
+            "backend_setting": self.settings.backend,
+            "backend_reason": self.backend_reason,
+            "backend_probe": self.backend_probe,
+            **self.backend.info(),
             "huge_pages": self.huge_pages_reason,
             "heap": self.heap_reason,
             "warm_shapes": [list(shape) for shape in self.warm_shapes()] if self.settings.warmup else [],
@@ -315,29 +419,14 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ precision / context
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        with torch.inference_mode():
-            if self.autocast_dtype is None:
-                yield
-            else:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    yield
+    def _inference(self) -> contextlib.AbstractContextManager[Any]:
+        return self.backend.inference()
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return tensor
-        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        pinned.copy_(tensor)
-        return pinned.to(self.device, non_blocking=True)
+        return self.backend.to_device(tensor)
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return tensor
-        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        pinned.copy_(tensor, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return pinned
+        return self.backend.to_host(tensor)
 
     # ------------------------------------------------------------------ warm-up
     def warm_shapes(self) -> list[tuple[int, int]]:
@@ -367,23 +456,19 @@ class Engine:
         try:
             self._warm(style, generator)
         except Exception as exc:
-            if self._transfer == self.network.stylize_from_features:  # bound methods: a new object per access
+            if not self.backend.recover(exc):  # e.g. torch.compile failed: eager mode, warmed up again
                 raise
-            log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
-            self._transfer = self.network.stylize_from_features
             self._warm(style, generator)
         self.startup["warmup_s"] = round(time.monotonic() - started, 3)
         log.info("warm-up done", extra={"seconds": self.startup["warmup_s"], "shapes": self.warm_shapes()})
 
     def _warm(self, style: torch.Tensor, generator: torch.Generator) -> None:
         with self._inference():
-            features = self.network.encode_style(self._to_device(style))
+            features = self.backend.encode_styles(self._to_device(style))
             for height, width in self.warm_shapes():
                 content = self._to_device(torch.rand(1, 3, height, width, generator=generator))
-                content = content.contiguous(memory_format=torch.channels_last)
-                self.transfer(content, [features], None, 1.0)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+                self.backend.run(content, [features], None, 1.0)
+        self.backend.synchronize()
 
     # ------------------------------------------------------------------ batching
     def batch_key(self, job: TransferJob) -> BatchKey:
@@ -409,20 +494,23 @@ class Engine:
         try:
             return self._run_batch(jobs)
         except Exception as exc:
-            if _is_oom(exc) and self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            if _is_oom(exc):
+                self.backend.release_memory()
             raise
 
     def _run_batch(self, jobs: list[TransferJob]) -> list[torch.Tensor | BaseException]:
         mode, height, width, count, _ = self.batch_key(jobs[0])
+        if mode is Mode.multistyle and not self.backend.capabilities.masks:
+            raise InvalidParameter("mode", f"the {self.backend.name} backend has no per-pixel style masks "
+                                   "(multistyle); STYA2K_BACKEND=torch has")
         with self._inference():
             encoded = self._encode_missing_styles(jobs)
             content = torch.stack([pad_to(job.content[None], height, width)[0] for job in jobs])
-            content = self._to_device(content).contiguous(memory_format=torch.channels_last)  # (B, 3, Hb, Wb)
+            content = self._to_device(content)  # (B, 3, Hb, Wb)
             styles = [self._style_batch(jobs, n, encoded) for n in range(count)]
             weights = self._weights_batch(jobs, mode, height, width)
-            alpha = torch.tensor([job.alpha for job in jobs], device=self.device)  # (B,)
-            stylized = self.transfer(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
+            alpha = torch.tensor([job.alpha for job in jobs], device=self.backend.tensor_device)  # (B,)
+            stylized = self.backend.run(content, styles, weights, alpha)  # (B, 3, Hb, Wb)
             results: list[torch.Tensor | BaseException] = []
             for index, job in enumerate(jobs):
                 crop = (slice(index, index + 1), slice(None), slice(0, job.height), slice(0, job.width))
@@ -465,7 +553,7 @@ class Engine:
         parts = [keys[start : start + chunk] for keys in by_shape.values() for start in range(0, len(keys), chunk)]
         for part in parts:
             images = self._to_device(torch.stack([missing[k] for k in part]))  # (b, 3, Hs, Ws)
-            features = self.network.encode_style(images)
+            features = self.backend.encode_styles(images)
             for index, key in enumerate(part):
                 single = features[index]
                 # clone: a cached entry must not pin the whole batched tensor
@@ -481,7 +569,7 @@ class Engine:
         for job in jobs:
             style = job.styles[n]
             features = style.features if style.features is not None else encoded[style.key]
-            items.append(features.to(self.device))
+            items.append(features.to(self.backend.tensor_device))
         return model.StyleFeatures.cat(items)
 
     def _weights_batch(
@@ -510,6 +598,9 @@ class Engine:
         Runs in the model thread: encodes the job's uncached styles. The content and the output stay on the CPU;
         each step moves one tile to the device, so device memory is bounded by the tile, not the image.
         """
+        if not self.backend.capabilities.tiling:
+            raise InvalidParameter("max_side", f"the {self.backend.name} backend cannot tile; outputs up to "
+                                   f"{self.settings.tile_px} px per side only (STYA2K_BACKEND=torch tiles)")
         with self._inference():
             encoded = self._encode_missing_styles([job])
             styles = [self._style_batch([job], n, encoded) for n in range(len(job.styles))]
@@ -517,7 +608,8 @@ class Engine:
         if weights is not None:
             weights = weights[None]  # (1, N) or (1, N, H, W)
         return TiledStylizer(
-            self.network, job.content[None], styles, weights, job.alpha, self.tile_config(), self.device,
+            self.backend.network, job.content[None], styles, weights, job.alpha, self.tile_config(),
+            self.backend.tensor_device,
             context=self._inference,
         )
 

@@ -22,7 +22,8 @@ RANDOM_WEIGHTS = "random"
 # image build or compose can still run `stya2k serve` (any other unknown STYA2K_* name stays an error: a typo must
 # not pass silently). tests/service/test_settings.py checks that every STYA2K_* name in the tree is a setting or here.
 OTHER_TOOLS_ENV: dict[str, str] = {
-    "STYA2K_CACHE": "training: cache folder of the data packs and the campaign (model.pack, model.campaign)",
+    "STYA2K_CACHE": "training and the service: cache folder of the data packs, the campaign and the exported graphs "
+    "(model.pack, model.campaign, service/backends/onnx_runtime.py)",
     "STYA2K_CAMPAIGN_DIR": "training: the campaign's state folder (model.campaign)",
     "STYA2K_LB_BACKEND": "load balancer: replica addresses (deploy/nginx)",
     "STYA2K_LB_IMAGE": "compose: the load balancer's image (docker-compose.yml)",
@@ -73,6 +74,13 @@ class Settings:
         "auto | float32 | bfloat16 | float16: autocast precision (auto: float16 on GPU; on CPU bfloat16 only "
         "where the CPU has native bf16 and a start-up probe measures it >= 1.25x faster, else float32; float32 = "
         "exact); the choice and its reason are in /v1/info runtime",
+    )
+    backend: str = setting(
+        "auto",
+        "auto | torch | onnxruntime: the runtime that computes the network (onnxruntime: the exported graphs, "
+        "exported into the cache on first use; auto: torch unless the graphs of these weights are already cached "
+        "and a start-up measurement finds onnxruntime faster within its tolerance); /v1/info runtime says which "
+        "and why",
     )
     compile: bool = setting(False, "torch.compile the transfer path (GPU; slower start-up, faster requests)")
     warmup: bool = setting(True, "run the common shapes once before reporting ready")
@@ -282,6 +290,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {f.name: _parser_for(f.type) fo
 
 _CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "backend": ("auto", "torch", "onnxruntime"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
     "style_fit": tuple(fit.value for fit in StyleFit),
 }

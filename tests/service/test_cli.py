@@ -331,3 +331,30 @@ def test_serve_subprocess_flags_override_env_and_drain_on_sigterm(
             process.wait()
     assert process.stderr is not None
     assert b"Traceback" not in process.stderr.read()
+
+
+def test_export_graph_writes_three_checked_graphs_with_the_weights_digest(
+    graph_cache: Path, seeded_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The session's graphs were written by `stya2k export-graph` (tests/conftest.py); asked again, it finds
+    them complete and reports each file with its metadata."""
+    import json
+
+    from model.checkpoint import sha256_file
+    from service.backends.onnx_runtime import graph_folder
+
+    folder = graph_folder(graph_cache, sha256_file(seeded_weights))
+    assert cli.main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report) == ["decoder", "encoder", "transfer"]
+    for graph, entry in report.items():
+        assert Path(entry["path"]) == folder / f"{graph}.onnx" and entry["bytes"] > 0
+        assert entry["weights_sha256"] == sha256_file(seeded_weights) and json.loads(entry["config"])["arch"] == "a2k"
+
+
+def test_export_graph_refuses_weights_it_cannot_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert cli.main(["export-graph", "--weights", str(broken), "--out", str(tmp_path / "out")]) == 1
+    assert "cannot load" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -1,0 +1,83 @@
+"""Fixtures of more than one test package: a seeded random network and its exported ONNX graphs (exported once
+per session: an export costs seconds per graph on a CPU), and photo-like generated images."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import ModelConfig, StyA2K
+
+ONNX_MISSING = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
+
+
+@pytest.fixture(scope="session")
+def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights file of one random network (seed 0), saved in float32 (a service can load it by path)."""
+    from model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = StyA2K(ModelConfig()).eval()
+    # Random decoders answer a dim, nearly flat image (a few levels of 255): rescale the last conv so outputs
+    # span [0, 1] like a trained model's, or comparisons at 1/255 would see nothing.
+    last = net.decoder.stage1[-1].conv
+    with torch.no_grad():
+        content, style = generate_photo_like(0, 1, 64, 64), generate_photo_like(1, 1, 64, 64)
+        raw = net(content, style)  # (1, 3, 64, 64) unclamped
+        scale = 0.25 / raw.std().clamp_min(1e-8)
+        last.weight.mul_(scale)
+        last.bias.mul_(scale).add_(0.5 - (raw.mean() * scale))
+    path = tmp_path_factory.mktemp("weights") / "seeded.pt"
+    save_checkpoint(net, path, half=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seeded_network(seeded_weights: Path) -> Callable[[], StyA2K]:
+    """A fresh copy of the seeded network, float32, eval, in torch's default layout."""
+    from model.checkpoint import load_model
+
+    net = load_model(seeded_weights).requires_grad_(False)
+    return lambda: copy.deepcopy(net)
+
+
+@pytest.fixture(scope="session")
+def graph_cache(tmp_path_factory: pytest.TempPathFactory, seeded_weights: Path) -> Path:
+    """A cache folder (STYA2K_CACHE layout) holding the seeded weights' graphs, exported by `stya2k export-graph`."""
+    if ONNX_MISSING:
+        pytest.skip(f"exporting graphs needs {', '.join(ONNX_MISSING)} (pip install .[onnx])")
+    from model.checkpoint import sha256_file
+    from service.backends.onnx_runtime import graph_folder
+    from service.cli import main
+
+    cache = tmp_path_factory.mktemp("graph-cache")
+    folder = graph_folder(cache, sha256_file(seeded_weights))
+    assert main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder)]) == 0
+    return cache
+
+
+@pytest.fixture(scope="session")
+def photo_like() -> Callable[[int, int, int, int], torch.Tensor]:
+    return generate_photo_like
+
+
+def generate_photo_like(seed: int, batch: int, height: int, width: int) -> torch.Tensor:
+    """(batch, 3, H, W) in [0, 1]: smooth colour fields, a few hard-edged discs and fine grain, like a photo
+    more than like white noise (attention and the decoder see edges, flat regions and texture)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, max(2, height // 24), max(2, width // 24), generator=generator)
+    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    ys = torch.arange(height).view(-1, 1).float()
+    xs = torch.arange(width).view(1, -1).float()
+    for _ in range(3):
+        cy, cx, r = (torch.rand(3, generator=generator) * torch.tensor([height, width, min(height, width) / 3]))
+        disc = ((ys - cy) ** 2 + (xs - cx) ** 2 <= (r + 2) ** 2).float()  # (H, W)
+        colour = torch.rand(batch, 3, 1, 1, generator=generator)
+        image = image * (1 - disc) + colour * disc
+    grain = torch.rand(batch, 3, height, width, generator=generator) - 0.5
+    return (image + 0.08 * grain).clamp(0, 1)

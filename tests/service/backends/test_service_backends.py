@@ -1,0 +1,148 @@
+"""The service on each backend, through real uvicorn servers and HTTP: STYA2K_BACKEND=onnxruntime answers every
+endpoint kind (sync stylize / interpolate / multistyle, a tiled job) with torch's image within the backend's
+tolerance, starts from cached graphs without an export, and /v1/info says which runtime runs and why."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from service_helpers import RunningServer, start_server
+
+from service.client import Client
+from service.settings import Settings, SettingsError
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install .[onnx])")
+
+# tile_px 64: a 128 px job is tiled (2 x 2 tiles), so the jobs API's tile steps run on the backend too.
+SERVER = {"max_side": 128, "default_side": 96, "style_size": 64, "tile_px": 64, "tile_margin_px": 64}
+
+
+@pytest.fixture(scope="module")
+def servers(graph_cache: Path, seeded_weights: Path) -> Iterator[dict[str, RunningServer]]:
+    """One server per backend on the same seeded weights; the graph cache is the session's (no export here)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STYA2K_CACHE", str(graph_cache))
+        running = {name: start_server(weights=str(seeded_weights), backend=name, **SERVER)
+                   for name in ("torch", "onnxruntime")}  # fmt: skip
+    yield running
+    for server in running.values():
+        server.stop()
+
+
+def png(image: torch.Tensor) -> bytes:
+    array = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def same_image(torch_bytes: bytes, other_bytes: bytes) -> None:
+    """Equal within one level of 255 (the backend's 1e-3 tolerance may round a value the other way)."""
+    want, got = pixels(torch_bytes), pixels(other_bytes)
+    assert want.shape == got.shape
+    assert np.abs(want - got).max() <= 1 and np.unique(want).size > 8  # a real image, not a flat one
+
+
+@pytest.fixture(scope="module")
+def inputs(photo_like: Callable[..., torch.Tensor]) -> dict[str, bytes]:
+    return {"content": png(photo_like(1, 1, 72, 100)), "style": png(photo_like(2, 1, 64, 64)),
+            "style2": png(photo_like(3, 1, 80, 60)), "big": png(photo_like(4, 1, 128, 120))}  # fmt: skip
+
+
+def each(servers: dict[str, RunningServer], call: Callable[[Client], bytes]) -> dict[str, bytes]:
+    out = {}
+    for name, server in servers.items():
+        with Client(server.url, timeout_s=120) as client:
+            out[name] = call(client)
+    return out
+
+
+def test_onnxruntime_reports_its_runtime_and_started_from_the_cache(servers: dict[str, RunningServer]) -> None:
+    with Client(servers["onnxruntime"].url) as client:
+        info = client.info()
+    runtime = info["runtime"]
+    assert runtime["backend"] == "onnxruntime" and runtime["backend_setting"] == "onnxruntime"
+    assert runtime["provider"] == "CPUExecutionProvider" and "STYA2K_BACKEND=onnxruntime" in runtime["backend_reason"]
+    assert info["dtype"] == runtime["dtype"] == "float32" and runtime["dtype_reason"].startswith("float32")
+    assert runtime["graphs_exported_s"] is None and runtime["startup_s"]["graphs_export_s"] is None  # cached
+    with Client(servers["torch"].url) as client:
+        assert client.info()["runtime"]["backend"] == "torch"
+
+
+def test_stylize_is_the_same_image_on_both_backends(
+    servers: dict[str, RunningServer], inputs: dict[str, bytes]
+) -> None:
+    images = each(servers, lambda c: c.stylize(inputs["content"], inputs["style"], alpha=0.8).data)
+    same_image(images["torch"], images["onnxruntime"])
+
+
+def test_interpolate_is_the_same_image_on_both_backends(
+    servers: dict[str, RunningServer], inputs: dict[str, bytes]
+) -> None:
+    images = each(servers, lambda c: c.interpolate(inputs["content"], [inputs["style"], inputs["style2"]],
+                                                   [0.3, 0.7]).data)  # fmt: skip
+    same_image(images["torch"], images["onnxruntime"])
+
+
+def test_multistyle_is_the_same_image_on_both_backends(
+    servers: dict[str, RunningServer], inputs: dict[str, bytes]
+) -> None:
+    labels = Image.new("L", (100, 72), 0)
+    labels.paste(1, (50, 0, 100, 72))
+    buffer = io.BytesIO()
+    labels.save(buffer, format="PNG")
+    images = each(servers, lambda c: c.multistyle(inputs["content"], [inputs["style"], inputs["style2"]],
+                                                  labels=buffer.getvalue()).data)  # fmt: skip
+    same_image(images["torch"], images["onnxruntime"])
+
+
+def test_a_tiled_job_is_the_same_image_on_both_backends(
+    servers: dict[str, RunningServer], inputs: dict[str, bytes]
+) -> None:
+    def run_job(client: Client) -> bytes:
+        job = client.submit(inputs["big"], inputs["style"], max_side=128)
+        job.wait(timeout=300)
+        return job.result().data
+
+    images = each(servers, run_job)
+    same_image(images["torch"], images["onnxruntime"])
+
+
+def test_the_backend_setting_is_checked() -> None:
+    assert Settings.from_env({"STYA2K_BACKEND": "onnxruntime"}).backend == "onnxruntime"
+    assert Settings().backend == "auto"
+    with pytest.raises(SettingsError, match="STYA2K_BACKEND"):
+        Settings.from_env({"STYA2K_BACKEND": "tensorrt"})
+
+
+def test_auto_measures_onnxruntime_only_when_its_graphs_are_cached(
+    graph_cache: Path, seeded_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.engine import Engine
+    from service.metrics import ServiceMetrics
+
+    settings = Settings(weights=str(seeded_weights), device="cpu", dtype="float32", threads=1, backend="auto")
+    monkeypatch.setenv("STYA2K_CACHE", str(tmp_path))  # empty: start-up must not pay an export
+    cold = Engine(settings, ServiceMetrics())
+    cold.load()
+    assert cold.backend.name == "torch" and "no exported graphs" in cold.backend_reason
+    assert cold.backend_probe is None and not list(tmp_path.iterdir())
+    monkeypatch.setenv("STYA2K_CACHE", str(graph_cache))
+    warm = Engine(settings, ServiceMetrics())
+    warm.load()
+    probe = warm.backend_probe
+    assert probe is not None and probe["torch_s"] > 0 and probe["onnxruntime_s"] > 0
+    assert probe["max_abs"] <= 1e-3  # within the onnxruntime backend's declared tolerance
+    # Whichever won on this machine, the reason names it and the measurement behind it.
+    assert warm.backend_reason.startswith(warm.backend.name + ": auto") and "measured" in warm.backend_reason
+    assert warm.runtime_info()["backend_probe"] == probe
