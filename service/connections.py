@@ -208,6 +208,7 @@ class GuardedH11Protocol(H11Protocol):
         self._refused = False
         self._overflow = False
         self._discarding = False  # answered an unreadable request: what else arrives is read and dropped
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ connection life
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -231,6 +232,9 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.lingering -= 1
             return
         self._cancel_header_timer()
+        if self._linger_timer is not None:  # it holds this protocol, and h11's buffer with the oversized header
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self.guard.idle.pop(self, None)
         if self._overflow:
             self._overflow = False
@@ -363,7 +367,7 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.write(response)
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self._close)
+        self._linger_timer = self.loop.call_later(LINGER_S, self._close)
 
     def _close(self) -> None:
         self.guard.idle.pop(self, None)
