@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import io
 import json
@@ -163,9 +164,10 @@ def http_request(port: int, raw: bytes, timeout_s: float = 30.0) -> tuple[int, b
         return read_response(sock)
 
 
-def post(path: str, body: bytes, content_type: str) -> bytes:
+def post(path: str, body: bytes, content_type: str, api_key: str | None = None) -> bytes:
+    key = f"X-API-Key: {api_key}\r\n" if api_key is not None else ""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n{key}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
@@ -337,8 +339,10 @@ def send_raw_attack(port: int, raw: bytes, copies: int = 1, repeat_for_s: float 
         thread.start()
     for thread in threads:
         thread.join()
+    counts = collections.Counter(str(s) for s, _ in results)
     return {
-        "statuses": sorted(str(s) for s, _ in results),
+        "statuses": sorted(counts),  # each status once; how many of each in status_counts
+        "status_counts": dict(sorted(counts.items())),
         "requests": len(results),
         "max_request_s": round(max(t for _, t in results), 2),
         "body_bytes": 0,
@@ -515,7 +519,7 @@ def attacks(full: bool) -> list[Attack]:
 
 def run_attack(attack: Attack, repo: Path, log_dir: Path | None = None) -> dict[str, Any]:
     with running_server(attack.env, nofile=attack.nofile, repo=repo, log_dir=log_dir) as server:
-        warm_up(server)  # the first transfer's one-off allocations are not the attack's
+        warm_up(server, attack.env.get("STYA2K_API_KEY"))  # first-use allocations are not the attack's
         time.sleep(0.5)
         before = server.rss_bytes()
         with RSSSampler(server) as rss, Probe(server.port) as probe:
@@ -543,10 +547,10 @@ def run_attack(attack: Attack, repo: Path, log_dir: Path | None = None) -> dict[
     }
 
 
-def warm_up(server: ServerProcess) -> None:
+def warm_up(server: ServerProcess, api_key: str | None = None) -> None:
     """One ordinary transfer at the default output size: the model's first-use memory is in the baseline."""
     body = multipart_body([("content", png_bytes(1024, 1024), True), ("style", small_png(), True)])
-    status, answer = http_request(server.port, post("/v1/stylize", body, MULTIPART), timeout_s=120)
+    status, answer = http_request(server.port, post("/v1/stylize", body, MULTIPART, api_key), timeout_s=120)
     if status != 200:
         raise RuntimeError(f"warm-up request failed with {status}: {answer[:200]!r}")
 
