@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import io
 import json
@@ -163,9 +164,10 @@ def http_request(port: int, raw: bytes, timeout_s: float = 30.0) -> tuple[int, b
         return read_response(sock)
 
 
-def post(path: str, body: bytes, content_type: str) -> bytes:
+def post(path: str, body: bytes, content_type: str, api_key: str | None = None) -> bytes:
+    key = f"X-API-Key: {api_key}\r\n" if api_key is not None else ""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n{key}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
@@ -313,6 +315,11 @@ def send_body_attack(
 ) -> dict[str, Any]:
     """``copies`` concurrent senders of this body, each repeating it until ``repeat_for_s`` has passed (at
     least once), so the probe samples the server while it handles them; statuses and durations."""
+    return {**send_raw_attack(port, post(path, body, content_type), copies, repeat_for_s), "body_bytes": len(body)}
+
+
+def send_raw_attack(port: int, raw: bytes, copies: int = 1, repeat_for_s: float = 0.0) -> dict[str, Any]:
+    """``copies`` concurrent senders of this raw request (each on a new connection), as send_body_attack."""
     results: list[tuple[int | str, float]] = []
     until = time.monotonic() + repeat_for_s
 
@@ -320,7 +327,7 @@ def send_body_attack(
         while True:
             started = time.monotonic()
             try:
-                status, _ = http_request(port, post(path, body, content_type), timeout_s=300)
+                status, _ = http_request(port, raw, timeout_s=300)
                 results.append((status, time.monotonic() - started))
             except OSError as exc:
                 results.append((type(exc).__name__, time.monotonic() - started))
@@ -332,12 +339,53 @@ def send_body_attack(
         thread.start()
     for thread in threads:
         thread.join()
+    counts = collections.Counter(str(s) for s, _ in results)
     return {
-        "statuses": sorted(str(s) for s, _ in results),
+        "statuses": sorted(counts),  # each status once; how many of each in status_counts
+        "status_counts": dict(sorted(counts.items())),
         "requests": len(results),
         "max_request_s": round(max(t for _, t in results), 2),
-        "body_bytes": len(body),
+        "body_bytes": 0,
     }
+
+
+def big_header_request(header_bytes: int, path: str = "/v1/info") -> bytes:
+    """A GET whose request line and headers take ``header_bytes`` in all (one long X-Pad header)."""
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Pad: ".encode()
+    return head + b"a" * (header_bytes - len(head) - 4) + b"\r\n\r\n"
+
+
+def api_key_twice_request(key: str) -> bytes:
+    """Two X-API-Key headers, a wrong one and then the right one (the last wins where a dict keeps the last)."""
+    return (
+        f"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-API-Key: wrong\r\n"
+        f"X-API-Key: {key}\r\n\r\n"
+    ).encode()
+
+
+# U+2028, U+2029 and NEL (U+0085), percent-encoded: the server decodes them into the path it logs.
+LINE_BREAK_PATH = "/v1/no-such-path-%E2%80%A8-%E2%80%A9-%C2%85-end"
+
+
+def broken_log_records(log_text: str) -> int:
+    """JSON log records that do not survive a reader splitting on every Unicode line break (str.splitlines)."""
+    broken = 0
+    for line in log_text.splitlines():
+        if not line.startswith("{"):
+            broken += 1
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            broken += 1
+    return broken
+
+
+def line_break_path_attack(server: ServerProcess) -> dict[str, Any]:
+    raw = f"GET {LINE_BREAK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    outcome = send_raw_attack(server.port, raw, repeat_for_s=REPEAT_S)
+    time.sleep(0.2)  # the last access line
+    return {**outcome, "note": f"{broken_log_records(server.log_text())} log lines broken by a line separator"}
 
 
 def open_sockets(port: int, count: int, payload: bytes) -> list[socket.socket]:
@@ -455,6 +503,12 @@ def attacks(full: bool) -> list[Attack]:
                lambda s: connection_attack(s.port, 300, HALF_HEADER, wait_s=30), nofile=256),
         Attack("half_body", "300 connections that send the header and 80 bytes of a 100 kB body (limit 256)",
                fast_timeouts, lambda s: connection_attack(s.port, 300, HALF_BODY, wait_s=40), nofile=256),
+        Attack("header_60k", "GET /v1/info with a 60 KB header (the stated limit is 16 KiB)", {},
+               lambda s: send_raw_attack(s.port, big_header_request(60_000), repeat_for_s=REPEAT_S)),
+        Attack("api_key_twice", "two X-API-Key headers, a wrong one then the right one", {"STYA2K_API_KEY": "k3y"},
+               lambda s: send_raw_attack(s.port, api_key_twice_request("k3y"), repeat_for_s=REPEAT_S)),
+        Attack("path_line_breaks", "a path with U+2028, U+2029 and NEL, logged at level info",
+               {"STYA2K_LOG_LEVEL": "info"}, line_break_path_attack),
         Attack("rgba_spike", f"4 concurrent {rgba_size} RGBA PNGs (39.9 M pixels, 620 KiB each)",
                {"STYA2K_MAX_SIDE": "512", "STYA2K_DEFAULT_SIDE": "256", "STYA2K_STYLE_SIZE": "128"},
                lambda s: send_body_attack(s.port, "/v1/stylize", multipart_body(
@@ -465,7 +519,7 @@ def attacks(full: bool) -> list[Attack]:
 
 def run_attack(attack: Attack, repo: Path, log_dir: Path | None = None) -> dict[str, Any]:
     with running_server(attack.env, nofile=attack.nofile, repo=repo, log_dir=log_dir) as server:
-        warm_up(server)  # the first transfer's one-off allocations are not the attack's
+        warm_up(server, attack.env.get("STYA2K_API_KEY"))  # first-use allocations are not the attack's
         time.sleep(0.5)
         before = server.rss_bytes()
         with RSSSampler(server) as rss, Probe(server.port) as probe:
@@ -493,10 +547,10 @@ def run_attack(attack: Attack, repo: Path, log_dir: Path | None = None) -> dict[
     }
 
 
-def warm_up(server: ServerProcess) -> None:
+def warm_up(server: ServerProcess, api_key: str | None = None) -> None:
     """One ordinary transfer at the default output size: the model's first-use memory is in the baseline."""
     body = multipart_body([("content", png_bytes(1024, 1024), True), ("style", small_png(), True)])
-    status, answer = http_request(server.port, post("/v1/stylize", body, MULTIPART), timeout_s=120)
+    status, answer = http_request(server.port, post("/v1/stylize", body, MULTIPART, api_key), timeout_s=120)
     if status != 200:
         raise RuntimeError(f"warm-up request failed with {status}: {answer[:200]!r}")
 
@@ -514,6 +568,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if "statuses" in outcome:
             shown = (f"{outcome.get('requests', 1)} x {', '.join(sorted(set(outcome['statuses'])))}, "
                      f"slowest {outcome['max_request_s']} s")
+            if "note" in outcome:
+                shown += f"; {outcome['note']}"
         else:
             shown = (f"{outcome['closed_by_server']}/{outcome['connections']} closed by the server "
                      f"(last after {outcome['last_closed_after_s']} s), answers {outcome['answers']}")

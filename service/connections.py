@@ -6,6 +6,10 @@ sends half a header, and it has no header timeout; with the Kubernetes Service t
 
 * header timeout: a connection must deliver a complete request header within ``header_timeout_s`` of
   opening (or of its previous response); a silent one is closed, a half-sent header gets 408;
+* header size: the request line and headers together may take ``max_header_bytes`` (16 KiB); more gets a JSON
+  431. h11's own limit (``h11_max_incomplete_event_size``) only bounds a header that is still *incomplete*: one
+  that arrives whole in a single read (a 60 KB header does, on loopback) was accepted at any size. Malformed
+  requests get the service's JSON 400 instead of uvicorn's plain-text one;
 * keep-alive timeout: uvicorn's own (``keep_alive_s`` after each response);
 * connection limit: at ``max_connections`` open connections the oldest idle one (no request in progress:
   fresh, between requests, or still sending its header) is closed to make room, as nginx reuses keep-alive
@@ -27,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import time
@@ -60,12 +65,18 @@ PROBE_SLOTS = 16
 EVICT_GRACE_S = 0.25
 PROBE_HEADER_TIMEOUT_S = 2.0
 OVERFLOW_STATE_KEY = "stya2k_overflow"  # in scope["state"]: the gateway answers only probes on such connections
+# The request line and every header line with their line ends and the blank line after them (nginx in front
+# passes up to 4 x 8 KiB; a replica's own limit is this).
+MAX_HEADER_BYTES = 16 * 1024
+# The end of a request header as h11 reads it: a blank line, CRLF or bare LF (h11's blank_line_regex).
+_HEADER_END = re.compile(rb"\n\r?\n")
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
     max_connections: int
     header_timeout_s: float
+    max_header_bytes: int = MAX_HEADER_BYTES
 
 
 def raw_response(status: int, reason: str, code: str, message: str, retry_after_s: int | None = None) -> bytes:
@@ -196,6 +207,8 @@ class GuardedH11Protocol(H11Protocol):
         self._counted = False
         self._refused = False
         self._overflow = False
+        self._discarding = False  # answered an unreadable request: what else arrives is read and dropped
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ connection life
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -219,6 +232,9 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.lingering -= 1
             return
         self._cancel_header_timer()
+        if self._linger_timer is not None:  # it holds this protocol, and h11's buffer with the oversized header
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self.guard.idle.pop(self, None)
         if self._overflow:
             self._overflow = False
@@ -229,10 +245,42 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # read and dropped so that closing does not reset the connection before the 503 arrives
+        if self._refused or self._discarding:
+            return  # read and dropped so that closing does not reset the connection before the answer arrives
         super().data_received(data)
         self._refresh()
+
+    def handle_events(self) -> None:
+        # uvicorn calls this after each read and, for a pipelined next request, after each response: the
+        # header's size is checked before h11 parses it.
+        if self._header_too_large():
+            limit = self.guard.limits.max_header_bytes
+            self.guard.count("header_too_large")
+            self._answer_and_close(
+                raw_response(
+                    431,
+                    "Request Header Fields Too Large",
+                    "header_too_large",
+                    f"the request line and headers exceed the server's limit of {limit} bytes",
+                )
+            )
+            return
+        super().handle_events()
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers to a request h11 cannot parse (``msg`` is its generic text), in the JSON shape."""
+        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+            self.transport.close()  # a response is half sent: no second one can follow on this connection
+            return
+        self.guard.count("bad_request")
+        self._answer_and_close(
+            raw_response(
+                400,
+                "Bad Request",
+                "bad_request",
+                "the request is not valid HTTP/1.1 (malformed request line, header or chunked body)",
+            )
+        )
 
     def eof_received(self) -> bool | None:
         if self._refused:
@@ -254,7 +302,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _refresh(self) -> None:
         """Re-derive after every event whether this connection is idle and which timer must run."""
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self._discarding:
             return
         guard = self.guard
         if self._waiting_for_header():
@@ -299,6 +347,27 @@ class GuardedH11Protocol(H11Protocol):
         else:
             self.guard.count("idle_timeout")
         self._close()
+
+    def _header_too_large(self) -> bool:
+        """Whether the header h11 is waiting for already runs past the limit (complete or not)."""
+        if self.conn.their_state is not h11.IDLE:
+            return False  # a request (or its body) is being read: its header was checked
+        buffered, _closed = self.conn.trailing_data
+        limit = self.guard.limits.max_header_bytes
+        if len(buffered) <= limit:
+            return False
+        return _HEADER_END.search(buffered, 0, limit) is None  # no blank line within the first `limit` bytes
+
+    def _answer_and_close(self, response: bytes) -> None:
+        """Send a complete answer, then read and drop for a moment before closing: closing a socket with unread
+        bytes resets it, and the client would lose the answer."""
+        self._discarding = True
+        self._cancel_header_timer()
+        self.guard.idle.pop(self, None)
+        self.transport.write(response)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_S, self._close)
 
     def _close(self) -> None:
         self.guard.idle.pop(self, None)

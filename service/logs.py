@@ -10,6 +10,11 @@ from contextvars import ContextVar
 
 request_id_var: ContextVar[str | None] = ContextVar("stya2k_request_id", default=None)
 
+# Characters that JSON leaves raw but that many readers take as line ends (Python's str.splitlines, JavaScript
+# before ES2019, some log shippers): escaped, so one record stays one line whatever a request path holds. The
+# other line breaks (below U+0020) json.dumps escapes itself. Only these are escaped, not all non-ASCII text.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
 # Attributes every LogRecord has; anything else was passed with extra= and is logged as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 
@@ -36,7 +41,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, str | int | float | bool | None) else repr(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False).translate(_LINE_BREAKS)
 
 
 def configure_logging(level: str) -> None:

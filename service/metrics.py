@@ -20,7 +20,10 @@ PREFIX = "stya2k"
 # idle_timeout: silent past the header timeout; header_timeout / body_timeout: 408 for a half-sent request;
 # evicted_idle: an idle connection closed to make room at the connection limit; refused: 503 at the limit.
 # probe_slot: accepted beyond the limit for health checks only.
-CONNECTION_EVENTS = ("idle_timeout", "header_timeout", "body_timeout", "evicted_idle", "probe_slot", "refused")
+CONNECTION_EVENTS = (
+    "idle_timeout", "header_timeout", "header_too_large", "bad_request", "body_timeout", "evicted_idle", "probe_slot",
+    "refused",
+)  # fmt: skip
 
 
 class ServiceMetrics:

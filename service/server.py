@@ -21,6 +21,7 @@ import uvicorn
 from service.api.state import ServiceState
 from service.app import create_app
 from service.connections import (
+    MAX_HEADER_BYTES,
     ConnectionLimits,
     fit_connection_limit,
     guarded_protocol,
@@ -75,9 +76,6 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets uvicorn's 400 (h11's incomplete-event limit)
-
-
 def build_server(settings: Settings) -> DrainingServer:
     app = create_app(settings)
     state: ServiceState = app.state.service
@@ -89,6 +87,7 @@ def build_server(settings: Settings) -> DrainingServer:
         port=settings.port,
         http=guarded_protocol(limits, state.metrics),  # header timeout + connection limit (connections.py)
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works: call_later
+        # h11's own bound on an incomplete header (and chunk header); a complete one is checked by the protocol.
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         backlog=fitted.backlog,  # also asyncio's accept burst, which the open-files reserve must cover
         log_config=None,  # our JSON logging, configured by serve()

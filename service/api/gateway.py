@@ -170,6 +170,11 @@ class Gateway:
             )
         guarded = path.startswith("/v1/") or (path == "/metrics" and settings.metrics_require_key)
         if guarded and settings.api_key is not None:
+            # `headers` kept the last of repeated names; a second key is refused rather than one of them picked
+            # (a proxy that adds its own key, or a client that sends two, must not be authorised by the order).
+            keys = sum(1 for name, _ in scope["headers"] if name.lower() == b"x-api-key")
+            if keys > 1:
+                return Unauthorized(f"X-API-Key was sent {keys} times; send exactly one")
             supplied = headers.get("x-api-key", "")
             if not hmac.compare_digest(supplied.encode(), settings.api_key.encode()):
                 return Unauthorized("missing or wrong X-API-Key header")

@@ -202,13 +202,34 @@ def _nginx_seconds(value: str) -> float:
     return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[match.group(2)]
 
 
+def _location(text: str, head: str) -> str:
+    """The body of the ``location <head> {`` block (8-space indent, as in the template)."""
+    match = re.search(re.escape(f"location {head} {{") + r"(.*?)\n        \}", text, re.DOTALL)
+    assert match, f"no location {head}"
+    return match.group(1)
+
+
 def test_nginx_balancing_retry_and_limits_match_the_service(nginx_render: ModuleType) -> None:
+    from service.api.gateway import TRANSFER_PATHS
+    from service.jobs import JOBS_PATH
+
     text = nginx_render.render(TEMPLATE.read_text(), _lb_variables(), ["127.0.0.1:8000"])
     upstream = r"upstream stya2k"
     assert "least_conn;" in text
-    retry = _directive(text, "proxy_next_upstream")[0].split()
+    # Everything but the transfers (POST /v1/jobs among it): a POST is retried only while no replica received
+    # it, since a job submission sent twice is accepted twice (issue 28).
+    default_retry = _directive(_location(text, "/"), "proxy_next_upstream")[0].split()
+    assert {"error", "timeout", "http_502", "http_503"} <= set(default_retry)
+    assert "non_idempotent" not in default_retry, "POST /v1/jobs must never reach a second replica"
+    # The synchronous transfers are pure functions of the request: recomputing a retried POST is safe.
+    (transfer_regex,) = re.findall(r"location ~ (\^/v1/\S+) \{", text.replace("location ~ ^/v1/jobs/", ""))
+    transfers = re.compile(transfer_regex)
+    assert all(transfers.match(path) for path in TRANSFER_PATHS), "every transfer endpoint retries"
+    assert not transfers.match(JOBS_PATH) and not transfers.match(JOBS_PATH + "/r1.x"), "never a job path"
+    retry = _directive(_location(text, "~ " + transfer_regex), "proxy_next_upstream")[0].split()
     assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= set(retry)
-    assert "http_429" not in retry and "http_504" not in retry, "backpressure and deadlines reach the client"
+    for policy in (default_retry, retry):
+        assert "http_429" not in policy and "http_504" not in policy, "backpressure and deadlines reach the client"
     assert int(_directive(text, "proxy_next_upstream_tries")[0]) >= 2
     assert _directive(text, "proxy_request_buffering") == ["on"], "a retry needs the buffered body"
     assert int(_directive(text, "client_max_body_size")[0]) == DEFAULTS.max_body_bytes
@@ -424,3 +445,15 @@ def test_ci_and_deploy_scripts_are_valid_shell(script: Path) -> None:
     result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, timeout=10)
     assert result.returncode == 0, result.stderr
     assert os.access(script, os.X_OK), f"{script} is not executable"
+
+
+def test_nginx_keeps_the_same_request_ids_as_the_replicas() -> None:
+    """The map that picks the client's X-Request-ID or nginx's own uses the gateway's rule (issue 28: nginx kept
+    ids the replica replaced, and the two logs disagreed)."""
+    from service.api.gateway import _REQUEST_ID
+
+    match = re.search(r"map \$http_x_request_id \$stya2k_request_id \{(.*?)\n    \}", TEMPLATE.read_text(), re.DOTALL)
+    assert match is not None
+    lines = [line.strip() for line in match.group(1).splitlines()]
+    entries = [line for line in lines if line and not line.startswith("#")]
+    assert entries == [f'"~{_REQUEST_ID.pattern}" $http_x_request_id;', "default $request_id;"]

@@ -79,6 +79,13 @@ class Replica:
     def ready_status(self) -> int:
         return httpx.get(f"http://{self.address}/health/ready", timeout=5).status_code
 
+    def requests_to(self, endpoint: str, status: str | None = None) -> int:
+        """Requests this replica answered on ``endpoint`` (a metrics label), of one status or all."""
+        text = httpx.get(f"http://{self.address}/metrics", timeout=5).text
+        wanted = re.escape(status) if status is not None else r"[^\"]+"
+        pattern = rf'^stya2k_http_requests_total\{{endpoint="{re.escape(endpoint)}",status="{wanted}"\}} (\S+)$'
+        return sum(int(float(m)) for m in re.findall(pattern, text, re.MULTILINE))
+
     def in_flight(self) -> int:
         """Transfer requests this replica is handling now (its stya2k_requests_in_flight gauge)."""
         text = httpx.get(f"http://{self.address}/metrics", timeout=5).text
@@ -162,9 +169,11 @@ def running_cluster(
     render: ModuleType,
     replica_env: list[dict[str, str]] | None = None,
     replica_ids: list[str] | None = None,
+    proxy_read_timeout_s: int | None = None,
 ) -> Iterator[Cluster]:
     """Two replicas (``replica_env``: extra settings of each) behind nginx; with ``replica_ids`` nginx is
-    rendered with ``ID=HOST:PORT`` backends (job paths routed by id), else with plain addresses."""
+    rendered with ``ID=HOST:PORT`` backends (job paths routed by id), else with plain addresses.
+    ``proxy_read_timeout_s`` shortens nginx's wait for a hung replica (35 s) so a test can reach it."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         replicas = [_start_replica(_free_port(), tmp_path, env) for env in (replica_env or [{}, {}])]
@@ -177,7 +186,11 @@ def running_cluster(
             backends = [r.address for r in replicas]
         else:
             backends = [f"{name}={r.address}" for name, r in zip(replica_ids, replicas, strict=True)]
-        config.write_text(render.render_file(backends=backends, port=lb_port, state_dir=state_dir))
+        text = render.render_file(backends=backends, port=lb_port, state_dir=state_dir)
+        if proxy_read_timeout_s is not None:
+            assert "proxy_read_timeout 35s;" in text
+            text = text.replace("proxy_read_timeout 35s;", f"proxy_read_timeout {proxy_read_timeout_s}s;")
+        config.write_text(text)
         access_log = tmp_path / "access.log"
         assert NGINX is not None
         global_directives = f"daemon off; pid {state_dir / 'nginx.pid'};"
@@ -503,3 +516,109 @@ def test_jobs_reach_the_replica_that_holds_them(tmp_path: Path, nginx_render: Mo
         message = _json_error(httpx.get(f"{cluster.url}/v1/jobs/{lost}", timeout=10), 503, "not_ready")
         assert '"r2"' in message and "submit it again" in message
         assert _submit_job(cluster.url).status_code == 202, "a new job still goes to the replica that is up"
+
+
+# ---------------------------------------------------------------------------------------------- issue 28 (edge)
+def _log_entry(cluster: Cluster, since: int, uri: str) -> dict[str, object]:
+    """The one access-log entry for ``uri`` after entry ``since`` (nginx writes it just after answering)."""
+    found: list[dict[str, object]] = []
+
+    def logged() -> bool:
+        found[:] = [e for e in cluster.log_entries()[since:] if e["uri"] == uri]
+        return len(found) == 1
+
+    _wait_until(logged, 10, f"the access-log entry of {uri}")
+    return found[0]
+
+
+def test_a_job_submission_is_never_sent_to_a_second_replica(tmp_path: Path, nginx_render: ModuleType) -> None:
+    """Issue 28: nginx retried POST /v1/jobs on a timeout (`non_idempotent`), so a replica slow to answer a
+    submission and the next one both got it: two jobs, one that nobody could see or cancel. A replica that hangs
+    (SIGSTOP: the kernel still accepts its connections and the submission) must leave the client a 504 saying
+    the outcome is unknown, and the other replica must never see that submission. nginx's wait (35 s) is cut
+    to 2 s here, the only change to the rendered config."""
+    ids = ["r1", "r2"]
+    env = [{**JOB_ENV, "STYA2K_REPLICA_ID": name} for name in ids]
+    with running_cluster(tmp_path, nginx_render, env, ids, proxy_read_timeout_s=2) as cluster:
+        hung, other = cluster.replicas
+        accepted_by_other = 0
+        hung.process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(4):  # least_conn takes turns between idle replicas: within a few, one is sent to `hung`
+                since = len(cluster.log_entries())
+                response = _submit_job(cluster.url)
+                entry = _log_entry(cluster, since, "/v1/jobs")
+                if hung.address in str(entry["upstream_addr"]):
+                    break
+                assert response.status_code == 202, response.text
+                accepted_by_other += 1
+            else:
+                raise AssertionError("nginx never sent a submission to the hung replica in 4 tries")
+            assert other.requests_to("/v1/jobs") == accepted_by_other, "the other replica got the submission too"
+        finally:
+            hung.process.send_signal(signal.SIGCONT)
+        assert entry["upstream_addr"] == hung.address, f"the submission was sent to a second replica: {entry}"
+        assert "unknown" in _json_error(response, 504, "deadline_exceeded")
+        # Resumed, the hung replica reads the submission nginx gave up on: one replica got it, once.
+        _wait_until(lambda: hung.requests_to("/v1/jobs") == 1, 30, "the resumed replica to read the submission")
+        assert other.requests_to("/v1/jobs") == accepted_by_other
+        created = hung.requests_to("/v1/jobs", "202") + other.requests_to("/v1/jobs", "202")
+        assert created - accepted_by_other <= 1, "the one submission created more than one job"
+        sys.stdout.write(
+            f"\njob submission to a hung replica: 504 after {entry['request_s']} s, sent to {entry['upstream_addr']}"
+            f" only; jobs it created: {created - accepted_by_other} (the resumed replica's answer: "
+            f"{hung.requests_to('/v1/jobs', '202')} x 202)\n"
+        )
+        # The synchronous transfers still retry a POST (recomputing is safe): covered by the SIGKILL test above.
+
+
+def _raw_exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One raw request; nginx closes after its own errors. Status, headers (lower-case names), body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((n.strip().lower(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+NGINX_OWN_ERRORS = [
+    (b"GARBAGE\r\n\r\n", 400, "bad_request"),  # before any request line: no named location can take it
+    (b"GET /v1/info HTTP/1.1\r\n\r\n", 400, "bad_request"),  # no Host
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_too_large"),
+    (b"TRACE /v1/info HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    (b"POST /v1/stylize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not_implemented"),
+    (b"GET /_stya2k/error/400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+]
+
+
+def test_nginx_errors_are_json_and_request_ids_agree_with_the_replicas(
+    tmp_path: Path, nginx_render: ModuleType
+) -> None:
+    """Issue 28: nginx's own 400 / 414 pages were HTML, and nginx logged (and passed on) any X-Request-ID while
+    the replica replaced one it would not keep, so the two logs named one request differently."""
+    with running_cluster(tmp_path, nginx_render) as cluster:
+        for raw, status, code in NGINX_OWN_ERRORS:
+            got, headers, body = _raw_exchange(cluster.lb_port, raw)
+            assert (got, headers.get("content-type")) == (status, "application/json"), (raw[:40], got, body[:200])
+            assert json.loads(body)["error"]["code"] == code, body
+            assert re.fullmatch(r"[0-9a-f]{32}", headers.get("x-request-id", "")), headers
+        # Within nginx's per-line limit but over the replica's 16 KiB in all: the replica's JSON 431 comes through.
+        padded = {f"X-Pad-{i}": "a" * 6000 for i in range(3)}
+        _json_error(httpx.get(f"{cluster.url}/v1/info", headers=padded, timeout=10), 431, "header_too_large")
+
+        for supplied, kept in (("client-7.a_b:c", True), ("x" * 128, True), ("has space", False),
+                               ("x" * 129, False), ("a/b", False), ('"}{"inject', False)):  # fmt: skip
+            since = len(cluster.log_entries())
+            response = httpx.get(f"{cluster.url}/v1/info", headers={"X-Request-ID": supplied}, timeout=10)
+            assert response.status_code == 200, response.text
+            replica_id = response.headers["x-request-id"]  # the id the replica used (it echoes what it got)
+            logged = _log_entry(cluster, since, "/v1/info")["request_id"]
+            assert logged == replica_id, f"nginx logged {logged!r}, the replica used {replica_id!r}"
+            assert (replica_id == supplied) is kept, (supplied, replica_id)
+            if not kept:
+                assert re.fullmatch(r"[0-9a-f]{32}", replica_id), "nginx's own $request_id replaces it"

@@ -8,6 +8,7 @@ here are stall detectors (the old code blocked the event loop for 35-300 s), not
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -27,9 +28,13 @@ from PIL import Image
 from bench.reliability import (
     HALF_BODY,
     HALF_HEADER,
+    LINE_BREAK_PATH,
     MULTIPART,
     Probe,
     ServerProcess,
+    api_key_twice_request,
+    big_header_request,
+    broken_log_records,
     closed_by_server,
     json_big_string,
     json_deep,
@@ -41,10 +46,11 @@ from bench.reliability import (
     read_response,
     running_server,
     send_body_attack,
+    send_raw_attack,
     small_png,
 )
 from service import connections, imaging
-from service.connections import PROBE_SLOTS, RateLimitedResourceLog
+from service.connections import MAX_HEADER_BYTES, PROBE_SLOTS, RateLimitedResourceLog
 from service.errors import BodyTooLarge, ImageTooLarge
 from service.schemas import JSONLimits, check_json_structure
 
@@ -119,7 +125,7 @@ def test_big_bodies_keep_the_loop_free(guarded: ServerProcess) -> None:
         as_json = send_body_attack(guarded.port, "/v1/stylize/json", json_big_string(19_000_000), "application/json")
         as_form = send_body_attack(guarded.port, "/v1/stylize", junk, MULTIPART, copies=2)
         time.sleep(0.3)
-    assert as_json["statuses"] == ["415"] and as_form["statuses"] == ["415", "415"], (as_json, as_form)
+    assert as_json["status_counts"] == {"415": 1} and as_form["status_counts"] == {"415": 2}, (as_json, as_form)
     assert_live(probe)
 
 
@@ -401,3 +407,91 @@ def test_long_base64_strings_are_decoded_in_place(guarded: ServerProcess) -> Non
     response = httpx.post(guarded.url + "/v1/stylize/json", content=broken,
                           headers={"Content-Type": "application/json"}, timeout=120)  # fmt: skip
     assert response.status_code == 422 and response.json()["error"]["message"].startswith("content: not valid base64")
+
+
+# ---------------------------------------------------------------------------------------------- issue 28 (edge)
+def _exchange(port: int, parts: list[bytes], pause_s: float = 0.0) -> bytes:
+    """Send ``parts`` (pausing between them, so each arrives in its own read), then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for part in parts:
+            with contextlib.suppress(OSError):  # the server may answer and stop reading before the last part
+                sock.sendall(part)
+            time.sleep(pause_s)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
+def _json_answer(raw: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), raw[:300]
+    return status_of(raw), json.loads(body)["error"]
+
+
+def test_header_limit_is_the_stated_16_kib_with_a_json_431(guarded: ServerProcess) -> None:
+    """Issue 28: h11's limit only bounded an incomplete header, so one that arrived whole (60 KB on loopback)
+    was served, and one trickled past 16 KiB got uvicorn's plain-text 400. Now request line + headers over
+    MAX_HEADER_BYTES get a JSON 431 however they arrive, exactly 16 KiB is served, and liveness holds."""
+    with Probe(guarded.port) as probe:
+        at_limit = big_header_request(MAX_HEADER_BYTES, "/health/live")
+        assert len(at_limit) == MAX_HEADER_BYTES
+        assert status_of(_exchange(guarded.port, [at_limit])) == 200
+        over = [big_header_request(MAX_HEADER_BYTES + 1), big_header_request(60_000)]
+        trickled = big_header_request(20_000)
+        for parts in ([over[0]], [over[1]], [trickled[:7000], trickled[7000:14000], trickled[14000:]]):
+            status, error = _json_answer(_exchange(guarded.port, parts, pause_s=0.1))
+            assert status == 431 and error["code"] == "header_too_large", error
+            assert str(MAX_HEADER_BYTES) in error["message"]
+        # A small request and an oversized one pipelined in one write: the first is served, the second refused.
+        answer = _exchange(guarded.port, [b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" + over[1]])
+        first, _, second = answer.partition(b"HTTP/1.1 431 ")
+        assert status_of(first) == 200 and b"header_too_large" in second, answer[:400]
+        # Not HTTP at all: the service's JSON 400, not uvicorn's text.
+        status, error = _json_answer(_exchange(guarded.port, [b"GET / HTTP/1.1\r\nBad header line\r\n\r\n"]))
+        assert status == 400 and error["code"] == "bad_request", error
+        attack = send_raw_attack(guarded.port, over[1], repeat_for_s=2.0)
+    assert attack["statuses"] == ["431"], attack
+    assert_live(probe)
+    metrics = httpx.get(guarded.url + "/metrics", timeout=10).text
+    assert 'stya2k_connection_events_total{event="header_too_large"}' in metrics
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with an API key that logs every request (level info)."""
+    env = {"STYA2K_API_KEY": "k3y", "STYA2K_LOG_LEVEL": "info"}
+    with running_server(env, log_dir=tmp_path_factory.mktemp("logs")) as server:
+        yield server
+
+
+def test_two_api_keys_are_refused_whatever_their_order(keyed: ServerProcess) -> None:
+    """Issue 28: with two X-API-Key headers the last one was checked, so a wrong key before the right one passed."""
+    with Probe(keyed.port) as probe:
+        for raw in (api_key_twice_request("k3y"), api_key_twice_request("k3y").replace(b"wrong", b"k3y")):
+            status, error = _json_answer(_exchange(keyed.port, [raw]))
+            assert status == 401 and error["code"] == "unauthorized", error
+            assert "X-API-Key was sent 2 times" in error["message"]
+        one = httpx.get(keyed.url + "/v1/info", headers={"X-API-Key": "k3y"}, timeout=10)
+        assert one.status_code == 200, one.text
+        attack = send_raw_attack(keyed.port, api_key_twice_request("k3y"), repeat_for_s=1.0)
+    assert attack["statuses"] == ["401"], attack
+    assert_live(probe)
+
+
+def test_line_separators_in_a_path_stay_inside_one_log_line(keyed: ServerProcess) -> None:
+    """Issue 28: U+2028, U+2029 and NEL in a (percent-encoded) path were written raw into the JSON log line, which
+    readers that split on them (str.splitlines, JavaScript, some shippers) cut into broken records."""
+    marker = "line-breaks-" + str(time.monotonic_ns())
+    path = LINE_BREAK_PATH.replace("no-such-path", marker)
+    assert status_of(_exchange(keyed.port, [f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()])) in (401, 404)
+    deadline = time.monotonic() + 10
+    while marker not in keyed.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raw = keyed.log_path.read_bytes()
+    for separator in ("\u2028", "\u2029", "\u0085"):
+        assert separator.encode() not in raw, f"{separator!r} written raw into the log"
+    (record,) = [json.loads(line) for line in raw.decode().splitlines() if marker in line]
+    assert "\u2028-\u2029-\u0085-end" in record["msg"], record
+    assert broken_log_records(raw.decode()) == 0
