@@ -203,7 +203,8 @@ def _answers(responses: list[httpx.Response]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for response in responses:
         try:
-            code = response.json().get("error", {}).get("code") or response.json().get("state", "?")
+            body = response.json()
+            code = (body.get("error") or {}).get("code") or body.get("state", "?")
         except ValueError:
             code = "non-json"
         key = f"{response.status_code} {code}"
@@ -276,11 +277,10 @@ def attack_growing_frames(url: str) -> dict[str, Any]:
 
 def attack_long_gif(url: str) -> dict[str, Any]:
     clip = screen_gif(3600, (2880, 2880))
-    response = video_job(url, clip, name="x.gif")
-    if response.status_code != 202:
-        return {"answers": _answers([response]), "bytes": len(clip)}
-    result = _follow(url, response, give_up_s=60)
-    return {**result, "bytes": len(clip)}
+    first = video_job(url, clip, name="x.gif")
+    if first.status_code == 202:  # the code before issue 28: accepted, and it holds the only job worker
+        return {**_follow(url, first, give_up_s=60), "bytes": len(clip)}
+    return {**_timed_posts(1, lambda: video_job(url, clip, name="x.gif")), "bytes": len(clip)}
 
 
 def attack_multistyle_memory(url: str) -> dict[str, Any]:
