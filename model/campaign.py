@@ -89,6 +89,8 @@ def campaign_config(args: argparse.Namespace, state_dir: Path, pack: Path | None
         iters=args.iters,
         lr=args.lr,
         schedule_start=args.schedule_start,
+        style_weight=args.style_weight,
+        a2k_weight=args.a2k_weight,
         workers=0 if pack else 1,
         threads=args.threads,
         ckpt_every=args.ckpt_every,
@@ -197,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule-start", type=int, default=0, metavar="ITER",
                         help="where the lr schedule starts: a later phase (256 px) continues the iteration count")
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--style-weight", type=float, default=TrainConfig.style_weight,
+                        help="global style loss weight")
+    parser.add_argument("--a2k-weight", type=float, default=TrainConfig.a2k_weight,
+                        help="A2K* loss weight (the paper's lambda_2: lower trades content for style)")
     parser.add_argument("--crop-size", type=int, default=128)
     parser.add_argument("--load-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -86,3 +86,17 @@ def test_a_later_phase_starts_from_the_earlier_phases_weights_with_its_own_sched
     assert main([*args, "--crop-size", "64", "--schedule-start", "40", "--iters", "46"]) == 2
     assert "holds a run at 48 px crops, this one asks 64" in caplog.text
     assert read_history(state_dir)[-1]["end_iteration"] == 45  # neither refusal trained or wrote history
+
+
+def test_the_loss_balance_reaches_the_trainer_and_its_checkpoint(tmp_path: Path, release: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 33: a campaign phase can run at another A2K* / style weight (the paper's lambda_2 trade-off)."""
+    monkeypatch.setenv("STYA2K_CACHE", str(tmp_path / "cache"))
+    content, style = _images(tmp_path / "c", 4, 1), _images(tmp_path / "s", 3, 2)
+    args = ["--time-budget", "600", "--content-dir", content, "--style-dir", style, "--crop-size", "64",
+            "--load-size", "64", "--batch-size", "2", "--iters", "41", "--threads", "1", "--ckpt-every", "1",
+            "--sample-every", "0", "--init-weights", str(release), "--warmup-iters", "1",
+            "--a2k-weight", "0.3", "--style-weight", "12"]
+    assert main(args) == 0
+    state = torch.load(tmp_path / "cache" / "campaign-a2k-64" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["train_config"]["a2k_weight"] == 0.3 and state["train_config"]["style_weight"] == 12.0
