@@ -141,6 +141,18 @@ class NotReady(ServiceError):
     status, code, reason = 503, "not_ready", None
 
 
+class StoreUnavailable(ServiceError):
+    """The shared job store (Redis, STYA2K_JOBS_STORE) cannot be reached: the job paths answer 503 until it is back."""
+
+    status, code, reason = 503, "job_store_unavailable", None
+
+
+class WorkerLost(ServiceError):
+    """A job on the shared store whose replica died while running it more often than STYA2K_JOBS_STORE_MAX_ATTEMPTS."""
+
+    status, code, reason = 500, "worker_lost", None
+
+
 class Draining(ServiceError):
     status, code, reason = 503, "draining", None
 

@@ -266,10 +266,12 @@ class JobStore:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._run_s_mean = 0.0  # exponential mean of jobs' running time, for Retry-After
+        metrics.jobs_oldest_queued_age.set_function(self._oldest_queued_age_s)
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        """Start the worker and the sweeper (which drops expired results even when nobody asks)."""
+    def start(self, runner: JobRunner | None = None) -> None:
+        """Start the worker and the sweeper (which drops expired results even when nobody asks). ``runner`` is
+        unused here: a job accepted in memory carries the runner it was submitted with."""
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
@@ -300,6 +302,28 @@ class JobStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+    # ------------------------------------------------------------------------- service.job_store.Jobs (async face)
+    async def submit(self, request: TransferRequest | VideoRequest, runner: JobRunner) -> dict[str, Any]:
+        if isinstance(request, VideoRequest):
+            return self.view(await self.accept_video(request, runner))
+        return self.view(await self.accept(request, runner))
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return self.view(self.get(job_id))
+
+    async def fetch(self, job_id: str) -> TransferOutcome | VideoOutcome:
+        return self.result(job_id)
+
+    async def delete(self, job_id: str) -> tuple[dict[str, Any], bool]:
+        job = self.cancel(job_id)
+        return self.view(job), job.state is JobState.running
+
+    async def info(self) -> dict[str, Any]:
+        return {"store": "memory", **self.counts()}
+
+    def _oldest_queued_age_s(self) -> float:
+        return time.monotonic() - self._queue[0].accepted_at if self._queue else 0.0
 
     # ------------------------------------------------------------------------------------------- requests
     async def accept(self, request: TransferRequest, runner: JobRunner) -> Job:

@@ -86,7 +86,15 @@ class ServiceMetrics:
         )
         for event in CONNECTION_EVENTS:
             self.connection_events.labels(event=event)
-        self.jobs_queued = Gauge(f"{PREFIX}_jobs_queued", "Jobs accepted and waiting to run", registry=r)
+        self.jobs_queued = Gauge(
+            f"{PREFIX}_jobs_queued", "Jobs accepted and waiting to run (Redis store: in the shared queue)", registry=r
+        )
+        # The autoscaler's signal (docs/DEPLOY.md): with the Redis store both count the shared queue, so every
+        # replica reports the same value (take the max, not the sum, across replicas).
+        self.jobs_oldest_queued_age = Gauge(
+            f"{PREFIX}_jobs_oldest_queued_age_seconds", "Age of the oldest job waiting to run (0: none waiting)",
+            registry=r,
+        )
         self.jobs_running = Gauge(f"{PREFIX}_jobs_running", "Jobs running (0 or 1: one at a time)", registry=r)
         self.jobs_finished = Counter(
             f"{PREFIX}_jobs_finished", "Jobs by how they ended (expired: a done job's result dropped)", ["outcome"],

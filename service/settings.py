@@ -47,6 +47,7 @@ OTHER_TOOLS_ENV: dict[str, str] = {
 }
 # A replica id (STYA2K_REPLICA_ID): the first part of its job ids, and an nginx map key / upstream name suffix
 # (deploy/nginx/render.py checks the same pattern). No dot: the dot separates it from the job's random part.
+JOBS_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 REPLICA_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
@@ -153,6 +154,26 @@ class Settings:
         None,
         "this replica's name, the first part of its job ids (the load balancer routes job paths by it): 1-32 of "
         "a-z 0-9 -, unique per replica; unset: the host name's first label",
+    )
+    # The shared job store (service/redis_jobs.py, docs/DEPLOY.md "Jobs on Redis"): any replica answers any job
+    jobs_store: str = setting(
+        "memory",
+        "where jobs live: memory (this process; a job is answered by the replica that accepted it) or "
+        "redis://host:port/db (shared by every replica: any replica runs, answers and cancels any job)",
+    )
+    jobs_key_prefix: str = setting("stya2k:", "with a Redis job store: the prefix of every key this service uses")
+    jobs_store_max_input_bytes: int = setting(
+        16 * 1024 * 1024,
+        "with a Redis job store: largest raw inputs of one job (uploads together; they travel through Redis so "
+        "another replica can run the job); larger jobs get 413",
+    )
+    jobs_store_claim_idle_s: float = setting(
+        30.0,
+        "with a Redis job store: seconds without a heartbeat after which a running job's replica counts as dead "
+        "and another replica takes the job over",
+    )
+    jobs_store_max_attempts: int = setting(
+        3, "with a Redis job store: times a job is started (its replica dying each time) before it ends failed"
     )
     # Video jobs (docs/API.md "Video"): frame-by-frame transfer of a clip, H.264 mp4 out
     video_max_side: int = setting(
@@ -321,6 +342,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "video_max_frames": (2, 1_000_000),
     "video_max_input_pixels": (256, None),
     "video_max_bytes": (1024, None),
+    "jobs_store_max_input_bytes": (1024, None),
+    "jobs_store_claim_idle_s": (1, 3600),
+    "jobs_store_max_attempts": (1, 100),
     "tile_margin_px": (64, 1024),
     "cache_bytes": (0, None),
     "decode_budget_bytes": (1024 * 1024, None),
@@ -371,6 +395,15 @@ def _validate(settings: Settings) -> None:
         if getattr(settings, name) % 64:
             value = getattr(settings, name)
             raise SettingsError(f"{_env_name(name)}={value} must be a multiple of 64 (the attention block grid)")
+    if settings.jobs_store != "memory" and not settings.jobs_store.startswith(JOBS_STORE_SCHEMES):
+        raise SettingsError(
+            f"STYA2K_JOBS_STORE={settings.jobs_store!r} is not allowed; use memory or a Redis URL "
+            "(redis://host:port/db, rediss://... for TLS, unix:///path/redis.sock)"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9:_.-]{0,64}", settings.jobs_key_prefix):
+        raise SettingsError(
+            f"STYA2K_JOBS_KEY_PREFIX={settings.jobs_key_prefix!r} is not allowed: up to 64 of A-Z a-z 0-9 : _ . -"
+        )
     if settings.weights is not None and not settings.weights.strip():
         raise SettingsError("STYA2K_WEIGHTS is empty; leave it unset for the shipped weights")
     if settings.replica_id is not None and not REPLICA_ID_PATTERN.match(settings.replica_id):

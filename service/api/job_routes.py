@@ -1,7 +1,8 @@
 """The jobs endpoints: ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/result``, ``DELETE /v1/jobs/{id}``.
 
-The routes only turn HTTP into :class:`~service.jobs.JobStore` calls; validation, decoding, the queue, the worker
-and the results are :mod:`service.jobs` (and through it :mod:`service.transfer`, the sync endpoints' own path).
+The routes only turn HTTP into :class:`~service.job_store.Jobs` calls; validation, decoding, the queue, the worker
+and the results are the store's (:mod:`service.jobs` in memory, :mod:`service.redis_jobs` shared), and through it
+:mod:`service.transfer`, the sync endpoints' own path.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from service.contract import (
     VideoRequest,
 )
 from service.errors import ClientDisconnected, Draining, InvalidParameter, NotReady
-from service.jobs import JOBS_PATH, Job, JobRunner, JobState
+from service.jobs import JOBS_PATH, JobRunner
 from service.schemas import FEATHER_DOC, FORMAT_DOC, WEIGHTS_DOC, ErrorResponse, parse_weights_text
 from service.video import VIDEO_MEDIA_TYPE
 
@@ -90,15 +91,10 @@ STATUS_RESPONSE: dict[int | str, dict[str, Any]] = {
 def _ready(state: ServiceState) -> JobRunner:
     if state.draining:
         raise Draining("the server is shutting down; submit the job to another instance", retry_after_s=1)
-    if not state.ready or state.batcher is None or state.model_thread is None:
+    runner = state.job_runner()
+    if not state.ready or runner is None:
         raise NotReady("the model is still loading; retry shortly", retry_after_s=1)
-    return JobRunner(
-        engine=state.engine,
-        io_pool=state.io_pool,
-        batcher=state.batcher,
-        model_thread=state.model_thread,
-        decode_budget=state.decode_budget,
-    )
+    return runner
 
 
 def _check_mode_fields(mode: Mode, given: dict[str, object]) -> None:
@@ -157,8 +153,7 @@ async def submit_job(
     }
     if video is not None:
         video_request = VideoRequest(video=await video.read(), smoothing=smoothing or 0.0, **shared)
-        job = await state.jobs.accept_video(video_request, runner)
-        return await _accepted(request, state, job)
+        return await _accepted(request, state, await state.jobs.submit(video_request, runner))
     assert content is not None
     transfer = TransferRequest(
         content=await content.read(),
@@ -168,25 +163,25 @@ async def submit_job(
         **({"feather": feather} if feather is not None else {}),
         **shared,
     )
-    job = await state.jobs.accept(transfer, runner)
-    return await _accepted(request, state, job)
+    return await _accepted(request, state, await state.jobs.submit(transfer, runner))
 
 
-async def _accepted(request: Request, state: ServiceState, job: Job) -> JSONResponse:
+async def _accepted(request: Request, state: ServiceState, job: dict[str, Any]) -> JSONResponse:
     """The 202 for an accepted job; but a client that went away while its job was being prepared would never learn
     the id, the job's only handle: nobody could poll, fetch or cancel it, so it is cancelled instead."""
     if await request.is_disconnected():
-        state.jobs.cancel(job.id)
-        log.info("job cancelled: its client disconnected before the 202", extra={"job": job.id})
+        await state.jobs.delete(job["id"])
+        log.info("job cancelled: its client disconnected before the 202", extra={"job": job["id"]})
         raise ClientDisconnected("the client disconnected before it got the job's id; the job was cancelled")
-    # Relative: jobs live on the replica that accepted them, and it is the one behind this very URL.
-    return JSONResponse(state.jobs.view(job), status_code=202, headers={"Location": job.path})
+    # Relative: with the memory store jobs live on the replica that accepted them, the one behind this very URL
+    # (with Redis any replica behind it answers).
+    return JSONResponse(job, status_code=202, headers={"Location": job["links"]["self"]})
 
 
 @router.get(JOBS_PATH + "/{job_id}", responses=STATUS_RESPONSE, tags=["jobs"])
 async def job_status(job_id: str, state: State) -> JSONResponse:
     """The job's state (queued, running, done, failed, cancelled, expired), progress, timings and error."""
-    return JSONResponse(state.jobs.view(state.jobs.get(job_id)))
+    return JSONResponse(await state.jobs.status(job_id))
 
 
 @router.get(
@@ -199,7 +194,7 @@ async def job_status(job_id: str, state: State) -> JSONResponse:
 )  # fmt: skip
 async def job_result(job_id: str, state: State) -> Response:
     """The finished job's image or video (409 while it is not done, 410 once its result is gone)."""
-    outcome = state.jobs.result(job_id)
+    outcome = await state.jobs.fetch(job_id)
     headers = {"X-Output-Size": f"{outcome.width}x{outcome.height}", "X-Job-Id": job_id}
     return Response(outcome.body, media_type=outcome.media_type, headers=headers)
 
@@ -213,6 +208,5 @@ async def job_result(job_id: str, state: State) -> Response:
 async def cancel_job(job_id: str, state: State) -> JSONResponse:
     """Cancel: a queued job never runs (200); a running one stops at its next tile step (202, then cancelled); a
     done job's result is deleted (200, expired)."""
-    job = state.jobs.cancel(job_id)
-    status = 202 if job.state is JobState.running else 200
-    return JSONResponse(state.jobs.view(job), status_code=status)
+    view, stopping = await state.jobs.delete(job_id)
+    return JSONResponse(view, status_code=202 if stopping else 200)

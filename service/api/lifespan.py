@@ -72,7 +72,9 @@ async def start_model(state: ServiceState) -> None:
         model_thread=thread,
     )
     state.batcher.start()
-    state.jobs.start()
+    runner = state.job_runner()
+    assert runner is not None  # the batcher and the model thread were just made
+    state.jobs.start(runner)
     state.metrics.model_info.info(
         {k: str(v) for k, v in {**state.engine.public_info(), "device": str(state.engine.device)}.items()}
     )

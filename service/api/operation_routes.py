@@ -83,7 +83,7 @@ async def info(state: State) -> dict[str, Any]:
             "video_max_input_pixels": settings.video_max_input_pixels,
             "video_max_bytes": settings.video_max_bytes,
         },
-        "jobs": state.jobs.counts(),
+        "jobs": await state.jobs.info(),
         "cache": {
             "bytes": state.engine.cache.nbytes,
             "max_bytes": settings.cache_bytes,

@@ -16,7 +16,8 @@ from service import imaging
 from service.batcher import Batcher, ModelThread
 from service.contract import TransferJob
 from service.engine import Engine
-from service.jobs import JobStore
+from service.job_store import Jobs, create_job_store
+from service.jobs import JobRunner
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -33,7 +34,7 @@ class ServiceState:
     engine: Engine
     io_pool: ThreadPoolExecutor
     decode_budget: imaging.DecodeBudget
-    jobs: JobStore
+    jobs: Jobs
     batcher: Batcher[TransferJob, torch.Tensor] | None = None
     model_thread: ModelThread | None = None
     ready: bool = False
@@ -51,7 +52,19 @@ class ServiceState:
             engine=Engine(settings, metrics),
             io_pool=ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="stya2k-io"),
             decode_budget=imaging.DecodeBudget(settings.decode_budget_bytes),
-            jobs=JobStore(settings, metrics),
+            jobs=create_job_store(settings, metrics),
+        )
+
+    def job_runner(self) -> JobRunner | None:
+        """What runs a job on this replica (None until the model is loaded and the batcher started)."""
+        if self.batcher is None or self.model_thread is None:
+            return None
+        return JobRunner(
+            engine=self.engine,
+            io_pool=self.io_pool,
+            batcher=self.batcher,
+            model_thread=self.model_thread,
+            decode_budget=self.decode_budget,
         )
 
     def begin_drain(self) -> None:
