@@ -15,6 +15,9 @@ that accepted the job (the Location is relative). A job id is ``<replica>.<rando
 (STYA2K_REPLICA_ID) lets the load balancer route a job's requests to the replica that holds it (deploy/nginx),
 and lets a replica that gets another's id say which one holds it.
 
+This is the default store; STYA2K_JOBS_STORE=redis://... shares jobs between replicas instead
+(:mod:`service.redis_jobs`, chosen in :mod:`service.job_store`).
+
 Plain Python (no web framework): ``service.api.job_routes`` turns these calls into HTTP.
 """
 
