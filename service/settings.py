@@ -40,6 +40,7 @@ OTHER_TOOLS_ENV: dict[str, str] = {
     "STYA2K_REGISTRY_TIMEOUT": "image build: seconds to wait for the registry (deploy/docker/build-cpu.sh)",
     "STYA2K_BASE_PACKAGES": "image build: packages of the local base (deploy/docker/local-base.sh)",
     "STYA2K_DEBIAN_MIRROR": "image build: Debian mirror of the local base (deploy/docker/local-base.sh)",
+    "STYA2K_URL": "the torch-free client's command line (stya2k-client): the server's URL",
     "STYA2K_SKIP_CONTAINERS": "tests: skip the container tests (tests/run.sh)",
     "STYA2K_CONTAINER_REPORT": "tests: where the container tests write their figures",
     "STYA2K_TEST_CHROMIUM": "tests: the Chromium binary of the demo-page tests",
