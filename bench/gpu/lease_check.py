@@ -5,6 +5,8 @@
     python -m bench.gpu.lease_check argv bench.model ARGS...     # a step's arguments parse (no run)
     python -m bench.gpu.lease_check simulate-install             # the box's offline install, rehearsed here
     python3 -m bench.gpu.lease_check install                     # the offline install itself (on the box)
+    python3 -m bench.gpu.lease_check onnxruntime [--note-file F] # the box's onnx / onnxruntime and its providers
+    python3 -m bench.gpu.lease_check record REPORT NAME JSON     # a step's JSON joins gpu-tests.json's records
 
 ``wheels`` reads every carried wheel's metadata: each pin of bench/gpu/requirements-lease.txt must have a
 wheel for the box's CPython (3.12), and every requirement of every carried wheel (markers evaluated for that
@@ -44,6 +46,14 @@ BOX_PROVIDES = frozenset({"torch", "pillow", "numpy"})
 # Runtime pins the lease does not carry: video jobs only, which the lease does not run, and too large for the
 # carry budget (av 35 MB, OpenCV 50 MB); the service starts without them (video jobs answer 501 video_unavailable).
 LEASE_SKIPS = frozenset({"av", "opencv-python-headless"})
+# The onnxruntime backend runs on the box's own onnx and onnxruntime, not carried (onnxruntime-gpu's wheel is ~300
+# MB; the CPU build is 17 MB for what the box already has). These are the box's versions when last seen
+# (.library/device/KINDS.md), older than the project's [onnx] pins (1.23.2 / 1.31.1): the backend suites
+# (tests/service/backends, tests/model/test_graphs.py) passed with exactly them on 2026-12-07. Older ones may work;
+# the lease says so in its note rather than failing.
+BOX_ONNX = {"onnx": "1.23.1", "onnxruntime": "1.30.0"}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CUDA_UNAVAILABLE = "CUDA provider unavailable: onnxruntime-gpu cannot travel"
 CARRY_LIMIT_BYTES = 64 * 2**20  # what may travel to the device machine in one call
 CARRY_MARGIN_BYTES = 4 * 2**20  # others commit meanwhile: keep room
 
@@ -219,6 +229,59 @@ def simulate_install(python: str | None, wheel_dir: Path, requirements: Path = R
         return subprocess.run([box_python, "-c", STACK_IMPORTS]).returncode
 
 
+def onnxruntime_report() -> tuple[list[str], str]:
+    """Lines describing this python's onnx / onnxruntime and the providers, and a note for the lease summary:
+    empty when a GPU provider is there, else what is missing (stdlib + the packages themselves: runs on the box)."""
+    lines, notes = [], []
+    versions: dict[str, str | None] = {}
+    for name in BOX_ONNX:  # the modules' own versions: onnxruntime-gpu's distribution has another name
+        try:
+            versions[name] = str(importlib.import_module(name).__version__)
+        except ImportError:
+            versions[name] = None
+    lines.append("onnx " + str(versions["onnx"]) + ", onnxruntime " + str(versions["onnxruntime"])
+                 + f" (checked with {BOX_ONNX['onnx']} / {BOX_ONNX['onnxruntime']})")
+    if versions["onnx"] is None or versions["onnxruntime"] is None:
+        missing = [name for name, version in versions.items() if version is None]
+        return lines, f"{' and '.join(missing)} missing: the onnxruntime backend cannot run here"
+    older = [name for name, version in versions.items() if version_tuple(version) < version_tuple(BOX_ONNX[name])]
+    if older:
+        notes.append(f"older than checked: {', '.join(f'{n} {versions[n]}' for n in older)}")
+    import onnxruntime as ort
+
+    available = list(ort.get_available_providers())
+    lines.append(f"onnxruntime providers: {', '.join(available)}; device {ort.get_device()}")
+    if not any(name in available for name in GPU_PROVIDERS):
+        notes.insert(0, f"{CUDA_UNAVAILABLE} (onnxruntime {versions['onnxruntime']} has {', '.join(available)})")
+    return lines, "; ".join(notes)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'1.30.0' -> (1, 30, 0); a suffix ('1.31.1+cu13', 'rc1') is dropped (no packaging needed on the box)."""
+    parts = []
+    for part in version.split("+", 1)[0].split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def add_record(report: Path, name: str, data_path: Path) -> None:
+    """Put one JSON document into a gpu-tests.json report's records (created if the tests did not write one): the
+    lease brings back at most 8 files, so a small step's figures travel in the report instead of a file of their
+    own."""
+    import json
+
+    data = json.loads(data_path.read_text())
+    document: dict[str, Any] = {"meta": {}, "sessions": [], "tests": {}, "records": {}}
+    if report.is_file():
+        document = json.loads(report.read_text())
+    document.setdefault("records", {})[name] = data
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(document, indent=1) + "\n")
+
+
 def check_argv(module: str, argv: list[str]) -> None:
     """Parse a step's arguments with the module's own parser (SystemExit on a bad flag or value)."""
     parse = importlib.import_module(module).parse_args
@@ -248,6 +311,28 @@ def collect_gpu_tests() -> list[str]:
     if code not in (0, 5):
         raise RuntimeError(f"collecting tests/gpu failed (pytest exit {code})")
     return collector.nodeids
+
+
+def selects(expression: str, nodeid: str) -> bool:
+    """Whether pytest's ``-k`` expression picks a test, for the forms the lease uses: words joined by ``and``,
+    each optionally ``not`` (a word matches when it is in the node id)."""
+    for term in expression.split(" and "):
+        negate, word = term.startswith("not "), term.removeprefix("not ").strip()
+        if (word in nodeid) == negate:
+            return False
+    return True
+
+
+def collect_paths(paths: list[str]) -> str | None:
+    """Collect test paths in a child pytest (no marker filter): None when they hold tests, else the problem."""
+    missing = [p for p in paths if not (REPO_ROOT / p).exists()]
+    if missing:
+        return f"test paths missing: {', '.join(missing)}"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *paths],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"collecting {' '.join(paths)} failed (pytest exit {proc.returncode}): {proc.stdout[-500:]}"
+    return None
 
 
 def repeated_flags(argv: list[str]) -> list[str]:
@@ -290,10 +375,14 @@ def check_plan(plan: Path) -> list[str]:
             outputs.add("gpu-tests.json")
             nodeids = collect_gpu_tests() if nodeids is None else nodeids
             select = fields[0]
-            negate, word = select.startswith("not "), select.removeprefix("not ")
-            chosen = [n for n in nodeids if (word in n) != negate]
-            if not chosen:
+            if not [n for n in nodeids if selects(select, n)]:
                 problems.append(f"tests/gpu -m gpu -k {select!r} selects no test")
+        elif kind == "pytest":
+            if any(path.startswith("tests/gpu") for path in fields):
+                outputs.add("gpu-tests.json")
+            problem = collect_paths(fields)
+            if problem:
+                problems.append(problem)
         else:
             problems.append(f"unknown plan line {line!r}")
     bad_names = sorted(n for n in outputs if not FILE_NAME.fullmatch(n))
@@ -323,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--fallback-target", type=Path)
     plan_cmd = sub.add_parser("plan", help="verify a dry run's plan file (inference_lease.sh --dry-run)")
     plan_cmd.add_argument("plan", type=Path)
+    ort_cmd = sub.add_parser("onnxruntime", help="this python's onnx / onnxruntime and providers (on the box)")
+    ort_cmd.add_argument("--note-file", type=Path, help="write the note for the lease summary here")
+    record_cmd = sub.add_parser("record", help="put a JSON file into a gpu-tests.json report's records")
+    record_cmd.add_argument("report", type=Path)
+    record_cmd.add_argument("name")
+    record_cmd.add_argument("data", type=Path)
     args_cmd = sub.add_parser("argv", help="a step's arguments parse")
     args_cmd.add_argument("module")
     args_cmd.add_argument("rest", nargs=argparse.REMAINDER)
@@ -348,6 +443,17 @@ def main(argv: list[str] | None = None) -> int:
         return install(args.python, args.wheel_dir, args.requirements, args.fallback_target)
     if args.command == "simulate-install":
         return simulate_install(args.python, args.wheel_dir, args.requirements)
+    if args.command == "onnxruntime":
+        lines, note = onnxruntime_report()
+        sys.stderr.write("".join(f"onnxruntime: {line}\n" for line in lines))
+        if note:
+            sys.stderr.write(f"onnxruntime: {note}\n")
+            if args.note_file:
+                args.note_file.write_text(note + "\n")
+        return 1 if note.endswith("cannot run here") else 0
+    if args.command == "record":
+        add_record(args.report, args.name, args.data)
+        return 0
     if args.command == "plan":
         problems = check_plan(args.plan)
         for problem in problems:

@@ -120,7 +120,35 @@ def test_lines(report: dict[str, Any] | None) -> list[str]:
         lines.append(f"- torch.compile ({compiled['dtype']}, {compiled['size'][0]}x{compiled['size'][1]}): load + "
                      f"warm-up compile {compiled['load_and_compile_s']:.0f} s; vs eager mean abs "
                      f"{compiled['mean_abs'] * 255:.2f}/255, max {compiled['max_abs'] * 255:.1f}/255.")
-    return [*lines, ""]
+    return [*lines, *onnxruntime_lines(records), ""]
+
+
+def onnxruntime_lines(records: dict[str, Any]) -> list[str]:
+    """The onnxruntime backend's records (tests/gpu/test_cuda_onnxruntime.py, the backends step's bench)."""
+    lines = []
+    providers = records.get("onnxruntime/providers")
+    if providers:
+        on_device = providers.get("on_device", "not run")
+        lines.append(f"- onnxruntime {providers['onnxruntime']} (onnx {providers['onnx']}): providers "
+                     f"{', '.join(providers['available'])}; STYA2K_BACKEND=onnxruntime on the device: "
+                     f"{', '.join(on_device) if isinstance(on_device, list) else on_device}.")
+    compared = records.get("onnxruntime/vs_torch_fp32")
+    if compared:
+        items = [v for k, v in compared.items() if k.startswith("item")]
+        lines.append(f"- onnxruntime ({compared['providers'][0]}) vs torch strict fp32 on {compared['device']}, a "
+                     f"padded batch of two: worst mean abs {max(i['mean_abs'] for i in items) * 255:.2f}/255, "
+                     f"max abs {max(i['max_abs'] for i in items) * 255:.1f}/255.")
+    bench = records.get("backends/s_per_image")
+    if bench:
+        devices, seconds = bench["devices"], bench["s_per_image"]
+        fallback = " (no CUDA provider: onnxruntime-gpu cannot travel)" if devices["onnxruntime"] != devices[
+            "torch"] else ""
+        lines.append(f"- bench/backends.py, {bench['size']} px, median of {bench['rounds']} rounds: torch on "
+                     f"{devices['torch']} ({bench['torch_dtype']}) {seconds['torch'] * 1000:.1f} ms/image, "
+                     f"onnxruntime on {devices['onnxruntime']}{fallback} ({bench['onnxruntime_providers'][0]}) "
+                     f"{seconds['onnxruntime'] * 1000:.1f} ms/image: {bench['speedup_onnxruntime']:.2f}x; outputs "
+                     f"differ by up to {bench['diff_levels']['max']:.0f} levels of 255.")
+    return lines
 
 
 def render(folder: Path) -> str:

@@ -21,12 +21,13 @@ from bench.gpu import lease_check, report
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "gpu" / "inference_lease.sh"
 STEPS = ["env", "install", "gpu-tests", "model-throughput", "service", "model-memory", "tiling", "compile-test",
-         "model-compile"]
+         "model-compile", "backend-tests", "backends"]
 
 
-def run_lease(tmp_path: Path, *args: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def run_lease(tmp_path: Path, *args: str, timeout_s: float,
+              extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     # The python running the tests (a worktree without its own .venv would otherwise get the system python3).
-    env = {"PYTHON": sys.executable, **os.environ, "OUT": str(tmp_path)}
+    env = {"PYTHON": sys.executable, **os.environ, "OUT": str(tmp_path), **(extra_env or {})}
     env.pop("LEASE_MODE", None)
     env.pop("LEASE_ONLY", None)
     proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
@@ -44,6 +45,7 @@ def test_dry_run_resolves_every_step(tmp_path: Path) -> None:
     assert "plan: OK" in log and "8 output files" in log
     # The lease's own flags were checked, not the rehearsal's tiny ones.
     assert "--batches 1,2,4,8,16,32,64" in log and "--weights random" not in log
+    assert "step_backends --size 512 --style-size 256 --rounds 4 --device cuda\n" in log
 
 
 @pytest.mark.slow
@@ -69,6 +71,84 @@ def test_plan_refuses_a_flag_that_replaces_the_leases_value(tmp_path: Path) -> N
     plan.write_text("\t".join(["argv", *lease_args, "--sizes", "64", "--batches=1,2"]) + "\n")
     problems = lease_check.check_plan(plan)
     assert len(problems) == 1 and "--batches, --sizes given twice" in problems[0], problems
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_backends_bench(tmp_path: Path) -> None:
+    """The onnxruntime step times what it can without a CUDA provider, says so, and its JSON joins the report."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install .[onnx])")
+    import onnxruntime
+
+    proc, summary = run_lease(tmp_path, "--rehearse", "--only", "backends", timeout_s=600,
+                              extra_env={"STYA2K_CACHE": str(tmp_path / "cache")})  # the export lands here
+    log = (tmp_path / "lease.log").read_text()
+    assert proc.returncode == 0, log[-4000:]
+    [step] = summary["steps"]
+    assert step["step"] == "backends" and step["status"] == "ok", step
+    if not set(lease_check.GPU_PROVIDERS) & set(onnxruntime.get_available_providers()):
+        assert step["note"].startswith(lease_check.CUDA_UNAVAILABLE), step
+    bench = json.loads((tmp_path / "gpu-tests.json").read_text())["records"]["backends/s_per_image"]
+    assert bench["size"] == 64 and bench["devices"] == {"torch": "cpu", "onnxruntime": "cpu"}
+    assert bench["onnxruntime_providers"][0] == "CPUExecutionProvider"
+    assert all(seconds > 0 for seconds in bench["s_per_image"].values()), bench
+    assert "bench/backends.py, 64 px" in report.render(tmp_path)
+
+
+def test_the_gpu_tests_step_leaves_the_onnxruntime_module_to_its_own_step() -> None:
+    """pytest -k as the plan check reads it: and / not over words in the node id."""
+    inference = "tests/gpu/test_cuda_inference.py::test_torch_compile_on_cuda_matches_eager"
+    onnx = "tests/gpu/test_cuda_onnxruntime.py::test_onnxruntime_on_the_device_matches_strict_fp32_torch"
+    assert not lease_check.selects("not compile and not onnxruntime", inference)
+    assert not lease_check.selects("not compile and not onnxruntime", onnx)
+    assert lease_check.selects("not compile and not onnxruntime", inference.replace("compile", "other"))
+    assert lease_check.selects("compile", inference) and not lease_check.selects("compile", onnx)
+
+
+def test_plan_checks_the_backend_steps(tmp_path: Path) -> None:
+    plan = tmp_path / "plan"
+    plan.write_text("argv\tbench.backends\t--size\t512\t--rouns\t4\n"
+                    "pytest\ttests/gpu/test_cuda_onnxruntime.py\ttests/model/test_no_such_module.py\n")
+    problems = lease_check.check_plan(plan)
+    assert any(p.startswith("bench.backends --size 512 --rouns 4: arguments do not parse") for p in problems), problems
+    assert any("test paths missing: tests/model/test_no_such_module.py" in p for p in problems), problems
+
+
+def test_a_record_joins_the_test_report(tmp_path: Path) -> None:
+    report_path, data = tmp_path / "gpu-tests.json", tmp_path / "bench.json"
+    data.write_text(json.dumps({"size": 512}))
+    assert lease_check.main(["record", str(report_path), "backends/s_per_image", str(data)]) == 0  # none yet
+    assert json.loads(report_path.read_text())["records"] == {"backends/s_per_image": {"size": 512}}
+    report_path.write_text(json.dumps({"meta": {"gpu": "H100"}, "tests": {"t": {}}, "records": {"a": 1}}))
+    lease_check.main(["record", str(report_path), "backends/s_per_image", str(data)])
+    joined = json.loads(report_path.read_text())
+    assert joined["meta"] == {"gpu": "H100"} and joined["tests"] == {"t": {}}
+    assert joined["records"] == {"a": 1, "backends/s_per_image": {"size": 512}}
+
+
+def test_the_onnxruntime_note_says_what_is_missing() -> None:
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install .[onnx])")
+    from bench.backends import onnxruntime_device
+
+    lines, note = lease_check.onnxruntime_report()
+    assert f"onnxruntime {ort.__version__}" in lines[0]
+    has_gpu = bool(set(lease_check.GPU_PROVIDERS) & set(ort.get_available_providers()))
+    assert note.startswith(lease_check.CUDA_UNAVAILABLE) != has_gpu, note
+    # The bench then times onnxruntime where it can run, beside torch on the GPU.
+    assert onnxruntime_device("cuda") == ("cuda" if has_gpu else "cpu") and onnxruntime_device("cpu") == "cpu"
+    assert lease_check.version_tuple("1.31.1+cu130") == (1, 31, 1) > lease_check.version_tuple("1.30.0")
+
+
+def test_the_box_onnx_versions_are_not_newer_than_the_project_pins() -> None:
+    """The lease runs the backend on the box's onnx / onnxruntime (BOX_ONNX, checked with the backend suites)
+    instead of carrying the project's pins: those must stay the newer ones, or the check says nothing."""
+    import tomllib
+
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["onnx"]
+    pins = dict(line.split("==") for line in extra)
+    assert set(pins) == set(lease_check.BOX_ONNX)
+    for name, version in lease_check.BOX_ONNX.items():
+        assert lease_check.version_tuple(version) <= lease_check.version_tuple(pins[name]), (name, version)
+    assert not set(pins) & set(lease_check.read_pins())  # not carried: the box has them
 
 
 def test_a_step_not_ok_fails_the_command(tmp_path: Path) -> None:
@@ -145,6 +225,13 @@ def lease_folder(tmp_path: Path) -> Path:
                                                      "wall_s": 9.0, "steps": steps, "files": {}}))
     records = {"precision/float16_vs_fp32": {"mean_abs": 0.002, "p99_abs": 0.01, "max_abs": 0.05, "lpips": 0.003},
                "oom/split": {"memory_fraction": 0.01, "ooms": 2, "batch_sizes": [2] * 8, "too_large": "X"}}
+    records["onnxruntime/providers"] = {"onnxruntime": "1.30.0", "onnx": "1.23.1", "gpu": [],
+                                        "available": ["CPUExecutionProvider"],
+                                        "on_device": "refused: CUDA provider unavailable"}
+    records["backends/s_per_image"] = {
+        "size": 512, "rounds": 4, "devices": {"torch": "cuda", "onnxruntime": "cpu"}, "torch_dtype": "float16",
+        "onnxruntime_providers": ["CPUExecutionProvider"], "s_per_image": {"torch": 0.004, "onnxruntime": 0.5},
+        "speedup_onnxruntime": 0.008, "diff_levels": {"max": 3.0, "mean": 0.1}}
     tests = {"tests/gpu/test_cuda_inference.py::test_a": {"outcome": "passed", "seconds": 1.5}}
     (folder / "gpu-tests.json").write_text(json.dumps({"meta": {"gpu": "NVIDIA H200", "torch": "2.11"},
                                                        "tests": tests, "records": records}))
@@ -164,6 +251,8 @@ def test_report_renders_tests_targets_and_merges_a_rerun(tmp_path: Path) -> None
     body = report.render(merged)
     assert "float16 vs fp32" in body and "0.51/255" in body and "0.0030" in body
     assert "2 real CUDA OOM(s)" in body and "not measured" in body  # no service / model JSON: targets unmeasured
+    assert "onnxruntime 1.30.0 (onnx 1.23.1): providers CPUExecutionProvider" in body
+    assert "torch on cuda (float16) 4.0 ms/image, onnxruntime on cpu (no CUDA provider" in body
     doc = tmp_path / "B.md"
     doc.write_text("# Benchmarks\n\n<!-- BEGIN bench/gpu -->\nold\n<!-- END bench/gpu -->\n")
     results = tmp_path / "results"

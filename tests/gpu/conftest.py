@@ -22,6 +22,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # the bench package is not installed; the box has no editable install
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_helpers, shared by the test modules here
 
 REHEARSE_ENV = "GPU_LEASE_REHEARSE"
 REPORT_ENV = "GPU_LEASE_REPORT"

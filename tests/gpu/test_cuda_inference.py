@@ -17,11 +17,18 @@ from typing import Any
 
 import pytest
 import torch
+from gpu_helpers import (
+    PRECISION_MEAN_MAX,
+    PRECISION_P99_MAX,
+    SAME_MAX_MAX,
+    SAME_P99_MAX,
+    diff_stats,
+    make_job,
+    strict_fp32,
+)
 
-from bench.service import synthetic_image
-from service import transfer
 from service.batcher import Batcher, BatchResult, ModelThread
-from service.contract import Mode, TransferJob, TransferRequest
+from service.contract import TransferJob
 from service.engine import Engine
 from service.errors import InsufficientMemory
 from service.metrics import ServiceMetrics
@@ -29,47 +36,15 @@ from service.settings import Settings
 
 pytestmark = pytest.mark.gpu
 
-# Reduced precision vs strict fp32, on [0, 1] pixels. Loose enough for honest fp16/bf16 rounding, tight enough
-# that an overflow, a NaN (quantised to black) or a wrong layout (visibly different image) fails.
-PRECISION_MEAN_MAX = 4 / 255
-PRECISION_P99_MAX = 24 / 255
-PRECISION_LPIPS_MAX = 0.08
-# Same precision, different device or batch composition: only rounding flips of the last level may differ.
-SAME_P99_MAX = 1 / 255
-SAME_MAX_MAX = 4 / 255
+PRECISION_LPIPS_MAX = 0.08  # beside gpu_helpers' pixel bounds: a visibly different image fails
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """fp32 convolutions and matmuls without TF32 (CUDA's default lets cuDNN use TF32)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def make_engine(device: torch.device, style_size: int, **changes: Any) -> Engine:
     settings = Settings(device=str(device), style_size=style_size, **{"max_side": 2048, **changes})
     engine = Engine(settings, ServiceMetrics())
     engine.load()
     return engine
-
-
-def make_job(engine: Engine, width: int, height: int, seed: int, side: int) -> TransferJob:
-    """A decoded request: a photo-like PNG content of width x height and one style (encoded in the batch)."""
-    request = TransferRequest(mode=Mode.stylize, content=synthetic_image(width, height, seed, "PNG"),
-                              styles=[synthetic_image(384, 384, 1000, "PNG")], max_side=side)
-    return transfer.prepare(request, engine.settings, lambda key: None)
-
-
-def diff_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """Mean / p99 / max absolute difference of two uint8 (3, h, w) images, on the [0, 1] scale."""
-    assert a.shape == b.shape, (a.shape, b.shape)
-    d = (a.float() - b.float()).abs().flatten() / 255  # (3*h*w,)
-    return {"mean_abs": d.mean().item(), "p99_abs": torch.quantile(d, 0.99).item(), "max_abs": d.max().item()}
 
 
 def lpips_of(metric: Any | None, a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float | None:
