@@ -83,6 +83,9 @@ ALLOWED_DEMUXERS = (
     "png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe"
 )
 ALLOWED_CONTAINERS_TEXT = "mp4, mov, m4v, 3gp, mkv, webm, avi, mpeg-ts, gif, ogg, flv, asf/wmv"
+# The probe decodes keyframes (a stream changes its frame size only at one) for at most this long, so a frame that
+# grows past the limit after the header is refused at submission; past it, the running job checks every frame.
+KEYFRAME_PROBE_S = 1.0
 # "none" names no protocol FFmpeg has: a demuxer that tries to open a file, socket or URL fails at once.
 OPEN_OPTIONS = {"format_whitelist": ALLOWED_DEMUXERS, "protocol_whitelist": "none"}
 
@@ -286,6 +289,7 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
         audio = _audio_codec(container)
         rate = _constant_rate(times, stream)
         _check_complete(container, stream, times, rate)
+    _check_keyframes(data, limits.max_input_pixels, KEYFRAME_PROBE_S)
     info_rotation = _rotation(first)
     if info_rotation in (90, 270):
         width, height = height, width
@@ -300,6 +304,28 @@ def probe(data: bytes, limits: VideoLimits) -> VideoInfo:
             f"the video lasts {info.seconds:.1f} s; the limit is {limits.max_seconds:g} s (STYA2K_VIDEO_MAX_SECONDS)"
         )
     return info
+
+
+def _check_keyframes(data: bytes, max_pixels: int, budget_s: float) -> None:
+    """Decode the keyframes for at most ``budget_s``: any of them over ``max_pixels`` (the decoder refuses it before
+    allocating it) is a 413 now. Other decoding errors are left to the job, which reports the frame."""
+    started = time.monotonic()
+    with _open(data) as container:
+        stream = container.streams.video[0]
+        _limit_frame_size(stream, max_pixels)
+        stream.codec_context.skip_frame = "NONKEY"
+        try:
+            for _ in container.decode(stream):
+                if time.monotonic() - started > budget_s:
+                    return
+        except av.error.FFmpegError:
+            pass
+        context = stream.codec_context  # the size the stream changed to, or 0x0 where a decoder reset it
+        if context.width * context.height > max_pixels or context.width == 0 or context.height == 0:
+            raise VideoTooLarge(
+                f"a keyframe of the video changes its frame size to {context.width}x{context.height} px after the "
+                f"header, over the limit of {max_pixels} pixels a frame (STYA2K_VIDEO_MAX_INPUT_PIXELS) or invalid"
+            )
 
 
 def _audio_codec(container: av.container.InputContainer) -> str | None:

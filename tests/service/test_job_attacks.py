@@ -29,6 +29,7 @@ from bench.job_attacks import (
     video_job,
 )
 from bench.reliability import Probe, png_bytes
+from service import video as video_module
 
 SMALL_FRAMES = 320 * 240
 
@@ -40,6 +41,20 @@ def server() -> Iterator[RunningServer]:
                            tile_px=64, tile_margin_px=64, jobs_max_side=1024)  # fmt: skip
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def liveness(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every attack on the shared server runs under a liveness probe (GET /health/live every 50 ms on a new
+    connection, as a kubelet would): no probe may go unanswered for 5 s while the attack is handled."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("server")
+    with Probe(_port(server)) as probe:
+        yield
+    assert probe.failures == [], probe.summary()
+    assert probe.latencies, "the probe never got an answer"
 
 
 def _error(response: httpx.Response) -> tuple[int, str, str]:
@@ -84,10 +99,23 @@ def test_an_ffconcat_playlist_reads_no_server_file_and_cannot_tell_paths_apart(s
 
 
 @pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
-def test_frames_that_grow_past_the_limit_after_the_header_fail_the_job_at_that_frame(
+def test_frames_that_grow_past_the_limit_after_the_header_are_refused_at_submission(
     server: RunningServer, codec: str
 ) -> None:
-    clip = growing_frames_ts((64, 48), 20, (640, 480), 3, codec)  # the header (all the probe reads) says 64x48
+    clip = growing_frames_ts((64, 48), 20, (640, 480), 3, codec)  # the header says 64x48; a keyframe says more
+    started = time.monotonic()
+    status, code, message = _error(video_job(server.url, clip, name="x.ts", max_side=64))
+    assert time.monotonic() - started < 5.0
+    assert (status, code) == (413, "video_too_large") and "STYA2K_VIDEO_MAX_INPUT_PIXELS" in message, message
+    assert server.metric("stya2k_jobs_queued") == 0
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_past_the_probes_keyframe_budget_every_decoded_frame_is_still_checked(
+    server: RunningServer, codec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video_module, "KEYFRAME_PROBE_S", -1.0)  # the probe stops at once: the job must catch it
+    clip = growing_frames_ts((64, 48), 20, (640, 480), 3, codec)
     accepted = video_job(server.url, clip, name="x.ts", max_side=64)
     assert accepted.status_code == 202, accepted.text
     view = _wait(server, accepted.headers["location"])
