@@ -74,31 +74,32 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _spread(paths: Sequence[Path], count: int, offset: int = 0) -> list[Path]:
-    """``count`` paths evenly spaced over the sorted list (deterministic; not the first few of one source).
-    ``offset`` shifts the picks by half a step, so a second set (held out) shares no file with the first."""
+def _spread(paths: Sequence[Path], count: int) -> list[Path]:
+    """``count`` paths evenly spaced over the sorted list (deterministic; not the first few of one source)."""
     if len(paths) <= count:
-        return list(paths)[offset % 2 :: 2] if offset else list(paths)
+        return list(paths)
     step = len(paths) / count
-    return [paths[min(len(paths) - 1, int(i * step + offset * step / 2))] for i in range(count)]
+    return [paths[int(i * step)] for i in range(count)]
 
 
 def calibration_set(folder: Path, count: int = CALIBRATION_COUNT, side: int = CALIBRATION_SIDE,
-                    held_out: bool = False) -> CalibrationSet:
+                    exclude: CalibrationSet | None = None) -> CalibrationSet:
     """Pick a calibration set from ``folder``: its ``content/`` and ``style/`` subfolders (half each, the training
-    pool's layout) or, without them, the folder's own images used as both. ``held_out``: a disjoint pick of the
-    same size (the quality check's images)."""
+    pool's layout) or, without them, the folder's own images used as both. ``exclude``: a set whose images are
+    not picked (the quality check's held-out pairs exclude the calibration images)."""
     folder = Path(folder)
     content_dir, style_dir = folder / "content", folder / "style"
     if content_dir.is_dir() and style_dir.is_dir():
         contents, styles = _images(content_dir), _images(style_dir)
     else:
         contents = styles = _images(folder)
+    if exclude is not None:
+        taken = {*exclude.contents, *exclude.styles}
+        contents, styles = [p for p in contents if p not in taken], [p for p in styles if p not in taken]
     if not contents or not styles:
         raise ValueError(f"no images to calibrate on in {folder} (want content/ and style/, or images)")
     half = max(1, count // 2)
-    offset = 1 if held_out else 0
-    return CalibrationSet(tuple(_spread(contents, half, offset)), tuple(_spread(styles, half, offset)), side)
+    return CalibrationSet(tuple(_spread(contents, half)), tuple(_spread(styles, half)), side)
 
 
 def load_image(path: Path, side: int) -> torch.Tensor:

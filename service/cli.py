@@ -676,7 +676,7 @@ def _quantize(fp32: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]
     root = Path(args.calibration)
     try:
         calibration = quantize.calibration_set(root, args.calibration_count, args.calibration_side)
-        held_out = quantize.calibration_set(root, 8, args.calibration_side, held_out=True)
+        held_out = quantize.calibration_set(root, 8, args.calibration_side, exclude=calibration)
     except (OSError, ValueError) as exc:
         raise Failure(f"calibration images: {exc}") from None
     digest = calibration.digest()

@@ -9,6 +9,6 @@ bash .ci/install-nginx.sh
 bash .ci/install-chromium.sh
 bash .ci/install-containers.sh
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[dev,eval,onnx]'
+.venv/bin/pip install -q -e '.[dev,eval,onnx,openvino]'
 .venv/bin/python -m ruff check .
 .venv/bin/python -m pytest -q
