@@ -107,18 +107,17 @@ def model_rounds(args: argparse.Namespace, engines: dict[str, Engine], jobs: dic
 
 
 def quality(outputs: dict[str, torch.Tensor], lpips_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """Each backend's output against torch's: abs differences in levels, LPIPS."""
+    """Each backend's served image (uint8, as a client gets it) against torch's: abs differences in levels,
+    LPIPS."""
     metric = None
     if lpips_dir is not None and lpips_dir.is_dir():
         from model.lpips import LPIPS
 
         metric = LPIPS.from_folder(lpips_dir).eval()
-    want = outputs["torch"].float()
-    want = want[None] if want.dim() == 3 else want
+    want = outputs["torch"][None].float() / 255  # run_batch answers uint8 (3, h, w) images
     report = {}
     for name, out in outputs.items():
-        got = out.float()
-        got = got[None] if got.dim() == 3 else got
+        got = out[None].float() / 255
         row: dict[str, Any] = compare(want, got)
         if metric is not None:
             with torch.inference_mode():

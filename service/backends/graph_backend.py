@@ -37,10 +37,12 @@ log = logging.getLogger("service.backends.graph_backend")
 # issue 29) max abs on [0, 1] outputs; 1e-3 leaves room for a rare flipped block match (a quarter of 1/255).
 FLOAT32 = Capabilities(dtypes=("float32",), batching=True, tiling=True, masks=True, max_batch=None, tolerance=1e-3)
 # int8 (the decoder's convolutions, model/quantize.py): a per-pixel bound is loose by nature (one quantisation
-# step of an activation moves a pixel by a few levels, and edges more); the mean bound is the real check. Trained
-# weights, 384 px, 4 held-out pairs: mean 1.6, p99 5.7, max 17.8 levels, LPIPS 0.005 (docs/BENCHMARKS.md).
+# step of an activation moves a pixel by a few levels, and edges more); the mean bound catches a broken kernel
+# (7-bit weights off, AVX2: 18 levels mean) and the LPIPS record is the quality bound. Trained weights, 384 px, 4
+# held-out pairs: mean 1.9, p99 6.6, max 20 levels, LPIPS 0.006; the start-up probe's white-noise style at 128 px:
+# mean 3.7, max 35 levels.
 INT8 = Capabilities(dtypes=("int8",), batching=True, tiling=True, masks=True, max_batch=None, tolerance=0.25,
-                    mean_tolerance=4 / 255)
+                    mean_tolerance=6 / 255)
 # STYA2K_BACKEND=auto takes an int8 backend only when its graphs' quality record (held-out training-pool pairs,
 # measured when they were quantized) has a mean LPIPS vs float32 at most this: the issue's quality bound.
 INT8_LPIPS_BOUND = 0.02

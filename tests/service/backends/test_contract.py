@@ -127,7 +127,7 @@ def test_tiled_transfer_matches_the_torch_reference(backend: InferenceBackend, r
 def test_capabilities_are_declared(backend: InferenceBackend) -> None:
     caps = backend.capabilities
     if "int8" in caps.dtypes:  # a loose per-pixel bound must come with a mean bound of at most a few levels
-        assert caps.mean_tolerance is not None and 0 < caps.mean_tolerance <= 4 / 255 and caps.tolerance <= 0.25
+        assert caps.mean_tolerance is not None and 0 < caps.mean_tolerance <= 6 / 255 and caps.tolerance <= 0.25
     else:
         assert "float32" in caps.dtypes and 0 <= caps.tolerance <= 1 / 255
     assert backend.name in available_backends()

@@ -55,7 +55,7 @@ def pixels(data: bytes) -> np.ndarray:
 
 def same_image(images: dict[str, bytes]) -> None:
     """Each backend's image against torch's: float32 ones equal within one level of 255 (a 1e-3 tolerance may
-    round a value the other way); int8 ones within their mean bound (4 levels) and their per-pixel one."""
+    round a value the other way); int8 ones within 4 levels mean (their bound is 6) and their per-pixel bound."""
     want = pixels(images["torch"])
     assert np.unique(want).size > 8  # a real image, not a flat one
     for name, data in images.items():
@@ -161,6 +161,8 @@ def test_the_backend_setting_is_checked() -> None:
 def test_auto_measures_graph_backends_only_when_their_graphs_are_cached(
     graph_cache: Path, int8_graphs: Path, seeded_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from service import engine as engine_module
+    from service.backends import GRAPH_BACKENDS
     from service.backends.graph_backend import INT8_LPIPS_BOUND, read_quality
     from service.engine import Engine
     from service.metrics import ServiceMetrics
@@ -173,6 +175,7 @@ def test_auto_measures_graph_backends_only_when_their_graphs_are_cached(
     assert "onnxruntime-int8: no cached graphs" in cold.backend_reason and "--int8" in cold.backend_reason
     assert cold.backend_probe is None and not list(tmp_path.iterdir())
     monkeypatch.setenv("STYA2K_CACHE", str(graph_cache))
+    monkeypatch.setattr(engine_module, "BACKEND_PROBE_BUDGET_S", 1e9)  # this test measures them all
     warm = Engine(settings, ServiceMetrics())
     warm.load()
     probes = warm.backend_probe
@@ -188,6 +191,16 @@ def test_auto_measures_graph_backends_only_when_their_graphs_are_cached(
         assert "onnxruntime-int8: not measured: " in warm.backend_reason
     else:
         assert "onnxruntime-int8" in probes
+    # Start-up stays short: past the probe budget the remaining candidates are reported, not measured.
+    assert sorted(engine_module.AUTO_ORDER) == sorted(GRAPH_BACKENDS)
+    monkeypatch.setattr(engine_module, "BACKEND_PROBE_BUDGET_S", 0.0)
+    hurried = Engine(settings, ServiceMetrics())
+    hurried.load()
+    first, *rest = engine_module.AUTO_ORDER
+    reason = hurried.backend_reason
+    assert f"{first}: " in reason and f"{first}: not measured: the start-up" not in reason
+    for name in rest:
+        assert f"{name}: not measured: the start-up probe budget (0 s) is spent" in reason
 
 
 def test_a_backend_without_its_graphs_or_packages_is_refused_with_the_reason(
