@@ -617,7 +617,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_export_graph(args: argparse.Namespace) -> int:
     """``stya2k export-graph``: the network as ONNX graphs (model/graphs.py), by default into the cache folder the
-    service's onnxruntime backend reads, so a later ``stya2k serve`` starts without an export."""
+    service's graph backends read, so a later ``stya2k serve`` starts without an export. ``--int8``: also the
+    int8 set (model/quantize.py) with its quality record; ``--triton DIR``: a Triton model repository of them."""
     import json
 
     from model.checkpoint import CheckpointError, load_model, sha256_file
@@ -625,11 +626,13 @@ def run_export_graph(args: argparse.Namespace) -> int:
     from model.graphs import GraphSet, describe, export_graphs
     from model.pack import default_cache_dir
     from service.backends import missing_packages
-    from service.backends.onnx_runtime import graph_folder
+    from service.backends.graph_backend import graph_folder
 
     missing = missing_packages("onnxruntime")
     if missing:
         raise Failure(f"exporting needs {', '.join(missing)}: pip install 'stya2k-serve[onnx]'")
+    if args.int8 and not args.calibration:
+        raise UsageError("--int8 needs --calibration DIR (a folder with content/ and style/ images)")
     import model
 
     path = Path(args.weights) if args.weights else model.DEFAULT_WEIGHTS
@@ -649,8 +652,65 @@ def run_export_graph(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise Failure(str(exc)) from None
         log.info("exported in %.1f s", time.monotonic() - started)
-    sys.stdout.write(json.dumps(describe(graphs), indent=2) + "\n")
+    report: dict[str, Any] = describe(graphs)
+    if args.int8:
+        graphs, report["int8"] = _quantize(graphs, args)
+    if args.triton:
+        from model.triton import write_repository
+
+        report["triton"] = [str(p) for p in write_repository(graphs, Path(args.triton), args.triton_device)]
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return EXIT_OK
+
+
+def _quantize(fp32: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``export-graph --int8``: the int8 set of ``fp32`` (GraphSet) calibrated on --calibration (cached by the
+    set's sha256), and its quality against float32 on held-out pairs of the same folder (quality.json)."""
+    import json
+
+    from model import quantize
+    from model.graphs import GraphSet, describe
+    from service.backends.graph_backend import int8_folder
+    from service.backends.onnx_runtime import OnnxRuntimeBackend
+
+    root = Path(args.calibration)
+    try:
+        calibration = quantize.calibration_set(root, args.calibration_count, args.calibration_side)
+        held_out = quantize.calibration_set(root, 8, args.calibration_side, exclude=calibration)
+    except (OSError, ValueError) as exc:
+        raise Failure(f"calibration images: {exc}") from None
+    digest = calibration.digest()
+    folder = int8_folder(fp32.folder, digest)
+
+    def stages(graphs: GraphSet) -> Any:
+        return OnnxRuntimeBackend(Path("."), export=False).open_graphs(graphs)
+
+    float32 = stages(fp32)
+    if GraphSet(folder).complete() and not args.force:
+        log.info("int8 graphs of this calibration set already in %s (--force quantizes again)", folder)
+    else:
+        started = time.monotonic()
+        quantize.quantize_graphs(fp32, folder, float32, calibration, digest)
+        log.info("quantized in %.1f s", time.monotonic() - started)
+    int8 = GraphSet(folder)
+    lpips = None
+    if args.lpips and Path(args.lpips).is_dir():
+        from model.lpips import LPIPS
+
+        lpips = LPIPS.from_folder(args.lpips).eval()
+    else:
+        log.warning("no LPIPS weights (--lpips %s): the quality record has no LPIPS, so STYA2K_BACKEND=auto will "
+                    "not pick the int8 graphs", args.lpips)
+    quality = quantize.measure_quality(float32, stages(int8), held_out, lpips)
+    quality["calibration_sha256"] = digest
+    (folder / quantize.QUALITY_FILE).write_text(json.dumps(quality, indent=2) + "\n")
+    summary = {k: v for k, v in quality.items() if k != "per_pair"}
+    return int8, {"graphs": describe(int8), "quality": summary}
+
+
+def _default_lpips() -> str:
+    """Where the LPIPS weights are when ../shared is beside the project (the quality harness's default)."""
+    return str(Path(__file__).resolve().parents[2] / "shared" / "weights" / "lpips")
 
 
 def run_delegated(command: str, argv: Sequence[str]) -> int:
@@ -910,6 +970,19 @@ def build_parser(prog: str = "stya2k") -> argparse.ArgumentParser:
                         "(<STYA2K_CACHE or ~/.cache/stya2k>/graphs/<sha256>-...)")  # fmt: skip
     export.add_argument("--opset", type=int, default=18, help="ONNX opset")
     export.add_argument("--force", action="store_true", help="export again when the folder already has the graphs")
+    export.add_argument("--int8", action="store_true", help="also quantize the decoder to int8 (ONNX Runtime static "
+                        "quantization, QDQ, per-channel weights) into <folder>/int8-<calibration sha256>/, with its "
+                        "quality vs float32 on held-out pairs (quality.json); the -int8 backends run these")
+    export.add_argument("--calibration", default=None, metavar="DIR", help="calibration images for --int8: "
+                        "DIR/content/ and DIR/style/ (the training pool's layout), or a folder of images")
+    export.add_argument("--calibration-count", type=int, default=32, help="calibration images (half content)")
+    export.add_argument("--calibration-side", type=int, default=384, help="their long side (px)")
+    export.add_argument("--lpips", default=_default_lpips(), metavar="DIR",
+                        help="LPIPS weights folder for the int8 quality record (auto needs its LPIPS)")
+    export.add_argument("--triton", default=None, metavar="DIR", help="also write a Triton model repository of "
+                        "the graphs (the int8 ones with --int8) into DIR (docs/DEPLOY.md)")
+    export.add_argument("--triton-device", choices=("gpu", "cpu"), default="gpu",
+                        help="instance kind in the Triton configs (gpu: TensorRT accelerator, FP16)")
     export.set_defaults(handler=run_export_graph)
 
     for command, module in DELEGATED.items():

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from service.backends import BACKENDS
 from service.contract import DEFAULT_STYLE_FIT, MAX_SIDE, StyleFit
 
 ENV_PREFIX = "STYA2K_"
@@ -79,10 +80,11 @@ class Settings:
     )
     backend: str = setting(
         "auto",
-        "auto | torch | onnxruntime: the runtime that computes the network (onnxruntime: the exported graphs, "
-        "exported into the cache on first use; auto: torch unless the graphs of these weights are already cached "
-        "and a start-up measurement finds onnxruntime faster within its tolerance); /v1/info runtime says which "
-        "and why",
+        "auto | torch | onnxruntime | onnxruntime-int8 | openvino | openvino-int8: the runtime that computes the "
+        "network (onnxruntime, openvino: the exported float32 graphs, exported into the cache on first use; -int8: "
+        "the graphs `stya2k export-graph --int8` quantized; auto: torch unless a backend whose graphs of these "
+        "weights are already cached is measured >= 1.1x faster at start-up within its tolerance, int8 only with a "
+        "recorded LPIPS <= 0.02 vs float32); /v1/info runtime says which and why",
     )
     compile: bool = setting(False, "torch.compile the transfer path (GPU; slower start-up, faster requests)")
     warmup: bool = setting(True, "run the common shapes once before reporting ready")
@@ -312,7 +314,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {f.name: _parser_for(f.type) fo
 
 _CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "backend": ("auto", "torch", "onnxruntime"),
+    "backend": ("auto", *BACKENDS),
     "log_level": ("debug", "info", "warning", "error", "critical"),
     "style_fit": tuple(fit.value for fit in StyleFit),
 }

@@ -14,6 +14,7 @@ import torch
 from model import ModelConfig, StyA2K
 
 ONNX_MISSING = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
+LPIPS_DIR = Path(__file__).resolve().parents[2] / "shared" / "weights" / "lpips"  # absent: no LPIPS record
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +60,33 @@ def graph_cache(tmp_path_factory: pytest.TempPathFactory, seeded_weights: Path) 
     folder = graph_folder(cache, sha256_file(seeded_weights))
     assert main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder)]) == 0
     return cache
+
+
+@pytest.fixture(scope="session")
+def int8_graphs(graph_cache: Path, seeded_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded weights' int8 graph folder (inside graph_cache), quantized by `stya2k export-graph --int8` on
+    generated calibration images (content/ and style/, 96 px), with LPIPS in its quality record when ../shared has
+    the LPIPS weights."""
+    from PIL import Image
+
+    from model.checkpoint import sha256_file
+    from service.backends.graph_backend import graph_folder, newest_int8
+    from service.cli import main
+
+    calibration = tmp_path_factory.mktemp("calibration")
+    for kind, seed in (("content", 100), ("style", 200)):
+        (calibration / kind).mkdir()
+        for index in range(6):
+            image = generate_photo_like(seed + index, 1, 72 + 8 * index, 96)[0]  # (3, H, W)
+            array = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            Image.fromarray(array).save(calibration / kind / f"{index}.png")
+    folder = graph_folder(graph_cache, sha256_file(seeded_weights))
+    assert main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder), "--int8", "--calibration",
+                 str(calibration), "--calibration-count", "8", "--calibration-side", "96", "--lpips",
+                 str(LPIPS_DIR)]) == 0
+    found = newest_int8(folder)
+    assert found is not None
+    return found.folder
 
 
 @pytest.fixture(scope="session")

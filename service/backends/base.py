@@ -29,12 +29,14 @@ class Capabilities:
     masks: bool  # per-pixel style weights (B, N, H, W)
     max_batch: int | None  # most images per run (None: no limit of its own)
     tolerance: float  # max abs difference from the torch float32 reference output in [0, 1] (float32 load)
+    # mean abs difference bound as well (int8: a per-pixel bound alone is loose by nature); None: tolerance only
+    mean_tolerance: float | None = None
 
 
 class InferenceBackend(Protocol):
     """One runtime for the network. Every method but :attr:`capabilities` runs in the model thread."""
 
-    name: str  # "torch", "onnxruntime"
+    name: str  # "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"
     capabilities: Capabilities
 
     def load(self, net: StyA2K, device: torch.device, precision: torch.dtype | None) -> None:

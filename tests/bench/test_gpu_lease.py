@@ -127,14 +127,16 @@ def test_a_record_joins_the_test_report(tmp_path: Path) -> None:
 
 def test_the_onnxruntime_note_says_what_is_missing() -> None:
     ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install .[onnx])")
-    from bench.backends import onnxruntime_device
+    from bench.backends import backend_device
 
     lines, note = lease_check.onnxruntime_report()
     assert f"onnxruntime {ort.__version__}" in lines[0]
     has_gpu = bool(set(lease_check.GPU_PROVIDERS) & set(ort.get_available_providers()))
     assert note.startswith(lease_check.CUDA_UNAVAILABLE) != has_gpu, note
     # The bench then times onnxruntime where it can run, beside torch on the GPU.
-    assert onnxruntime_device("cuda") == ("cuda" if has_gpu else "cpu") and onnxruntime_device("cpu") == "cpu"
+    assert backend_device("onnxruntime", "cuda") == ("cuda" if has_gpu else "cpu")
+    assert backend_device("onnxruntime", "cpu") == "cpu" and backend_device("torch", "cuda") == "cuda"
+    assert backend_device("openvino", "cuda") == "cpu"
     assert lease_check.version_tuple("1.31.1+cu130") == (1, 31, 1) > lease_check.version_tuple("1.30.0")
 
 

@@ -358,3 +358,40 @@ def test_export_graph_refuses_weights_it_cannot_load(tmp_path: Path, capsys: pyt
     broken.write_bytes(b"not a checkpoint")
     assert cli.main(["export-graph", "--weights", str(broken), "--out", str(tmp_path / "out")]) == 1
     assert "cannot load" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_export_graph_int8_needs_calibration_images(
+    graph_cache: Path, seeded_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model.checkpoint import sha256_file
+    from service.backends.graph_backend import graph_folder
+
+    folder = graph_folder(graph_cache, sha256_file(seeded_weights))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder), "--int8"])
+    assert exited.value.code == 2 and "--int8 needs --calibration DIR" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder), "--int8",
+                     "--calibration", str(tmp_path / "empty")]) == 1
+    assert "calibration images: no images to calibrate on" in capsys.readouterr().err
+
+
+def test_export_graph_int8_and_triton_leave_what_they_report(
+    graph_cache: Path, int8_graphs: Path, seeded_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--int8` (the session's int8_graphs fixture ran it) left its quality record on held-out pairs; `--triton`
+    writes a repository and lists its configs."""
+    import json
+
+    from model.checkpoint import sha256_file
+    from service.backends.graph_backend import graph_folder
+
+    quality = json.loads((int8_graphs / "quality.json").read_text())
+    assert quality["pairs"] == len(quality["per_pair"]) >= 1 and quality["per_pair"][0]["content"].endswith(".png")
+    folder = graph_folder(graph_cache, sha256_file(seeded_weights))
+    assert cli.main(["export-graph", "--weights", str(seeded_weights), "--out", str(folder),
+                     "--triton", str(tmp_path / "models"), "--triton-device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["triton"] == [str(tmp_path / "models" / f"stya2k_{g}" / "config.pbtxt")
+                                for g in ("encoder", "transfer", "decoder")]
+    assert "KIND_CPU" in (tmp_path / "models" / "stya2k_decoder" / "config.pbtxt").read_text()
