@@ -77,6 +77,16 @@ def backend_device(name: str, device: str) -> str:
     return "cpu"
 
 
+def onnxruntime_providers() -> list[str]:
+    """The local execution providers this onnxruntime build has, best first ([] without onnxruntime); the Azure
+    provider (remote inference, listed first by some builds) is never one a local session runs on."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return [name for name in ort.get_available_providers() if name != "AzureExecutionProvider"]
+
+
 def load_engines(args: argparse.Namespace, content: bytes, style: bytes
                  ) -> tuple[dict[str, Engine], dict[str, Any], dict[str, float], dict[str, str]]:
     """Each backend's engine, loaded and warm, with its prepared job (style cached); skipped ones and why."""
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size, "style_size": args.style_size, "rounds": args.rounds, "threads": torch.get_num_threads(),
         "machine": common.machine_info(torch.device(args.device)), "git": common.git_revision(), "device": args.device,
         "devices": {name: backend_device(name, args.device) for name in engines},
+        "onnxruntime_providers": onnxruntime_providers(),
         "s_per_image": medians, "rounds_s": times, "load_s": load_s, "skipped": skipped,
         "speedup_vs_torch": {name: round(medians["torch"] / value, 3) for name, value in medians.items()},
         "torch_dtype": engines["torch"].dtype_name,

@@ -12,4 +12,4 @@ bash .ci/install-containers.sh
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev,eval,onnx,openvino,redis]'
 .venv/bin/python -m ruff check .
-.venv/bin/python -m pytest -q
+.venv/bin/python -m pytest -q --durations=20

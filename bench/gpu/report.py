@@ -141,13 +141,18 @@ def onnxruntime_lines(records: dict[str, Any]) -> list[str]:
     bench = records.get("backends/s_per_image")
     if bench:
         devices, seconds = bench["devices"], bench["s_per_image"]
-        fallback = " (no CUDA provider: onnxruntime-gpu cannot travel)" if devices["onnxruntime"] != devices[
-            "torch"] else ""
         lines.append(f"- bench/backends.py, {bench['size']} px, median of {bench['rounds']} rounds: torch on "
-                     f"{devices['torch']} ({bench['torch_dtype']}) {seconds['torch'] * 1000:.1f} ms/image, "
-                     f"onnxruntime on {devices['onnxruntime']}{fallback} ({bench['onnxruntime_providers'][0]}) "
-                     f"{seconds['onnxruntime'] * 1000:.1f} ms/image: {bench['speedup_onnxruntime']:.2f}x; outputs "
-                     f"differ by up to {bench['diff_levels']['max']:.0f} levels of 255.")
+                     f"{devices['torch']} ({bench['torch_dtype']}) {seconds['torch'] * 1000:.1f} ms/image.")
+        providers = bench.get("onnxruntime_providers") or ["none"]
+        for name in (n for n in seconds if n != "torch"):
+            fallback = (" (no CUDA provider: onnxruntime-gpu cannot travel)"
+                        if name.startswith("onnxruntime") and devices[name] != devices["torch"] else "")
+            provider = f" ({providers[0]})" if name.startswith("onnxruntime") else ""
+            quality = bench["quality_vs_torch"].get(name, {})
+            lines.append(f"  - {name} on {devices[name]}{fallback}{provider}: {seconds[name] * 1000:.1f} ms/image, "
+                         f"{bench['speedup_vs_torch'][name]:.2f}x torch; outputs differ by up to "
+                         f"{quality.get('max_levels', float('nan')):.0f} levels of 255 (mean "
+                         f"{quality.get('mean_levels', float('nan')):.2f}).")
     return lines
 
 

@@ -88,7 +88,8 @@ def test_rehearsal_of_the_backends_bench(tmp_path: Path) -> None:
     if not set(lease_check.GPU_PROVIDERS) & set(onnxruntime.get_available_providers()):
         assert step["note"].startswith(lease_check.CUDA_UNAVAILABLE), step
     bench = json.loads((tmp_path / "gpu-tests.json").read_text())["records"]["backends/s_per_image"]
-    assert bench["size"] == 64 and bench["devices"] == {"torch": "cpu", "onnxruntime": "cpu"}
+    assert bench["size"] == 64 and bench["devices"]["torch"] == "cpu" and bench["devices"]["onnxruntime"] == "cpu"
+    assert set(bench["devices"].values()) == {"cpu"}
     assert bench["onnxruntime_providers"][0] == "CPUExecutionProvider"
     assert all(seconds > 0 for seconds in bench["s_per_image"].values()), bench
     assert "bench/backends.py, 64 px" in report.render(tmp_path)
@@ -233,7 +234,8 @@ def lease_folder(tmp_path: Path) -> Path:
     records["backends/s_per_image"] = {
         "size": 512, "rounds": 4, "devices": {"torch": "cuda", "onnxruntime": "cpu"}, "torch_dtype": "float16",
         "onnxruntime_providers": ["CPUExecutionProvider"], "s_per_image": {"torch": 0.004, "onnxruntime": 0.5},
-        "speedup_onnxruntime": 0.008, "diff_levels": {"max": 3.0, "mean": 0.1}}
+        "speedup_vs_torch": {"torch": 1.0, "onnxruntime": 0.008},
+        "quality_vs_torch": {"onnxruntime": {"max_levels": 3.0, "mean_levels": 0.1, "p99_levels": 1.0}}}
     tests = {"tests/gpu/test_cuda_inference.py::test_a": {"outcome": "passed", "seconds": 1.5}}
     (folder / "gpu-tests.json").write_text(json.dumps({"meta": {"gpu": "NVIDIA H200", "torch": "2.11"},
                                                        "tests": tests, "records": records}))
@@ -254,7 +256,9 @@ def test_report_renders_tests_targets_and_merges_a_rerun(tmp_path: Path) -> None
     assert "float16 vs fp32" in body and "0.51/255" in body and "0.0030" in body
     assert "2 real CUDA OOM(s)" in body and "not measured" in body  # no service / model JSON: targets unmeasured
     assert "onnxruntime 1.30.0 (onnx 1.23.1): providers CPUExecutionProvider" in body
-    assert "torch on cuda (float16) 4.0 ms/image, onnxruntime on cpu (no CUDA provider" in body
+    assert "torch on cuda (float16) 4.0 ms/image" in body
+    assert "onnxruntime on cpu (no CUDA provider: onnxruntime-gpu cannot travel) (CPUExecutionProvider): 500.0" in body
+    assert "0.01x torch; outputs differ by up to 3 levels of 255" in body
     doc = tmp_path / "B.md"
     doc.write_text("# Benchmarks\n\n<!-- BEGIN bench/gpu -->\nold\n<!-- END bench/gpu -->\n")
     results = tmp_path / "results"
