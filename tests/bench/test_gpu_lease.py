@@ -45,7 +45,7 @@ def test_dry_run_resolves_every_step(tmp_path: Path) -> None:
     assert "plan: OK" in log and "8 output files" in log
     # The lease's own flags were checked, not the rehearsal's tiny ones.
     assert "--batches 1,2,4,8,16,32,64" in log and "--weights random" not in log
-    assert "step_backends --size 512 --style-size 256 --rounds 4 --device cuda\n" in log
+    assert "step_backends --size 512 --style-size 256 --rounds 4 --device cuda --backends torch,onnxruntime" in log
 
 
 @pytest.mark.slow
