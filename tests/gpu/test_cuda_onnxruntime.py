@@ -27,6 +27,7 @@ from gpu_helpers import (
     strict_fp32,
 )
 
+from bench.gpu.lease_check import CUDA_UNAVAILABLE, GPU_PROVIDERS  # the backend's order of preference
 from service.engine import Engine
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -34,8 +35,7 @@ from service.settings import Settings
 pytestmark = pytest.mark.gpu
 ort = pytest.importorskip("onnxruntime", reason="the box's python has no onnxruntime (pip install .[onnx])")
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # the backend's order of preference
-UNAVAILABLE = "CUDA provider unavailable: onnxruntime-gpu cannot travel"
+UNAVAILABLE = CUDA_UNAVAILABLE  # the lease's step note says the same words
 
 
 @pytest.fixture(scope="module")
