@@ -13,7 +13,10 @@ A :class:`Preset` (``client.styles()`` lists them) goes wherever a style image d
 the requests, decides on retries and turns responses into results or typed exceptions; only the sending and
 the sleeping differ. Requests answered 429 (queue full) or 503 (not ready, draining, transient out of memory)
 are retried up to ``max_retries`` times, waiting what ``Retry-After`` says (capped by ``max_retry_wait_s``)
-or an exponential backoff when the header is absent.
+or an exponential backoff when the header is absent. A connection that closes before any answer (a balancer
+reloading closes its idle keep-alive connections; a request sent on one at that moment gets none) is retried
+within the same budget for the requests a repeat cannot change anything with: the transfers (pure functions of
+their inputs), GET and DELETE. A job submission is never repeated that way: it could start a second job.
 
 Work that outlives a request (large ``max_side``, up to the server's ``STYA2K_JOBS_MAX_SIDE``) goes through the
 jobs API::
@@ -333,6 +336,7 @@ class PreparedRequest:
     files: list[tuple[str, tuple[str | None, bytes, str]]] = field(default_factory=list)
     data: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    replayable: bool = True  # sending it twice changes nothing on the server (not so for a job submission)
 
     def send_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"headers": self.headers}
@@ -469,7 +473,7 @@ class _Core:
     def job(self, mode: str, content: ImageInput, styles: Sequence[StyleInput], **options: Any) -> PreparedRequest:
         """``POST /v1/jobs``: the form of ``POST /v1/<mode>`` plus its ``mode`` field."""
         prepared = self.transfer(mode, content, styles, **options)
-        return dataclasses.replace(prepared, path="/v1/jobs", data={**prepared.data, "mode": mode})
+        return dataclasses.replace(prepared, path="/v1/jobs", data={**prepared.data, "mode": mode}, replayable=False)
 
     def video_job(
         self,
@@ -496,7 +500,7 @@ class _Core:
         fields = {"mode": mode, **_common_fields(alpha, preserve_color, max_side, weights, style_fit)}
         if smoothing is not None:  # None: off (the server's default, 0)
             fields["smoothing"] = repr(float(smoothing))
-        return PreparedRequest("POST", "/v1/jobs", files, fields, self._headers(None, None))
+        return PreparedRequest("POST", "/v1/jobs", files, fields, self._headers(None, None), replayable=False)
 
     def get(self, path: str) -> PreparedRequest:
         return PreparedRequest("GET", path, headers=self._headers(None, None))
@@ -531,6 +535,17 @@ class _Core:
         asked = _retry_after(response)
         delay = asked if asked is not None else self.backoff_s * (2**attempt)
         return min(max(delay, 0.0), self.max_retry_wait_s)
+
+    def resend_delay(self, prepared: PreparedRequest, exc: httpx.TransportError, attempt: int) -> float | None:
+        """Seconds to wait before sending ``prepared`` again after ``exc``, or None: raise it.
+
+        Only a connection that ended without an answer qualifies (never a timeout: the server may still be
+        working on it), and only for a request whose repeat changes nothing on the server. The first resend
+        goes at once: the usual cause is a keep-alive connection the other side closed as it was reused."""
+        dropped = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
+        if not dropped or not prepared.replayable or attempt >= self.max_retries:
+            return None
+        return 0.0 if attempt == 0 else min(self.backoff_s * (2 ** (attempt - 1)), self.max_retry_wait_s)
 
     # ---- parsing
     def error(self, response: httpx.Response) -> StyA2KError:
@@ -732,7 +747,12 @@ class Client:
             try:
                 response = self._http.request(prepared.method, prepared.path, **prepared.send_kwargs())
             except httpx.TransportError as exc:
-                raise _transport_error(exc, self.base_url) from exc
+                resend = self._core.resend_delay(prepared, exc, attempt)
+                if resend is None:
+                    raise _transport_error(exc, self.base_url) from exc
+                time.sleep(resend)
+                attempt += 1
+                continue
             delay = self._core.retry_delay(response, attempt)
             if delay is None:
                 return response
@@ -922,7 +942,12 @@ class AsyncClient:
             try:
                 response = await self._http.request(prepared.method, prepared.path, **prepared.send_kwargs())
             except httpx.TransportError as exc:
-                raise _transport_error(exc, self.base_url) from exc
+                resend = self._core.resend_delay(prepared, exc, attempt)
+                if resend is None:
+                    raise _transport_error(exc, self.base_url) from exc
+                await asyncio.sleep(resend)
+                attempt += 1
+                continue
             delay = self._core.retry_delay(response, attempt)
             if delay is None:
                 return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -293,3 +294,94 @@ def test_non_api_error_body_and_not_ready(scripted: tuple[str, Script]) -> None:
     assert health.live and not health.ready and health.detail == "model is loading"
     with Client(url) as client, pytest.raises(ServiceUnavailable, match="loading"):
         client.wait_until_ready(timeout_s=0.3, poll_s=0.05)
+
+
+# ---------------------------------------------------------------------------------------------- dropping server
+class DroppingServer:
+    """A raw HTTP/1.1 server that reads each request whole, then closes the connection without a word for the
+    first ``drops`` requests (what a client sees when a balancer reloads and closes the keep-alive connection it
+    was reusing) and answers the rest with a PNG."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.requests: list[bytes] = []  # request lines, in arrival order
+        self._sock = free_socket()
+        self._sock.listen(8)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._png = image_bytes((32, 24))
+
+    def __enter__(self) -> DroppingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                request_line = self._read_request(conn)
+                self.requests.append(request_line)
+                if len(self.requests) <= self.drops:
+                    continue  # closed with no status line
+                head = (
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+                    f"Content-Length: {len(self._png)}\r\nConnection: close\r\n\r\n"
+                )
+                conn.sendall(head.encode() + self._png)
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+            0,
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        return head.split(b"\r\n", 1)[0]
+
+
+def test_a_transfer_dropped_without_an_answer_is_sent_again() -> None:
+    with DroppingServer(drops=1) as server, Client(server.url) as client:
+        result = client.stylize(b"x", b"y")
+    assert result.size == (32, 24)
+    assert server.requests == [b"POST /v1/stylize HTTP/1.1"] * 2
+
+
+def test_resending_a_dropped_transfer_is_bounded_by_max_retries() -> None:
+    with (
+        DroppingServer(drops=10) as server,
+        Client(server.url, max_retries=2, backoff_s=0.01) as client,
+        pytest.raises(ConnectionFailed, match="cannot talk to"),
+    ):
+        client.interpolate(b"x", [b"y", b"z"], [1, 1])
+    assert len(server.requests) == 3
+
+
+def test_a_dropped_job_submission_is_never_sent_twice() -> None:
+    with DroppingServer(drops=1) as server, Client(server.url) as client, pytest.raises(ConnectionFailed):
+        client.submit(b"x", b"y")
+    assert server.requests == [b"POST /v1/jobs HTTP/1.1"]  # a repeat could start a second job
+
+
+def test_the_async_client_sends_a_dropped_transfer_again() -> None:
+    async def scenario(url: str) -> tuple[int, int] | None:
+        async with AsyncClient(url) as client:
+            return (await client.stylize(b"x", b"y")).size
+
+    with DroppingServer(drops=1) as server:
+        assert asyncio.run(scenario(server.url)) == (32, 24)
+    assert len(server.requests) == 2
