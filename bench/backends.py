@@ -157,23 +157,36 @@ def http_levels(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
         device=args.device, dtype="auto", threads=args.threads, size=args.size, style_size=args.style_size,
         max_batch_size=0, max_wait_ms=10.0, concurrency=levels, compile=False,
         weights=args.weights or "default", ready_timeout_s=args.ready_timeout_s)
-    work = Workload(synthetic_image(args.size, args.size, 1, "jpeg"), synthetic_image(args.style_size,
-                    args.style_size, 2, "jpeg"), args.size, "jpeg")
+    content = args.content.read_bytes() if args.content else synthetic_image(args.size, args.size, 1, "jpeg")
+    style = args.style.read_bytes() if args.style else synthetic_image(args.style_size, args.style_size, 2, "jpeg")
+    work = Workload(content, style, args.size, "jpeg")
     overrides = {"STYA2K_CACHE": os.environ["STYA2K_CACHE"]} if "STYA2K_CACHE" in os.environ else {}
-    results: dict[str, Any] = {}
+    passes: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as log_dir:
-        for name in names:
-            with running_server(server_args, {**overrides, "STYA2K_BACKEND": name}, Path(log_dir)) as server:
-                rows = {}
-                for concurrency in levels:
-                    requests = max(args.http_requests, 2 * concurrency)
-                    row = asyncio.run(run_level(server.base_url, work, concurrency, requests, args.http_max_seconds,
-                                                warmup=1))
-                    rows[str(concurrency)] = {"images_per_s": round(row["throughput_rps"] or 0.0, 4),
-                                              "p50_s": round((row["p50_ms"] or 0) / 1000, 3),
-                                              "ok": row["ok"], "requests": row["requests"]}
-                results[name] = {"startup_s": round(server.startup_s, 2), "levels": rows}
-    return results
+        # Passes over every backend in turn: a drift of the machine shows as a difference between passes.
+        for _ in range(args.http_passes):
+            for name in names:
+                with running_server(server_args, {**overrides, "STYA2K_BACKEND": name}, Path(log_dir)) as server:
+                    rows = {}
+                    for concurrency in levels:
+                        requests = max(args.http_requests, 2 * concurrency)
+                        row = asyncio.run(run_level(server.base_url, work, concurrency, requests,
+                                                    args.http_max_seconds, warmup=1))
+                        rows[str(concurrency)] = {"images_per_s": round(row["throughput_rps"] or 0.0, 4),
+                                                  "p50_s": round((row["p50_ms"] or 0) / 1000, 3),
+                                                  "ok": row["ok"], "requests": row["requests"]}
+                    passes[name].append({"startup_s": round(server.startup_s, 2), "levels": rows})
+    return {name: _median_levels(runs) for name, runs in passes.items()}
+
+
+def _median_levels(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One backend's passes: each level's median images/s and p50 (the passes kept as they were)."""
+    levels = {
+        level: {key: round(statistics.median(run["levels"][level][key] for run in runs), 4)
+                for key in ("images_per_s", "p50_s")}
+        for level in runs[0]["levels"]
+    }
+    return {"startup_s": runs[0]["startup_s"], "levels": levels, "passes": runs}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -190,8 +203,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lpips", type=Path, default=DEFAULT_LPIPS, help="LPIPS weights folder (quality)")
     parser.add_argument("--http-concurrency", default="1,4", help="HTTP levels; '' skips the HTTP part")
     parser.add_argument("--http-requests", type=int, default=8, help="requests per level (at least 2 x its level)")
+    parser.add_argument("--http-passes", type=int, default=1, help="passes over every backend (medians reported)")
     parser.add_argument("--http-max-seconds", type=float, default=300.0, help="most seconds per level")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0)
+    parser.add_argument("--content", type=Path, default=None,
+                        help="content image file (a real photo: quality on it means more); default: generated")
+    parser.add_argument("--style", type=Path, default=None, help="style image file; default: generated")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     names = common.parse_choice_list(args.backends, BACKENDS, "backend")
@@ -201,11 +218,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    content, style = photo(args.size, 1), photo(args.style_size, 2)
+    content = args.content.read_bytes() if args.content else photo(args.size, 1)
+    style = args.style.read_bytes() if args.style else photo(args.style_size, 2)
     engines, jobs, load_s, skipped = load_engines(args, content, style)
     times, outputs = model_rounds(args, engines, jobs)
     medians = {name: statistics.median(values) for name, values in times.items()}
     report: dict[str, Any] = {
+        "content": str(args.content or "generated"), "style": str(args.style or "generated"),
         "size": args.size, "style_size": args.style_size, "rounds": args.rounds, "threads": torch.get_num_threads(),
         "machine": common.machine_info(torch.device(args.device)), "git": common.git_revision(), "device": args.device,
         "devices": {name: backend_device(name, args.device) for name in engines},

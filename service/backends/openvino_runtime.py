@@ -47,6 +47,11 @@ class OpenVinoBackend(GraphBackend):
             "INFERENCE_NUM_THREADS": str(self.threads or torch.get_num_threads()),
             # The service's request threads (decode, encode, HTTP) share these cores: no pinning to them.
             "ENABLE_CPU_PINNING": "NO",
+            # Off: with OpenVINO's shape-keyed primitive cache, the transfer graph run at one size (64 px content:
+            # the engine's warm-up) answers later sizes (256 px) wrongly (relu4_1 off by up to 190 where ONNX
+            # Runtime agrees with torch; tests/service/backends/test_contract.py's size sequence). Measured cost
+            # at a fixed 512 px shape: none (docs/BENCHMARKS.md, issue 29).
+            "CPU_RUNTIME_CACHE_CAPACITY": "0",
         }
         for graph in GRAPHS:
             compiled = core.compile_model(core.read_model(str(graphs.path(graph))), "CPU", config)

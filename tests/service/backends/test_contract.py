@@ -124,6 +124,15 @@ def test_tiled_transfer_matches_the_torch_reference(backend: InferenceBackend, r
     assert_close(backend, got, want)
 
 
+def test_the_output_does_not_depend_on_the_sizes_run_before(backend: InferenceBackend, reference: StyA2K) -> None:
+    """Small first, as the engine's warm-up does, then larger and back: each output as torch's. (OpenVINO's
+    shape-keyed primitive cache answered the 256 px run after a 64 px one wrongly until it was turned off.)"""
+    for side in (64, 256):
+        content, style = images(20 + side, 1, side, side), images(21 + side, 1, side, side)
+        assert_close(backend, served(backend, content, [style], None, 1.0),
+                     expected(reference, content, [style], None, 1.0))
+
+
 def test_capabilities_are_declared(backend: InferenceBackend) -> None:
     caps = backend.capabilities
     if "int8" in caps.dtypes:  # a loose per-pixel bound must come with a mean bound of at most a few levels
