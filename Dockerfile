@@ -37,7 +37,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # keys the COPY --from cache on the file's metadata as well as its content.
 FROM base AS requirements
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The redis extra too: a replica joins a shared job store (STYA2K_JOBS_STORE=redis://...) with no other image.
+RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['redis']))" \
         > /tmp/requirements.txt \
     && grep -q '^torch==' /tmp/requirements.txt \
     && touch -d @0 /tmp/requirements.txt

@@ -10,6 +10,10 @@ a route in the job map: ``/v1/jobs/ID.<random>[/result]`` goes straight to it, a
 gets a JSON 404 from nginx. Give every backend its id, or none (then nginx asks replica after replica for a job,
 a 404 meaning "not here"). A backend marked down keeps its job route: it still holds its jobs while it drains.
 
+With ``--shared-jobs`` (the replicas share a Redis job store, STYA2K_JOBS_STORE=redis://...) every replica
+answers every job path, so the job routing goes: the template's ``stya2k:memory-jobs`` blocks are left out and
+job paths are balanced like the rest (a 404 is then final). Backends are given without ids.
+
     python deploy/nginx/render.py --backend r1=10.0.0.5:8000 --backend r2=10.0.0.6:8000 \
         --port 8080 --state-dir /var/lib/stya2k-lb --output /etc/nginx/nginx.conf
     nginx -t -c /etc/nginx/nginx.conf && nginx -s reload
@@ -33,6 +37,8 @@ _BACKEND = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 REPLICA_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _MAP_PARAMETERS = frozenset({"default", "hostnames", "include", "volatile"})
 JOB_ROUTES_MARKER = "# stya2k:job-routes"
+MEMORY_JOBS_BEGIN = "# stya2k:memory-jobs begin"
+MEMORY_JOBS_END = "# stya2k:memory-jobs end"
 REPLICA_UPSTREAMS_MARKER = "# stya2k:replica-upstreams"
 # A replica's own upstream: one server, so no passive health (max_fails=0: nowhere else to send its jobs).
 _REPLICA_UPSTREAM = """\
@@ -54,11 +60,17 @@ def render(
     variables: Mapping[str, str],
     backends: Sequence[str],
     down: Collection[str] = (),
+    shared_jobs: bool = False,
 ) -> str:
     """The template with every ``${STYA2K_*}`` placeholder filled; raises RenderError naming what is missing.
 
-    ``backends`` are ``HOST:PORT`` or ``ID=HOST:PORT`` (all with an id or none); ``down`` names addresses."""
+    ``backends`` are ``HOST:PORT`` or ``ID=HOST:PORT`` (all with an id or none); ``down`` names addresses;
+    ``shared_jobs``: the replicas share one job store, so no job routing is written."""
     replicas = parse_backends(backends)
+    if shared_jobs:
+        if any(replica is not None for replica, _ in replicas):
+            raise RenderError("--shared-jobs: every replica answers every job, give backends as HOST:PORT (no ids)")
+        template = _without_memory_jobs(template)
     addresses = [address for _, address in replicas]
     unknown_down = set(down) - set(addresses)
     if unknown_down:
@@ -86,6 +98,26 @@ def render(
         return variables[name]
 
     return _PLACEHOLDER.sub(fill, text)
+
+
+def _without_memory_jobs(template: str) -> str:
+    """``template`` less its ``stya2k:memory-jobs`` blocks (markers included)."""
+    kept: list[str] = []
+    skipping = False
+    for line in template.splitlines(keepends=True):
+        if MEMORY_JOBS_BEGIN in line:
+            if skipping:
+                raise RenderError(f"the template nests {MEMORY_JOBS_BEGIN!r} blocks")
+            skipping = True
+        elif MEMORY_JOBS_END in line:
+            if not skipping:
+                raise RenderError(f"the template has {MEMORY_JOBS_END!r} without its begin")
+            skipping = False
+        elif not skipping:
+            kept.append(line)
+    if skipping:
+        raise RenderError(f"the template has {MEMORY_JOBS_BEGIN!r} without its end")
+    return "".join(kept)
 
 
 def parse_backends(backends: Sequence[str]) -> list[tuple[str | None, str]]:
@@ -136,13 +168,14 @@ def render_file(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     down: Collection[str] = (),
     template_path: Path = TEMPLATE_PATH,
+    shared_jobs: bool = False,
 ) -> str:
     variables = {
         "STYA2K_LB_PORT": str(port),
         "STYA2K_LB_STATE_DIR": str(state_dir),
         "STYA2K_MAX_BODY_BYTES": str(max_body_bytes),
     }
-    return render(template_path.read_text(), variables, backends, down)
+    return render(template_path.read_text(), variables, backends, down, shared_jobs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--down", action="append", default=[], help="backend HOST:PORT out of rotation (its jobs stay reachable)"
+    )
+    parser.add_argument(
+        "--shared-jobs",
+        action="store_true",
+        help="the replicas share a Redis job store (STYA2K_JOBS_STORE): no job routing, backends without ids",
     )
     parser.add_argument("--port", type=int, default=8080, help="port nginx listens on (default 8080)")
     parser.add_argument("--state-dir", default="/var/lib/stya2k-lb", help="writable dir for temp files")
@@ -170,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_body_bytes=args.max_body_bytes,
             down=args.down,
             template_path=args.template,
+            shared_jobs=args.shared_jobs,
         )
     except RenderError as exc:
         parser.error(str(exc))

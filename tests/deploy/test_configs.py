@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -279,6 +280,24 @@ def test_render_without_ids_sends_job_paths_to_the_shared_upstream(nginx_render:
     assert _directive(body, "proxy_next_upstream_tries") == ["0"], "as many tries as replicas"
 
 
+def test_render_for_a_shared_job_store_leaves_the_job_routing_out(nginx_render: ModuleType) -> None:
+    """--shared-jobs: every replica answers every job path, so the job maps, the per-job location and its named
+    error locations go, and job paths fall to the shared upstream's `location /` like the rest."""
+    template = TEMPLATE.read_text()
+    memory = nginx_render.render(template, _lb_variables(), ["10.0.0.5:8000", "10.0.0.6:8000"])
+    shared = nginx_render.render(template, _lb_variables(), ["10.0.0.5:8000", "10.0.0.6:8000"], shared_jobs=True)
+    routing = ("$stya2k_job_upstream", "$stya2k_job_replica", "location ~ ^/v1/jobs/", "@job_unknown_replica",
+               "@job_replica_unavailable", "http_404", nginx_render.MEMORY_JOBS_BEGIN, nginx_render.MEMORY_JOBS_END)
+    for piece in routing:
+        assert piece in memory and piece not in shared, piece
+    assert len(shared.splitlines()) < len(memory.splitlines()) - 40
+    with pytest.raises(nginx_render.RenderError, match="no ids"):
+        nginx_render.render(template, _lb_variables(), ["r1=10.0.0.5:8000"], shared_jobs=True)
+    unbalanced = template.replace(nginx_render.MEMORY_JOBS_END, "", 1)
+    with pytest.raises(nginx_render.RenderError, match="nests"):
+        nginx_render.render(unbalanced, _lb_variables(), ["10.0.0.5:8000"], shared_jobs=True)
+
+
 def test_render_refuses_unusable_replica_ids(nginx_render: ModuleType) -> None:
     template = TEMPLATE.read_text()
     for backends, message in (
@@ -319,14 +338,21 @@ def _nginx_binary_or_skip() -> str:
 
 
 @pytest.mark.parametrize(
-    "backends",
-    [["127.0.0.1:18001", "127.0.0.1:18002"], ["r1=127.0.0.1:18001", "default=127.0.0.1:18002"]],
-    ids=["addresses", "replica-ids"],
+    ("backends", "shared_jobs"),
+    [
+        (["127.0.0.1:18001", "127.0.0.1:18002"], False),
+        (["r1=127.0.0.1:18001", "default=127.0.0.1:18002"], False),
+        (["127.0.0.1:18001", "127.0.0.1:18002"], True),
+    ],
+    ids=["addresses", "replica-ids", "shared-jobs"],
 )
-def test_nginx_accepts_the_rendered_config(nginx_render: ModuleType, tmp_path: Path, backends: list[str]) -> None:
+def test_nginx_accepts_the_rendered_config(
+    nginx_render: ModuleType, tmp_path: Path, backends: list[str], shared_jobs: bool
+) -> None:
     nginx = _nginx_binary_or_skip()
     config = tmp_path / "nginx.conf"
-    config.write_text(nginx_render.render_file(backends=backends, port=18080, state_dir=tmp_path))
+    text = nginx_render.render_file(backends=backends, port=18080, state_dir=tmp_path, shared_jobs=shared_jobs)
+    config.write_text(text)
     pid = f"pid {tmp_path / 'nginx.pid'};"
     result = subprocess.run(
         [nginx, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(config), "-g", pid],
@@ -355,6 +381,38 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = set(kustomization["resources"])
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
+
+
+def test_the_shared_jobs_overlay_points_every_replica_at_its_redis(manifests: dict[str, dict[str, Any]]) -> None:
+    """deploy/k8s/shared-jobs: the base plus a Redis StatefulSet + Service and an env patch; the store URL names
+    that Service and port, the settings parse, and Redis keeps jobs (append-only, never evicts)."""
+    overlay = K8S / "shared-jobs"
+    kustomization = load_yaml(overlay / "kustomization.yaml")
+    assert "../" in kustomization["resources"]
+    listed = {name for name in kustomization["resources"] if name != "../"}
+    listed |= {patch["path"] for patch in kustomization["patches"]}
+    assert listed == {p.name for p in overlay.glob("*.yaml")} - {"kustomization.yaml"}
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all((overlay / "redis.yaml").read_text())}
+    statefulset, service = docs["StatefulSet"], docs["Service"]
+    patch = load_yaml(overlay / "jobs-store.yaml")
+    assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", manifests["Deployment"]["metadata"]["name"])
+    (patched,) = patch["spec"]["template"]["spec"]["containers"]
+    assert patched["name"] == manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["name"]
+    env = {item["name"]: item["value"] for item in patched["env"]}
+    assert set(env) <= KNOWN_SETTINGS, f"unknown settings {set(env) - KNOWN_SETTINGS}"
+    settings = Settings.from_env(env)
+    url = urllib.parse.urlsplit(settings.jobs_store)
+    assert (url.scheme, url.hostname) == ("redis", service["metadata"]["name"])
+    assert url.port in {port["port"] for port in service["spec"]["ports"]}
+    pod = statefulset["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    (redis,) = pod["spec"]["containers"]
+    assert ":" in redis["image"] and not redis["image"].endswith(":latest"), "a pinned Redis image"
+    args = dict(zip(redis["args"][::2], redis["args"][1::2], strict=True))
+    assert args["--appendonly"] == "yes" and args["--maxmemory-policy"] == "noeviction"
+    assert {m["mountPath"] for m in redis["volumeMounts"]} == {args["--dir"]}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_deployment_probes_drain_and_security(manifests: dict[str, dict[str, Any]]) -> None:

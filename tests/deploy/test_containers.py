@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,14 @@ def test_image_is_small_runs_as_non_root_and_carries_the_healthcheck(built: Buil
         " /opt/venv/lib/python3*/site-packages/torch/test 2>/dev/null; true",
     ).stdout.split()  # fmt: skip
     assert leftovers == [], f"build leftovers in the image: {leftovers}"
+    # The shared job store's client is in the image (the redis extra): a replica joins Redis by setting alone.
+    shared_store = podman(
+        "run", "--rm", *ulimit_flags(), "--entrypoint", "python3", built.image, "-c",
+        "import redis, service.redis_jobs; print(redis.__version__)",
+    ).stdout.strip()  # fmt: skip
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    (pin,) = [p for p in project["optional-dependencies"]["redis"] if p.startswith("redis==")]
+    assert shared_store == pin.removeprefix("redis=="), shared_store
     # The aim of issue 16 was < 1 GB (986 MB then). Video jobs (issue 20) add what no smaller package does: PyAV
     # with its FFmpeg (104 MB installed) and OpenCV for the smoother's optical flow (153 MB): 1253 MB measured.
     # The bound keeps the image from growing further unnoticed (docs/DEPLOY.md "Size" has the breakdown).

@@ -11,6 +11,7 @@ project's client sends those again. All load loops are bounded in count and time
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -171,10 +172,12 @@ def running_cluster(
     replica_env: list[dict[str, str]] | None = None,
     replica_ids: list[str] | None = None,
     proxy_read_timeout_s: int | None = None,
+    shared_jobs: bool = False,
 ) -> Iterator[Cluster]:
     """Two replicas (``replica_env``: extra settings of each) behind nginx; with ``replica_ids`` nginx is
     rendered with ``ID=HOST:PORT`` backends (job paths routed by id), else with plain addresses.
-    ``proxy_read_timeout_s`` shortens nginx's wait for a hung replica (35 s) so a test can reach it."""
+    ``proxy_read_timeout_s`` shortens nginx's wait for a hung replica (35 s) so a test can reach it;
+    ``shared_jobs`` renders nginx for replicas sharing a job store (no job routing)."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         replicas = [_start_replica(_free_port(), tmp_path, env) for env in (replica_env or [{}, {}])]
@@ -187,7 +190,7 @@ def running_cluster(
             backends = [r.address for r in replicas]
         else:
             backends = [f"{name}={r.address}" for name, r in zip(replica_ids, replicas, strict=True)]
-        text = render.render_file(backends=backends, port=lb_port, state_dir=state_dir)
+        text = render.render_file(backends=backends, port=lb_port, state_dir=state_dir, shared_jobs=shared_jobs)
         if proxy_read_timeout_s is not None:
             assert "proxy_read_timeout 35s;" in text
             text = text.replace("proxy_read_timeout 35s;", f"proxy_read_timeout {proxy_read_timeout_s}s;")
@@ -691,3 +694,52 @@ def test_nginx_errors_are_json_and_request_ids_agree_with_the_replicas(
             assert (replica_id == supplied) is kept, (supplied, replica_id)
             if not kept:
                 assert re.fullmatch(r"[0-9a-f]{32}", replica_id), "nginx's own $request_id replaces it"
+
+
+# ---------------------------------------------------------------------------------------------- shared job store
+@pytest.fixture
+def redis_store(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server (tests/service/redis_server.py) on loopback; yields its URL."""
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("no redis-py: pip install .[redis]")
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "service"))
+    from redis_server import MISSING, REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip(MISSING)
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_shared_job_store_jobs_are_balanced_with_no_job_routing(
+    tmp_path: Path, nginx_render: ModuleType, redis_store: str
+) -> None:
+    """Replicas sharing a Redis job store behind nginx rendered with ``--shared-jobs``: no job map, routes or
+    404 walk in the config; every job request, submissions included, is answered by the first replica nginx
+    asks, both replicas answer job paths, and an unknown id's 404 comes from one replica, final."""
+    env = [{**JOB_ENV, "STYA2K_REPLICA_ID": name, "STYA2K_JOBS_STORE": redis_store} for name in ("r1", "r2")]
+    with running_cluster(tmp_path, nginx_render, replica_env=env, shared_jobs=True) as cluster:
+        text = cluster.config.read_text()
+        for routing in ("stya2k_job_upstream", "stya2k_job_replica", "@job_unknown_replica", "http_404"):
+            assert routing not in text, f"{routing} is job routing, which a shared store does not need"
+
+        job_ids = _submit_jobs(cluster.url, 4)
+        polls = sum(_poll_until_done(cluster.url, job_id) for job_id in job_ids)
+        _fetch_results(cluster.url, job_ids, 3)
+        _delete_done_job(cluster.url, job_ids[0])
+        entries = [e for e in cluster.log_entries() if str(e["uri"]).startswith("/v1/jobs")]
+        assert len(entries) == len(job_ids) + polls + 3 * len(job_ids) + 2
+        assert all("," not in str(e["upstream_addr"]) for e in entries), "a shared store answers on the first ask"
+        answering = {str(e["upstream_addr"]) for e in entries if str(e["uri"]).startswith("/v1/jobs/")}
+        assert answering == {r.address for r in cluster.replicas}, f"job paths were not balanced: {answering}"
+
+        unknown = httpx.get(f"{cluster.url}/v1/jobs/{HEX32}", timeout=10)
+        _json_error(unknown, 404, "job_not_found")
+        assert "," not in str(cluster.log_entries()[-1]["upstream_addr"]), "a 404 from a shared store is final"
+        sys.stdout.write(f"\nshared jobs: {len(job_ids)} jobs, {len(entries)} job requests, balanced, no routing\n")
