@@ -13,7 +13,8 @@ What lives where (every key starts with STYA2K_JOBS_KEY_PREFIX):
   STYA2K_JOBS_STORE_CLAIM_IDLE_S belongs to a replica that died: another takes it over (XAUTOCLAIM). Each start
   counts an attempt in the job's hash; past STYA2K_JOBS_STORE_MAX_ATTEMPTS the job ends failed (``worker_lost``).
   Delivery is at-least-once: a replica that only stalled longer than the claim time may finish a job another
-  one also ran; the first to end it wins (the end is a compare-and-set on the owner).
+  one also ran; the first to end it wins (the end is a compare-and-set on the owner). Every process is a new
+  consumer; the sweeper removes consumers idle for DEAD_CONSUMER_CLAIMS claim times that hold no entry.
 - ``queued``: a sorted set of the waiting jobs by acceptance time: the queue depth, the oldest job's age (the
   autoscaler's signal) and admission (STYA2K_JOBS_QUEUE_SIZE counts the shared queue).
 - ``result:<id>``: a done job's encoded output, with a TTL of STYA2K_JOB_RESULT_TTL_S; ``results`` (sorted by
@@ -44,7 +45,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from service.contract import Mode, OutputFormat, StyleFit, TransferRequest, VideoRequest
 from service.errors import (
@@ -77,6 +78,9 @@ GROUP = "workers"
 HEARTBEAT_S = 0.5  # progress written and the cancel flag read this often while a job runs
 RETRY_S = 1.0  # the worker's pause after Redis could not be reached
 BLOCK_MS = 1000  # longest wait of one XREADGROUP (the worker also checks for shutdown and dead replicas between)
+# A consumer idle this many claim times is a replica that is gone: a live one reads every BLOCK_MS while idle and
+# heartbeats (XCLAIM) every third of a claim time while it runs, and either touches its idle time.
+DEAD_CONSUMER_CLAIMS = 3
 CONNECT_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0  # > BLOCK_MS: a blocking read must not time out on the socket
 
@@ -157,6 +161,12 @@ if state == 'running' and ARGV[4] == 'cancelled' then
   return 'stopping'
 end
 return state or 'gone'
+"""
+# KEYS: queue. ARGV: group, consumer. Removes a consumer only while it holds no entry: XGROUP DELCONSUMER drops
+# a consumer's pending entries with it, and an entry out of every pending list is never delivered again.
+FORGET_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) + 1
 """
 
 
@@ -296,6 +306,8 @@ class RedisJobStore:
         self._store_result = self.redis.register_script(STORE_RESULT)
         self._expire_result = self.redis.register_script(EXPIRE_RESULT)
         self._stop = self.redis.register_script(STOP)
+        self._forget_consumer = self.redis.register_script(FORGET_CONSUMER)
+        self._consumers_checked = 0.0
         self.memory = MemoryBudget(settings.jobs_memory_bytes)  # submissions being validated, the running job
         self.rate = ComputeRate()
         self._runner: JobRunner | None = None
@@ -317,6 +329,12 @@ class RedisJobStore:
         """Redis errors become 503 job_store_unavailable with what failed and where."""
         try:
             yield
+        except OutOfMemoryError as exc:  # reached, but over its maxmemory (noeviction): no room for the job
+            raise StoreUnavailable(
+                f"the shared job store (Redis at {self.where}, STYA2K_JOBS_STORE) is full while {doing} (OOM: over "
+                "its maxmemory); retry later, or raise Redis's maxmemory / lower STYA2K_JOB_RESULT_BYTES",
+                retry_after_s=5,
+            ) from exc
         except RedisError as exc:
             raise StoreUnavailable(
                 f"the shared job store (Redis at {self.where}, STYA2K_JOBS_STORE) cannot be reached while "
@@ -731,3 +749,22 @@ class RedisJobStore:
         self.metrics.jobs_oldest_queued_age.set(oldest)
         self.metrics.jobs_running.set(int(self._running is not None))
         self.metrics.job_result_bytes.set(int(await self.redis.get(self.key("result_bytes")) or 0))
+        if time.monotonic() - self._consumers_checked >= self.settings.jobs_store_claim_idle_s:
+            self._consumers_checked = time.monotonic()
+            await self._forget_dead_consumers()
+
+    async def _forget_dead_consumers(self) -> None:
+        """Every process is a consumer of its own, so each restart leaves one behind in the group: remove those
+        idle for DEAD_CONSUMER_CLAIMS claim times that hold no entry (their entries are claimed by the living
+        first). XREADGROUP makes a consumer again if one was only slow."""
+        dead_ms = DEAD_CONSUMER_CLAIMS * self.settings.jobs_store_claim_idle_s * 1000
+        try:
+            consumers = await self.redis.xinfo_consumers(self.key("queue"), GROUP)
+        except ResponseError:  # no queue or group yet: nothing to forget
+            return
+        for consumer in consumers:
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else str(consumer["name"])
+            if name == self.consumer or int(consumer["pending"]) > 0 or int(consumer["idle"]) < dead_ms:
+                continue
+            if await self._forget_consumer(keys=[self.key("queue")], args=[GROUP, name]):
+                log.info("forgot the job queue consumer %s (idle %.0f s, no entries)", name, consumer["idle"] / 1000)

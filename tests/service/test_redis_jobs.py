@@ -242,3 +242,65 @@ def test_inputs_beyond_the_store_limit_are_refused_with_413(redis: RedisServer, 
         assert httpx.get(one.url + "/v1/info", timeout=30).json()["jobs"]["queued"] == 0
     finally:
         one.stop()
+
+
+def test_a_full_redis_refuses_submissions_with_503_and_takes_them_again_when_it_has_room(
+    redis: RedisServer, style: bytes
+) -> None:
+    """deploy/k8s/shared-jobs runs Redis with maxmemory and noeviction (a job must never be evicted): over the
+    limit Redis refuses writes, and a submission must get a clear 503 (not a 500), with the replica serving on."""
+    import redis as redis_py
+
+    admin = redis_py.Redis.from_url(redis.url)
+    one = replica(redis, "one")
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"]) + 64 * 1024))
+        response = submit(one, noise_png((256, 256), 11), [style], max_side=64)  # ~190 KB of raw inputs
+        code, name, message = error_of(response)
+        assert (code, name) == (503, "job_store_unavailable") and "is full" in message and "OOM" in message, message
+        assert response.headers.get("retry-after")
+        assert httpx.get(one.url + "/health/live", timeout=10).status_code == 200
+        admin.config_set("maxmemory", "0")
+        again = submit(one, noise_png((256, 256), 11), [style], max_side=64)
+        assert again.status_code == 202, again.text
+        assert wait_for(one, again.headers["location"], finished)["state"] == "done"
+    finally:
+        admin.close()
+        one.stop()
+
+
+def test_consumers_of_replicas_that_are_gone_are_forgotten_but_never_with_an_entry(
+    redis: RedisServer, style: bytes
+) -> None:
+    """Every process is a consumer of the group, so restarts leave consumers behind: the sweeper removes those
+    idle for DEAD_CONSUMER_CLAIMS claim times, and keeps the live replica's. The removal script refuses a
+    consumer that holds an entry (XGROUP DELCONSUMER would drop the entry from every pending list, and its job
+    would never run again)."""
+    import redis as redis_py
+
+    from service.redis_jobs import DEAD_CONSUMER_CLAIMS, FORGET_CONSUMER, GROUP
+
+    admin = redis_py.Redis.from_url(redis.url, decode_responses=True)
+    # The script alone, on a group no replica reads.
+    admin.xgroup_create("x:queue", GROUP, id="0", mkstream=True)
+    admin.xadd("x:queue", {"job": "a"})
+    admin.xreadgroup(GROUP, "holder", {"x:queue": ">"}, count=1)
+    admin.xgroup_createconsumer("x:queue", GROUP, "empty")
+    assert admin.eval(FORGET_CONSUMER, 1, "x:queue", GROUP, "holder") == 0
+    assert admin.eval(FORGET_CONSUMER, 1, "x:queue", GROUP, "empty") == 1
+    assert {c["name"] for c in admin.xinfo_consumers("x:queue", GROUP)} == {"holder"}
+    assert admin.xpending("x:queue", GROUP)["pending"] == 1
+
+    one = replica(redis, "one")
+    try:
+        location = submit(one, noise_png((64, 48), 3), [style], max_side=64).headers["location"]
+        assert wait_for(one, location, finished)["state"] == "done"
+        admin.xgroup_createconsumer("t:queue", GROUP, "gone")
+        time.sleep(DEAD_CONSUMER_CLAIMS * CLAIM_IDLE_S + CLAIM_IDLE_S + 1.0)  # past the dead time, then a check
+        names = {c["name"] for c in admin.xinfo_consumers("t:queue", GROUP)}
+        assert "gone" not in names, names
+        assert any(name.startswith("one-") for name in names), f"the live replica's consumer went: {names}"
+    finally:
+        admin.close()
+        one.stop()
