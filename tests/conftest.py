@@ -109,3 +109,24 @@ def generate_photo_like(seed: int, batch: int, height: int, width: int) -> torch
         image = image * (1 - disc) + colour * disc
     grain = torch.rand(batch, 3, height, width, generator=generator) - 0.5
     return (image + 0.08 * grain).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- suite time
+# Where the suite's minutes go, per test module (setup + call + teardown), printed after every run beside
+# --durations' slowest tests: the README's suite-time figure and any trimming start from it.
+_MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if len(_MODULE_SECONDS) < 2:
+        return
+    total = sum(_MODULE_SECONDS.values())
+    ranked = sorted(_MODULE_SECONDS.items(), key=lambda item: item[1], reverse=True)
+    terminalreporter.write_sep("=", f"time per test module (top 15 of {len(ranked)}, {total / 60:.1f} min in tests)")
+    for module, seconds in ranked[:15]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  {module}")
