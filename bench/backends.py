@@ -38,7 +38,7 @@ import torch
 from bench import common
 from bench.service import Workload, run_level, running_server, synthetic_image
 from model.quantize import compare
-from service import transfer
+from service import pipeline
 from service.backends import BACKENDS, missing_packages
 from service.contract import Mode, TransferRequest
 from service.engine import Engine
@@ -109,8 +109,8 @@ def load_engines(args: argparse.Namespace, content: bytes, style: bytes
         engine.warm_up()
         load_s[name] = round(time.monotonic() - started, 2)
         request = TransferRequest(mode=Mode.stylize, content=content, styles=[style], max_side=args.size)
-        engine.run_batch([transfer.prepare(request, settings, lambda key: None)])  # fills the style cache
-        jobs[name] = transfer.prepare(request, settings, engine.lookup_style)
+        engine.run_batch([pipeline.prepare(request, settings, lambda key: None)])  # fills the style cache
+        jobs[name] = pipeline.prepare(request, settings, engine.lookup_style)
         engines[name] = engine
     return engines, jobs, load_s, skipped
 

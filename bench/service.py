@@ -306,12 +306,12 @@ def requests_for(args: argparse.Namespace, concurrency: int) -> int:
 def codec_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
     """Request-thread work the service does per image, timed in this process.
 
-    decode_*: transfer.prepare (content decode + resize + to tensor; style decode + crop unless cached);
-    encode_current_*: transfer.encode as shipped. (Results before 2026-12 also hold encode_fast_*: a proposed
+    decode_*: pipeline.prepare (content decode + resize + to tensor; style decode + crop unless cached);
+    encode_current_*: pipeline.encode as shipped. (Results before 2026-12 also hold encode_fast_*: a proposed
     one-memcpy conversion, measured beside the per-byte one it replaced; since shipped as
     model.imageio.uint8_to_pil, the experiment only timed the shipped function twice and was removed.)
     """
-    from service import transfer
+    from service import pipeline
     from service.contract import Mode, TransferRequest
     from service.settings import Settings
 
@@ -322,16 +322,16 @@ def codec_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
     )
     cpu = torch.device("cpu")
     timing_args = {"warmup": 1, "min_iters": 3, "max_iters": 20, "budget_s": 1.0}
-    job = transfer.prepare(request, settings, lambda key: None)
+    job = pipeline.prepare(request, settings, lambda key: None)
     output = quantize(job.content)  # (3, H, W) uint8: a stand-in for the stylized output
     out: dict[str, Any] = {
-        "decode_style_cached_ms": common.time_calls(lambda: transfer.prepare(request, settings, lambda key: job),
+        "decode_style_cached_ms": common.time_calls(lambda: pipeline.prepare(request, settings, lambda key: job),
                                                     cpu, **timing_args).median_s * 1000,
-        "decode_style_uncached_ms": common.time_calls(lambda: transfer.prepare(request, settings, lambda key: None),
+        "decode_style_uncached_ms": common.time_calls(lambda: pipeline.prepare(request, settings, lambda key: None),
                                                       cpu, **timing_args).median_s * 1000,
     }
     for fmt in ("png", "jpeg"):
-        current = common.time_calls(lambda fmt=fmt: transfer.encode(output, fmt), cpu, **timing_args)
+        current = common.time_calls(lambda fmt=fmt: pipeline.encode(output, fmt), cpu, **timing_args)
         out[f"encode_current_{fmt}_ms"] = current.median_s * 1000
     return out
 
@@ -353,7 +353,7 @@ def _model_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
     engine's precision), engine_cached_s (Engine.run_batch of one request whose style is cached: padding,
     transfer, crop, quantise, copy to host) and engine_uncached_s (the same with the style encoded in the batch).
     """
-    from service import geometry, transfer
+    from service import geometry, pipeline
     from service.contract import Mode, TransferRequest
     from service.engine import Engine
     from service.metrics import ServiceMetrics
@@ -368,9 +368,9 @@ def _model_timings(args: argparse.Namespace, work: Workload) -> dict[str, Any]:
     request = TransferRequest(
         mode=Mode.stylize, content=work.content, styles=[work.style], max_side=args.size, format=work.fmt
     )
-    uncached_job = transfer.prepare(request, settings, lambda key: None)
+    uncached_job = pipeline.prepare(request, settings, lambda key: None)
     engine.run_batch([uncached_job])  # fills the style cache
-    cached_job = transfer.prepare(request, settings, engine.lookup_style)
+    cached_job = pipeline.prepare(request, settings, engine.lookup_style)
     device = engine.device
     timing_args = {"warmup": 1, "min_iters": args.model_iters, "max_iters": args.model_iters, "budget_s": 0.0}
     engine_cached = common.time_calls(lambda: engine.run_batch([cached_job]), device, **timing_args)
@@ -747,7 +747,7 @@ def codec_line(codec: dict[str, Any], git: str) -> str:
     line = (f"- Request-thread work per image at this size, in-process (median): decode + prepare "
             f"{codec['decode_style_cached_ms']:.1f} ms with the style cached, "
             f"{codec['decode_style_uncached_ms']:.1f} ms with it decoded too; output encode through the "
-            f"service's `transfer.encode` (git {git}): png {codec['encode_current_png_ms']:.1f} ms, jpeg "
+            f"service's `pipeline.encode` (git {git}): png {codec['encode_current_png_ms']:.1f} ms, jpeg "
             f"{codec['encode_current_jpeg_ms']:.1f} ms")
     if "encode_fast_png_ms" not in codec:
         return line + "."

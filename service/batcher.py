@@ -37,11 +37,12 @@ from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service.batcher")
 
-P = TypeVar("P")  # payload handed to the runner
-R = TypeVar("R")  # per-request result of the runner
+P = TypeVar("P")  # payload handed to the batch function
+R = TypeVar("R")  # per-request result of the batch function
 
-# runner(payloads) -> one result (or exception instance) per payload, in order; runs in the model thread
-Runner = Callable[[list[P]], Sequence[R | BaseException]]
+# run_batch(payloads) -> one result (or exception instance) per payload, in order; runs in the model thread.
+# (Not a "Runner": that word names service.pipeline.Runner, where a transfer's steps run.)
+BatchFunction = Callable[[list[P]], Sequence[R | BaseException]]
 # failure_mapper(payload, exception) -> the error that request gets when it fails on its own
 FailureMapper = Callable[[P, BaseException], ServiceError]
 
@@ -148,7 +149,7 @@ class BatcherStats:
 class Batcher(Generic[P, R]):
     def __init__(
         self,
-        runner: Runner[P, R],
+        run_batch: BatchFunction[P, R],
         *,
         max_batch_size: int,
         max_wait_ms: float,
@@ -157,7 +158,7 @@ class Batcher(Generic[P, R]):
         failure_mapper: FailureMapper[P] | None = None,
         model_thread: ModelThread | None = None,
     ) -> None:
-        self._runner = runner
+        self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
@@ -326,9 +327,9 @@ class Batcher(Generic[P, R]):
         self._metrics.batch_size.observe(len(jobs))
         self._metrics.batches.inc()
         try:
-            outputs = await self._thread.call(self._runner, [job.payload for job in jobs])
+            outputs = await self._thread.call(self._run_batch, [job.payload for job in jobs])
             if len(outputs) != len(jobs):
-                raise RuntimeError(f"runner returned {len(outputs)} results for {len(jobs)} requests")
+                raise RuntimeError(f"the batch function returned {len(outputs)} results for {len(jobs)} requests")
         except Exception as exc:
             if len(jobs) == 1:
                 self._finish(jobs[0], self._failure_mapper(jobs[0].payload, exc))

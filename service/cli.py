@@ -2,7 +2,7 @@
 
 Transfers run the model in this process (``--weights``, ``--device``) or, with ``--url``, on a running
 server through :mod:`service.client`. Local mode uses the service's own decode / resize / encode path
-(:func:`service.transfer.run_transfer`) and engine, so a local result equals the server's.
+(:func:`service.pipeline.run_transfer`) and engine, so a local result equals the server's.
 
 A large output (``--max-side`` above the tile side) is computed tile by tile with a progress bar: locally with
 the engine's tile steps, against a server through its jobs API when the side exceeds what the server's sync
@@ -46,8 +46,8 @@ from service.contract import (
 )
 
 if TYPE_CHECKING:  # imported when used: the model package loads torch, and --help must not wait for it
+    from service.pipeline import EngineRunner
     from service.settings import Settings
-    from service.transfer import EngineRunner
     from service.video import VideoOutcome
 
 log = logging.getLogger("service.cli")
@@ -91,7 +91,7 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """The model in this process: the service's own :func:`~service.transfer.run_transfer` (a video's
+    """The model in this process: the service's own :func:`~service.pipeline.run_transfer` (a video's
     :mod:`service.video` pipeline) and engine."""
 
     def __init__(
@@ -129,7 +129,7 @@ class LocalBackend:
 
     def run(self, transfer: TransferRequest, on_progress: StepHook | None = None) -> Output:
         from service.errors import ServiceError
-        from service.transfer import EngineRunner, run_transfer
+        from service.pipeline import EngineRunner, run_transfer
 
         started = time.monotonic()
         runner = EngineRunner(self.engine, on_progress)  # tile steps when the output needs tiling
@@ -142,7 +142,7 @@ class LocalBackend:
     def run_video(self, request: VideoRequest, on_progress: StepHook | None = None) -> Output:
         """:func:`service.video.prepare_video` + :func:`~service.video.complete_video` in this process."""
         from service.errors import ServiceError
-        from service.transfer import EngineRunner
+        from service.pipeline import EngineRunner
 
         started = time.monotonic()
         runner = EngineRunner(self.engine, on_progress)  # on_progress hears of the frames

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -417,15 +417,6 @@ class Engine:
         if self.net is None:
             raise RuntimeError("the model is not loaded yet (Engine.load)")
         return self.net
-
-    @property
-    def transfer(self) -> Callable[..., torch.Tensor]:
-        """The backend's batch transfer (the torch backend's is compiled when STYA2K_COMPILE is on)."""
-        if not self.loaded:
-            raise RuntimeError("the model is not loaded yet (Engine.load)")
-        return self.backend.run
-
-    _transfer = transfer  # the name the engine's tests knew it by
 
     @property
     def loaded(self) -> bool:

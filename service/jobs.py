@@ -1,6 +1,6 @@
 """Jobs: transfers that outlive a request (``/v1/jobs``), queued, run one at a time, their results kept a while.
 
-A job is validated and decoded before it is accepted (:func:`service.transfer.prepare_transfer`, the sync
+A job is validated and decoded before it is accepted (:func:`service.pipeline.prepare_transfer`, the sync
 endpoints' own path), so bad input is refused at submission and an accepted job can only fail in the model or
 on its time limit. One worker runs the accepted jobs in order: a job small enough for one forward pass goes
 through the batcher like a sync request; a large one runs as tile steps, each its own turn of the model thread,
@@ -61,8 +61,7 @@ from service.errors import (
     byte_size,
 )
 from service.metrics import ServiceMetrics
-from service.settings import Settings
-from service.transfer import (
+from service.pipeline import (
     PreparedTransfer,
     ProgressHook,
     TransferOutcome,
@@ -70,6 +69,7 @@ from service.transfer import (
     compute_tiled,
     prepare_transfer,
 )
+from service.settings import Settings
 from service.video import PreparedVideo, VideoOutcome, complete_video, prepare_video
 from service.workload import (
     ESTIMATE_MARGIN,
@@ -202,7 +202,7 @@ class Job:
 
 @dataclass
 class JobRunner:
-    """:class:`service.transfer.Runner` of a job: decodes in the server's thread pool within the decode budget;
+    """:class:`service.pipeline.Runner` of a job: decodes in the server's thread pool within the decode budget;
     computes a large job as tile steps, one model-thread turn each, and a small one on the batcher."""
 
     engine: Engine

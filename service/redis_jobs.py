@@ -66,8 +66,8 @@ from service.errors import (
 )
 from service.jobs import FORGET_AFTER_TTLS, JOBS_PATH, JobRunner, JobState
 from service.metrics import ServiceMetrics
+from service.pipeline import TransferOutcome, complete_transfer, prepare_transfer
 from service.settings import Settings
-from service.transfer import TransferOutcome, complete_transfer, prepare_transfer
 from service.video import PreparedVideo, VideoOutcome, complete_video, prepare_video
 from service.workload import ESTIMATE_MARGIN, ComputeRate, MemoryBudget, transfer_bytes, video_bytes
 

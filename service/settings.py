@@ -1,7 +1,8 @@
 """The service's one configuration object, read from ``STYA2K_*`` environment variables.
 
 No pydantic-settings: the environment is parsed here so every bad value gets a message naming the
-variable, the value and what is allowed.
+variable, the value and what is allowed, and an unknown STYA2K_* name is refused (docs/ARCHITECTURE.md, "Why
+settings stay hand-written", lists what pydantic-settings 2.14 would change).
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ from service.errors import (
     byte_size,
 )
 from service.metrics import ServiceMetrics
+from service.pipeline import ProgressHook, prepare_style, validate
 from service.settings import Settings
-from service.transfer import ProgressHook, prepare_style, validate
 from service.workload import ComputeRate, Pace
 
 log = logging.getLogger("service.video")

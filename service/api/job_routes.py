@@ -2,7 +2,7 @@
 
 The routes only turn HTTP into :class:`~service.job_store.Jobs` calls; validation, decoding, the queue, the worker
 and the results are the store's (:mod:`service.jobs` in memory, :mod:`service.redis_jobs` shared), and through it
-:mod:`service.transfer`, the sync endpoints' own path.
+:mod:`service.pipeline`, the sync endpoints' own path.
 """
 
 from __future__ import annotations

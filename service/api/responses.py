@@ -8,8 +8,8 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 
 from service.contract import OUTPUT_FORMATS
+from service.pipeline import TransferOutcome
 from service.schemas import ErrorResponse, ImageJSONResponse
-from service.transfer import TransferOutcome
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}

@@ -1,4 +1,4 @@
-"""The HTTP request's :class:`~service.transfer.Runner`: decoding in the server's thread pool, the job on the
+"""The HTTP request's :class:`~service.pipeline.Runner`: decoding in the server's thread pool, the job on the
 batcher under the request's deadline, dropped if the client disconnects while it waits."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 class BatcherRunner:
-    """:class:`service.transfer.Runner` of one HTTP request: the thread pool, the batcher, the deadline."""
+    """:class:`service.pipeline.Runner` of one HTTP request: the thread pool, the batcher, the deadline."""
 
     def __init__(self, state: ServiceState, batcher: Batcher[TransferJob, torch.Tensor], request: Request) -> None:
         self.state = state

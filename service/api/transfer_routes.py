@@ -1,7 +1,7 @@
 """The transfer endpoints: ``/v1/{stylize,interpolate,multistyle}`` (multipart) and their ``/json`` twins.
 
 Each route only turns its request into a :class:`~service.contract.TransferRequest` and answers the outcome;
-the work is :func:`service.transfer.run_transfer`, with a :class:`BatcherRunner` that decodes in the server's
+the work is :func:`service.pipeline.run_transfer`, with a :class:`BatcherRunner` that decodes in the server's
 thread pool and queues the job on the batcher (dropped if the client disconnects while it waits).
 """
 
@@ -37,8 +37,8 @@ from service.api.runner import BatcherRunner
 from service.api.state import ServiceState, State
 from service.contract import DEFAULT_ALPHA, DEFAULT_FEATHER, Mode, OutputFormat, TransferRequest
 from service.errors import NotReady
+from service.pipeline import TransferOutcome, run_transfer
 from service.schemas import InterpolateJSON, JSONRequest, MultistyleJSON, StylizeJSON, parse_weights_text
-from service.transfer import TransferOutcome, run_transfer
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Response)

@@ -33,7 +33,7 @@ class TorchBackend:
         self.net: StyA2K | None = None
         self.device = torch.device("cpu")
         self.autocast_dtype: torch.dtype | None = None
-        self._transfer: Callable[..., torch.Tensor] | None = None
+        self._stylize: Callable[..., torch.Tensor] | None = None
 
     def load(self, net: StyA2K, device: torch.device, precision: torch.dtype | None) -> None:
         self.device, self.autocast_dtype = device, precision
@@ -41,9 +41,9 @@ class TorchBackend:
         # NHWC on every device: oneDNN (CPU) and cuDNN skip per-layer layout reorders. CPU, 512 px, 2 threads:
         # 1.08-1.24x in 3 of 3 in-process pairs; output within 1 level of 255, LPIPS 7e-9 (docs/BENCHMARKS.md).
         self.net = net.to(memory_format=torch.channels_last)
-        self._transfer = self.net.stylize_from_features
+        self._stylize = self.net.stylize_from_features
         if self.compile:
-            self._transfer = torch.compile(self.net.stylize_from_features, dynamic=False)
+            self._stylize = torch.compile(self.net.stylize_from_features, dynamic=False)
 
     @property
     def network(self) -> StyA2K:
@@ -56,11 +56,12 @@ class TorchBackend:
         return self.device
 
     @property
-    def transfer(self) -> Callable[..., torch.Tensor]:
-        """The network's feature-level transfer, compiled when STYA2K_COMPILE is on."""
-        if self._transfer is None:
+    def stylize(self) -> Callable[..., torch.Tensor]:
+        """The network's ``stylize_from_features`` (encode, transfer, mix, decode), compiled when STYA2K_COMPILE
+        is on. (Not ``transfer``: that names the network's A2K stage alone.)"""
+        if self._stylize is None:
             raise RuntimeError("the model is not loaded yet (Engine.load)")
-        return self._transfer
+        return self._stylize
 
     @contextlib.contextmanager
     def inference(self) -> Iterator[None]:
@@ -81,7 +82,7 @@ class TorchBackend:
         weights: torch.Tensor | None,
         alpha: torch.Tensor | float,
     ) -> torch.Tensor:
-        return self.transfer(content.contiguous(memory_format=torch.channels_last), styles, weights, alpha)
+        return self.stylize(content.contiguous(memory_format=torch.channels_last), styles, weights, alpha)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
@@ -103,11 +104,11 @@ class TorchBackend:
             torch.cuda.synchronize(self.device)
 
     def recover(self, exc: BaseException) -> bool:
-        """A compiled transfer that failed its warm-up falls back to eager mode once; eager failures are real."""
-        if self._transfer == self.network.stylize_from_features:  # bound methods: a new object per access
+        """A compiled network that failed its warm-up falls back to eager mode once; eager failures are real."""
+        if self._stylize == self.network.stylize_from_features:  # bound methods: a new object per access
             return False
         log.warning("torch.compile failed during warm-up (%s); falling back to eager mode", exc)
-        self._transfer = self.network.stylize_from_features
+        self._stylize = self.network.stylize_from_features
         return True
 
     def release_memory(self) -> None:

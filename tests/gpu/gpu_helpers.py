@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from bench.service import synthetic_image
-from service import transfer
+from service import pipeline
 from service.contract import Mode, TransferJob, TransferRequest
 from service.engine import Engine
 
@@ -36,7 +36,7 @@ def make_job(engine: Engine, width: int, height: int, seed: int, side: int) -> T
     """A decoded request: a photo-like PNG content of width x height and one style (encoded in the batch)."""
     request = TransferRequest(mode=Mode.stylize, content=synthetic_image(width, height, seed, "PNG"),
                               styles=[synthetic_image(384, 384, 1000, "PNG")], max_side=side)
-    return transfer.prepare(request, engine.settings, lambda key: None)
+    return pipeline.prepare(request, engine.settings, lambda key: None)
 
 
 def diff_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:

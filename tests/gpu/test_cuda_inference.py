@@ -238,7 +238,7 @@ def test_torch_compile_on_cuda_matches_eager(device: torch.device, style_size: i
     compiled.warm_up()
     compile_s = time.monotonic() - started
     # == (not `is`): every attribute access makes a new bound-method object
-    assert compiled._transfer != compiled.net.stylize_from_features, "warm-up fell back to eager"
+    assert compiled.backend.stylize != compiled.net.stylize_from_features, "warm-up fell back to eager"
     eager = make_engine(device, style_size, dtype="auto", default_side=side)
     job = make_job(eager, side, side * 3 // 4, seed=5, side=side)
     out_eager = check_output(eager.run_batch([job])[0], job, device)

@@ -1,4 +1,4 @@
-"""Unit tests of the dynamic batcher with a recording runner in place of the model."""
+"""Unit tests of the dynamic batcher with a recording batch function in place of the model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from service.errors import DeadlineExceeded, Draining, InsufficientMemory, Queue
 from service.metrics import ServiceMetrics
 
 
-class RecordingRunner:
+class RecordingModel:
     """Doubles each payload; records every call; fails on demand like a model would."""
 
     def __init__(self, delay_s: float = 0.0, max_fit: int | None = None) -> None:
@@ -40,10 +40,10 @@ def memory_failure(payload: int, exc: BaseException) -> ServiceError:
     return ServiceError(f"{payload} failed")
 
 
-def make(runner: RecordingRunner, **overrides: float) -> Batcher[int, int]:
+def make(recorder: RecordingModel, **overrides: float) -> Batcher[int, int]:
     options = {"max_batch_size": 4, "max_wait_ms": 50.0, "queue_size": 16, **overrides}
     return Batcher(
-        runner,
+        recorder,
         max_batch_size=int(options["max_batch_size"]),
         max_wait_ms=options["max_wait_ms"],
         queue_size=int(options["queue_size"]),
@@ -61,10 +61,10 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 
 def test_same_key_requests_share_one_pass_in_the_model_thread() -> None:
-    runner = RecordingRunner()
+    recorder = RecordingModel()
 
     async def scenario() -> None:
-        batcher = make(runner)
+        batcher = make(recorder)
         batcher.start()
         results = await asyncio.gather(*(batcher.submit("a", i, deadline=later(5)) for i in range(4)))
         assert [r.value for r in results] == [0, 2, 4, 6]
@@ -72,15 +72,15 @@ def test_same_key_requests_share_one_pass_in_the_model_thread() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls == [[0, 1, 2, 3]]
-    assert runner.threads == {"stya2k-model"}
+    assert recorder.calls == [[0, 1, 2, 3]]
+    assert recorder.threads == {"stya2k-model"}
 
 
 def test_full_batch_does_not_wait_and_keys_are_separated() -> None:
-    runner = RecordingRunner()
+    recorder = RecordingModel()
 
     async def scenario() -> None:
-        batcher = make(runner, max_wait_ms=2000, max_batch_size=2)
+        batcher = make(recorder, max_wait_ms=2000, max_batch_size=2)
         batcher.start()
         started = time.monotonic()
         results = await asyncio.gather(
@@ -95,14 +95,14 @@ def test_full_batch_does_not_wait_and_keys_are_separated() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls == [[1, 3], [2]]
+    assert recorder.calls == [[1, 3], [2]]
 
 
 def test_queue_full_is_refused_at_once() -> None:
-    runner = RecordingRunner()
+    recorder = RecordingModel()
 
     async def scenario() -> None:
-        batcher = make(runner, queue_size=2, max_wait_ms=300, max_batch_size=8)
+        batcher = make(recorder, queue_size=2, max_wait_ms=300, max_batch_size=8)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit("a", 1, deadline=later(5)))
         second = asyncio.ensure_future(batcher.submit("a", 2, deadline=later(5)))
@@ -114,14 +114,14 @@ def test_queue_full_is_refused_at_once() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls == [[1, 2]]
+    assert recorder.calls == [[1, 2]]
 
 
 def test_deadline_in_queue_gives_504_and_is_never_computed() -> None:
-    runner = RecordingRunner(delay_s=0.3)
+    recorder = RecordingModel(delay_s=0.3)
 
     async def scenario() -> None:
-        batcher = make(runner, max_batch_size=1, max_wait_ms=0)
+        batcher = make(recorder, max_batch_size=1, max_wait_ms=0)
         batcher.start()
         busy = asyncio.ensure_future(batcher.submit("a", 1, deadline=later(5)))
         await asyncio.sleep(0.02)  # the model is now busy for 300 ms
@@ -133,14 +133,14 @@ def test_deadline_in_queue_gives_504_and_is_never_computed() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls == [[1]]
+    assert recorder.calls == [[1]]
 
 
 def test_disconnected_client_is_dropped_before_compute() -> None:
-    runner = RecordingRunner()
+    recorder = RecordingModel()
 
     async def scenario() -> None:
-        batcher = make(runner, max_wait_ms=100)
+        batcher = make(recorder, max_wait_ms=100)
         batcher.start()
         gone = asyncio.ensure_future(batcher.submit("a", 7, deadline=later(5), disconnected=lambda: True))
         kept = asyncio.ensure_future(batcher.submit("a", 8, deadline=later(5)))
@@ -154,14 +154,14 @@ def test_disconnected_client_is_dropped_before_compute() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls == [[8]]
+    assert recorder.calls == [[8]]
 
 
 def test_a_failing_request_never_fails_its_batch_mates() -> None:
-    runner = RecordingRunner()
+    recorder = RecordingModel()
 
     async def scenario() -> None:
-        batcher = make(runner)
+        batcher = make(recorder)
         batcher.start()
         outcomes = await asyncio.gather(
             *(batcher.submit("a", p, deadline=later(5)) for p in (1, -1, 2, 3)), return_exceptions=True
@@ -172,14 +172,14 @@ def test_a_failing_request_never_fails_its_batch_mates() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls[0] == [1, -1, 2, 3]
+    assert recorder.calls[0] == [1, -1, 2, 3]
 
 
 def test_out_of_memory_splits_the_batch_until_it_fits() -> None:
-    runner = RecordingRunner(max_fit=1)
+    recorder = RecordingModel(max_fit=1)
 
     async def scenario() -> None:
-        batcher = make(runner)
+        batcher = make(recorder)
         batcher.start()
         results = await asyncio.gather(*(batcher.submit("a", p, deadline=later(5)) for p in (1, 2, 3, 4)))
         assert [r.value for r in results] == [2, 4, 6, 8]
@@ -187,14 +187,14 @@ def test_out_of_memory_splits_the_batch_until_it_fits() -> None:
         await batcher.close(1)
 
     run(scenario())
-    assert runner.calls[0] == [1, 2, 3, 4] and [1] in runner.calls
+    assert recorder.calls[0] == [1, 2, 3, 4] and [1] in recorder.calls
 
 
 def test_request_that_cannot_fit_alone_gets_507() -> None:
-    runner = RecordingRunner(max_fit=0)
+    recorder = RecordingModel(max_fit=0)
 
     async def scenario() -> None:
-        batcher = make(runner)
+        batcher = make(recorder)
         batcher.start()
         with pytest.raises(InsufficientMemory) as info:
             await batcher.submit("a", 5, deadline=later(5))
@@ -205,10 +205,10 @@ def test_request_that_cannot_fit_alone_gets_507() -> None:
 
 
 def test_close_finishes_queued_work_then_refuses() -> None:
-    runner = RecordingRunner(delay_s=0.05)
+    recorder = RecordingModel(delay_s=0.05)
 
     async def scenario() -> None:
-        batcher = make(runner, max_batch_size=1, max_wait_ms=0)
+        batcher = make(recorder, max_batch_size=1, max_wait_ms=0)
         batcher.start()
         pending = [asyncio.ensure_future(batcher.submit("a", p, deadline=later(5))) for p in (1, 2, 3)]
         await asyncio.sleep(0.01)
@@ -221,10 +221,10 @@ def test_close_finishes_queued_work_then_refuses() -> None:
 
 
 def test_event_loop_stays_responsive_during_compute() -> None:
-    runner = RecordingRunner(delay_s=0.4)
+    recorder = RecordingModel(delay_s=0.4)
 
     async def scenario() -> None:
-        batcher = make(runner, max_wait_ms=0)
+        batcher = make(recorder, max_wait_ms=0)
         batcher.start()
         job = asyncio.ensure_future(batcher.submit("a", 1, deadline=later(5)))
         ticks = 0

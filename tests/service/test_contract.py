@@ -27,8 +27,8 @@ from service.contract import (
     TransferRequest,
 )
 from service.errors import InvalidParameter
+from service.pipeline import validate
 from service.settings import Settings
-from service.transfer import validate
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "API.md"
 

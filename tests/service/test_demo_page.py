@@ -394,7 +394,7 @@ def test_server_errors_are_shown(page: Page, tmp_path: Path) -> None:
 
 def test_whole_style_option(page: Page, server: RunningServer, tmp_path: Path) -> None:
     from service.contract import StyleFit
-    from service.transfer import style_key
+    from service.pipeline import style_key
 
     content, style = tmp_path / "content.png", tmp_path / "panorama.png"
     content.write_bytes(image_bytes((80, 60), color=(30, 120, 200)))

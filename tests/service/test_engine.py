@@ -66,7 +66,7 @@ def test_float32_setting_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     content = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     style = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode(), engine._inference():
-        served = engine._transfer(content, [engine.net.encode_style(style)], None, 1.0)
+        served = engine.backend.run(content, [engine.net.encode_style(style)], None, 1.0)
     with torch.inference_mode():
         reference = engine.net.stylize_from_features(content, [engine.net.encode_style(style)], None, 1.0)
     assert served.dtype == torch.float32 and torch.equal(served, reference)
@@ -154,7 +154,7 @@ def test_an_eager_warm_up_failure_is_raised_not_retried(monkeypatch: pytest.Monk
 @pytest.mark.parametrize("preserve_color", [False, True])
 def test_tiled_job_matches_the_batched_one(preserve_color: bool) -> None:
     from service.contract import Mode, TransferRequest
-    from service.transfer import prepare
+    from service.pipeline import prepare
 
     engine = loaded(max_side=256, default_side=256, tile_px=128, tile_margin_px=128)
     request = TransferRequest(

@@ -22,8 +22,8 @@ from service.contract import Mode, StyleFit, TransferRequest
 from service.engine import Engine
 from service.errors import InvalidImage, InvalidParameter
 from service.metrics import ServiceMetrics
+from service.pipeline import prepare, style_key, validate
 from service.settings import Settings
-from service.transfer import prepare, style_key, validate
 
 TINY = {"weights": "random", "device": "cpu", "threads": 1, "default_side": 64, "max_side": 64, "style_size": 64}
 SQUARE = padded_size(64, 64)  # the crop square's padded size at style_size 64

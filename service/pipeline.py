@@ -1,5 +1,6 @@
-"""One transfer, end to end: validate -> decode (off the loop) -> the model -> encode.
+"""The image pipeline: one transfer request, end to end: validate -> decode (off the loop) -> the model -> encode.
 
+(The module is named for its job; "transfer" alone names the network's stage, ``model.StyA2K.transfer``.)
 :func:`run_transfer` is the single path of every transfer, whoever asks: the HTTP routes run it with a
 :class:`Runner` that decodes in the server's thread pool and queues the job on the batcher; the command
 line's local mode runs it with one that calls the engine directly. So a local result equals the server's.
@@ -40,7 +41,7 @@ from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.workload import Pace
 
-log = logging.getLogger("service.transfer")
+log = logging.getLogger("service.pipeline")
 T = TypeVar("T")
 ProgressHook = Callable[[int, int], None]  # (steps done, steps in all), after each step of a tiled transfer
 ModelCall = Callable[..., Awaitable[Any]]  # runs fn(*args) where the model runs (the model thread, or inline)
