@@ -1,7 +1,7 @@
 import torch
 
 from model import functional as fn
-from model.losses import LossConfig, StyleTransferLoss, a2k_target, global_style_loss, shallow_key
+from training.losses import LossConfig, StyleTransferLoss, a2k_target, global_style_loss, shallow_key
 
 
 def feats_of(net, x):

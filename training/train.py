@@ -5,9 +5,9 @@ first 40% of the iterations then linearly decayed to 0, loss = 10 * global style
 VGG-19. A run folder holds ``checkpoints/`` (full training state), ``log.csv``, ``loss_curves.png``
 and ``samples/`` (fixed content x style grids).
 
-    python -m model.train --run-dir runs/a2k --iters 2000 --crop-size 128 --load-size 256
-    python -m model.train --run-dir runs/a2k --iters 4000 --resume        # continue / extend
-    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
+    python -m training.train --run-dir runs/a2k --iters 2000 --crop-size 128 --load-size 256
+    python -m training.train --run-dir runs/a2k --iters 4000 --resume        # continue / extend
+    python -m training.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from model.checkpoint import (
     trainable_state_dict,
 )
 from model.config import ARCHS, ModelConfig
-from model.data import (
+from model.hardware import has_native_bf16, select_device, start_command
+from model.progress import Progress
+from model.stya2k import StyA2K
+from training.data import (
     DEFAULT_CONTENT_DIRS,
     DEFAULT_STYLE_DIRS,
     ContentStylePairs,
@@ -49,14 +52,11 @@ from model.data import (
     list_images,
     load_fixed_images,
 )
-from model.export import export_release
-from model.hardware import has_native_bf16, select_device, start_command
-from model.losses import LossConfig, LossTerms, StyleTransferLoss
-from model.pack import PackedPairs
-from model.plotting import image_grid
-from model.progress import Progress
-from model.runlog import LOG_NAME, CsvLog, plot_log
-from model.stya2k import StyA2K
+from training.export import export_release
+from training.losses import LossConfig, LossTerms, StyleTransferLoss
+from training.pack import PackedPairs
+from training.plotting import image_grid
+from training.runlog import LOG_NAME, CsvLog, plot_log
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TrainConfig:
     sample_styles: int = 4
     hflip: bool = True
     balance_style_dirs: bool = True
-    # Pre-decoded data (model.pack) instead of decoding the image folders on every step.
+    # Pre-decoded data (training.pack) instead of decoding the image folders on every step.
     pack: str | None = None
     # Speed levers of the step, "auto" = chosen for this machine at start (see `choose_levers`).
     channels_last: str = "auto"
@@ -314,7 +314,7 @@ class Trainer:
         self.init_note: str | None = None
         self.stop_requested = False  # set from a signal handler: stop cleanly after the current step
         self.fresh_optimizer_at: int | None = None
-        self.resumed_during_step = False  # set by a SIGCONT handler (model.campaign): the step was paused
+        self.resumed_during_step = False  # set by a SIGCONT handler (training.campaign): the step was paused
         self.resumed_config: dict[str, Any] | None = None  # the train_config of the checkpoint resumed from
         saved_levers: str | None = None
         # Where the run starts is settled before the levers are measured, so a refusal costs no dry steps.
@@ -326,7 +326,7 @@ class Trainer:
             source = Path(init_weights).name if init_weights is not None and resume is None else "a fresh run"
             raise ValueError(f"{source} is at iteration {self.iteration}, before this run's schedule start "
                              f"{cfg.schedule_start}: a later phase starts from the earlier phase's final weights "
-                             "(export them first, python -m model.export, and pass them as --init-weights)")
+                             "(export them first, python -m training.export, and pass them as --init-weights)")
         # Measured at the thread count the step gets without tuning (all cores), then the tuner takes over.
         self.levers = choose_levers(cfg, self.device, self.time_dry_step)
         self._use_layout(self.levers)
@@ -640,7 +640,7 @@ class Deadline:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stya2k train`` / ``python -m model.train``."""
+    """Arguments of ``stya2k train`` / ``python -m training.train``."""
     defaults = TrainConfig(run_dir="")
     parser.add_argument("--run-dir", required=True, help="folder for checkpoints, log.csv, plots and samples")
     parser.add_argument("--arch", choices=ARCHS, default=defaults.arch, help="model variant")
@@ -672,7 +672,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     parser.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
     parser.add_argument("--pack", default=None, metavar="DIR",
-                        help="pre-decoded data from `python -m model.pack` (built at --load-size) instead of folders")
+                        help="pre-decoded data (`python -m training.pack`, built at --load-size) instead of folders")
     parser.add_argument("--channels-last", choices=LEVER_CHOICES, default=defaults.channels_last,
                         help="channels_last memory format (auto: measured at start on CPU, on for CUDA)")
     parser.add_argument("--bf16", choices=LEVER_CHOICES, default=defaults.bf16,
@@ -736,7 +736,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point shared by ``stya2k train`` and ``python -m model.train``; returns an exit code."""
+    """Entry point shared by ``stya2k train`` and ``python -m training.train``; returns an exit code."""
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
@@ -771,7 +771,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

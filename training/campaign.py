@@ -1,7 +1,7 @@
 """The CPU training campaign: one long A2K run continued across sessions, from a state folder outside the tree.
 
-Each session runs ``python -m model.campaign --time-budget SECONDS`` in the background. The state folder
-(default ``<cache>/campaign-a2k-128``, see `model.pack.default_cache_dir`) holds the run: full checkpoints with
+Each session runs ``python -m training.campaign --time-budget SECONDS`` in the background. The state folder
+(default ``<cache>/campaign-a2k-128``, see `model.checkpoint.default_cache_dir`) holds the run: full checkpoints with
 Adam and RNG state, ``log.csv``, samples, and ``history.jsonl`` with one line per session (start and end
 iteration, how it started, the step's levers, seconds per iteration). When the folder is gone, the campaign
 continues from the newest committed weights with a fresh optimizer, and both the log and the history say so.
@@ -9,7 +9,7 @@ continues from the newest committed weights with a fresh optimizer, and both the
 The lr schedule is that of one run of ``--iters`` (default 12,000) iterations: constant for 40%, then linear to
 0, evaluated at the campaign's iteration count, so a resume never restarts or stretches it.
 
-    python -m model.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
+    python -m training.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
     kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking (a paused step's time
                                                          # is kept out of the thread tuning and deadline)
     kill -INT <pid>                                      # stop cleanly now (checkpoint at the next step)
@@ -18,7 +18,7 @@ The 256 px phase that follows is a second campaign in its own state folder (``ca
 folder never continues a run at another crop size), started from the 128 px phase's final weights with its own
 schedule over the iterations after them (``--schedule-start``, kept by every resume of that phase):
 
-    python -m model.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
+    python -m training.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from model.checkpoint import default_weights_path
-from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from model.checkpoint import default_cache_dir, default_weights_path
 from model.hardware import start_command
-from model.pack import build_pack, default_cache_dir
-from model.train import TrainConfig, Trainer, schedule_constant_end
+from training.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from training.pack import build_pack
+from training.train import TrainConfig, Trainer, schedule_constant_end
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
-    parser = argparse.ArgumentParser(prog="python -m model.campaign", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time-budget", type=float, required=True, metavar="SECONDS",
                         help="stop cleanly with a checkpoint before this many seconds")

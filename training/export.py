@@ -1,6 +1,6 @@
 """Turn a training checkpoint into release weights: fp16, config + meta, sha256 recorded in a manifest.
 
-    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
+    python -m training.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def export_release(
     ``extra_meta`` is merged over the recipe meta (e.g. a GPU lease's GPU name, images seen, budget)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not is_train_state(state):
-        raise ValueError(f"{checkpoint} is not a training checkpoint written by model.train")
+        raise ValueError(f"{checkpoint} is not a training checkpoint written by training.train")
     net = StyA2K(ModelConfig.from_dict(state["model_config"]))
     load_trainable_state(net, state["model"])
     out_path = Path(out)
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m model.export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -11,7 +11,7 @@ import csv
 import math
 from pathlib import Path
 
-from model.plotting import plot_curves
+from training.plotting import plot_curves
 
 LOG_NAME = "log.csv"
 CSV_FIELDS = ("iteration", "lr", "total", "global_style", "a2k", "content", "sec_per_iter", "wall_s")
