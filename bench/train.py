@@ -45,8 +45,9 @@ from bench.common import (
 )
 from model.checkpoint import default_cache_dir
 from model.hardware import has_native_bf16, start_command
+from training.config import TrainConfig
 from training.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
-from training.train import TrainConfig, Trainer
+from training.train import Trainer
 
 logger = logging.getLogger(__name__)
 

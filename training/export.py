@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from model.checkpoint import is_train_state, load_trainable_state, save_checkpoint, write_manifest_entry
 from model.config import ModelConfig
 from model.stya2k import StyA2K
+from training.losses import LossWeights
 
 logger = logging.getLogger(__name__)
 REPO_PARENT = Path(__file__).resolve().parents[2]
@@ -46,9 +48,8 @@ def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
         "lr": cfg["lr"],
         "planned_iterations": cfg["iters"],
         "schedule_start": int(cfg.get("schedule_start", 0)),
-        "loss_weights": {
-            "style": cfg["style_weight"], "a2k": cfg["a2k_weight"], "content": cfg["content_weight"]
-        },
+        # {"style": .., "a2k": .., "content": ..}: every LossWeights field the run's config has, by its short name
+        "loss_weights": {f.name.removesuffix("_weight"): cfg[f.name] for f in fields(LossWeights) if f.name in cfg},
         "seed": cfg["seed"],
         "train_wall_s": round(float(state.get("wall_s", 0.0)), 1),
         "data": portable_paths(state.get("data", {})),

@@ -230,7 +230,8 @@ def train(cfg: LeaseConfig) -> dict[str, Any]:
     import torch
 
     from model.checkpoint import default_weights_path
-    from training.train import TrainConfig, Trainer
+    from training.config import TrainConfig
+    from training.train import Trainer
 
     t_start = time.monotonic()
     data = json.loads((cfg.work / "data.json").read_text())
@@ -436,7 +437,7 @@ def folder_bytes(path: Path) -> int:
 def check(pack_dir: Path, vgg_dir: Path, cfg: LeaseConfig, carry: list[str]) -> list[str]:
     """Everything the lease needs, checked here without running it (``train_lease.sh --dry-run``)."""
     from model.checkpoint import default_weights_path, load_checkpoint
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     problems: list[str] = []
     try:

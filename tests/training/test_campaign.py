@@ -10,7 +10,8 @@ import torch
 
 from model.imageio import tensor_to_pil
 from training.campaign import main, read_history
-from training.train import TrainConfig, learning_rate
+from training.config import TrainConfig
+from training.schedule import learning_rate
 
 
 def _images(folder: Path, count: int, seed: int) -> str:

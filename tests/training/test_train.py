@@ -15,17 +15,11 @@ from PIL import Image
 from model.checkpoint import load_checkpoint, trainable_state_dict, write_manifest_entry
 from model.hardware import has_native_bf16
 from model.imageio import tensor_to_pil
-from training.train import (
-    Deadline,
-    StepLevers,
-    ThreadTuner,
-    TrainConfig,
-    Trainer,
-    add_arguments,
-    config_from_args,
-    learning_rate,
-    main,
-)
+from training.config import TrainConfig
+from training.deadline import Deadline
+from training.levers import StepLevers, ThreadTuner
+from training.schedule import learning_rate
+from training.train import Trainer, add_arguments, config_from_args, main
 
 
 def _images(folder: Path, count: int, seed: int) -> Path:
@@ -261,7 +255,7 @@ def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[
 
 @pytest.mark.parametrize("bf16", ["on", "off"])
 def test_channels_last_is_measured_on_the_whole_step_at_its_precision(bf16: str) -> None:
-    from training import train as train_module
+    from training import levers as train_module
 
     seen: list[tuple[bool, bool]] = []
     # per layout: a slow warm-up (left out), then three rounds with one outlier each (the median ignores it)
