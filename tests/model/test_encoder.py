@@ -24,7 +24,7 @@ def test_altered_weights_are_rejected(monkeypatch):
 
 
 def test_missing_calibration_constant_says_how_to_regenerate(tmp_path):
-    with pytest.raises(enc.EncoderWeightsError, match=r"model\.calibrate"):
+    with pytest.raises(enc.EncoderWeightsError, match=r"training\.calibrate"):
         enc.load_channel_means(tmp_path / "missing.pt")
 
 
