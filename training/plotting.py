@@ -1,4 +1,4 @@
-"""Loss-curve plots and image grids drawn with PIL only (no matplotlib / numpy dependency)."""
+"""Loss-curve plots (matplotlib) and sample image grids (PIL: tiles pasted side by side)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -43,7 +44,7 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     raise OSError(f"could not encode a readable PNG for {out} in {SAVE_ATTEMPTS} attempts")
 
 # Distinguishable line colours (Okabe-Ito palette, colour-blind safe).
-PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233))
+PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9")
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -58,30 +59,6 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round-numbered ticks covering [low, high]."""
-    span = high - low if high > low else max(abs(high), 1.0)
-    raw_step = span / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw_step))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw_step)
-    first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-6:
-        if value >= low - step * 1e-6:
-            ticks.append(round(value, 10))
-        value += step
-    return ticks
-
-
-def _fmt(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000 or abs(value) < 0.01:
-        return f"{value:.1e}"
-    return f"{value:g}"
-
-
 def plot_curves(
     steps: Sequence[float],
     series: Mapping[str, Sequence[float]],
@@ -92,69 +69,55 @@ def plot_curves(
     smooth: int = 1,
     size: tuple[int, int] = (900, 420),
 ) -> Path:
-    """One panel per series (losses live on different scales), each a raw line plus a smoothed line.
+    """One panel per series (losses live on different scales), each a raw line plus a smoothed line, drawn with
+    matplotlib (its Agg canvas: no display, no global pyplot state). ``size`` is one panel in pixels.
 
     ``steps`` are the x values shared by every series. Writes a PNG to ``path`` and returns it.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # the training extra: not a service dependency
+    from matplotlib.figure import Figure
+
     names = list(series)
     if not names or not steps:
         raise ValueError("nothing to plot: need at least one series and one step")
-    panel_w, panel_h = size
-    margin_left, margin_right, margin_top, margin_bottom = 80, 20, 34, 42
-    header = 28 if title else 0
-    image = Image.new("RGB", (panel_w, header + panel_h * len(names)), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    dpi = 100
+    figure = Figure(figsize=(size[0] / dpi, size[1] * len(names) / dpi), dpi=dpi, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
     if title:
-        draw.text((margin_left, 8), title, fill="black", font=font)
-    x_min, x_max = float(min(steps)), float(max(steps))
-    x_span = (x_max - x_min) or 1.0
-    for index, name in enumerate(names):
-        values = [float(v) for v in series[name]]
-        finite = [v for v in values if math.isfinite(v)]
-        top = header + index * panel_h
-        box = (margin_left, top + margin_top, panel_w - margin_right, top + panel_h - margin_bottom)
-        draw.rectangle(box, outline=(90, 90, 90))
+        figure.suptitle(title)
+    axes = figure.subplots(len(names), 1, squeeze=False)[:, 0]
+    for index, (name, ax) in enumerate(zip(names, axes, strict=True)):
         colour = PALETTE[index % len(PALETTE)]
-        draw.text((margin_left, top + 10), name, fill=colour, font=font)
-        if not finite:
-            continue
-        # Scale to the bulk of the curve: a few early spikes would otherwise flatten everything else.
-        ordered = sorted(finite)
-        y_low, y_high = ordered[0], ordered[min(len(ordered) - 1, int(0.98 * len(ordered)))]
-        if y_high == y_low:
-            y_low, y_high = y_low - 0.5 * (abs(y_low) or 1), y_high + 0.5 * (abs(y_high) or 1)
-        y_span = y_high - y_low
+        _draw_series(ax, steps, [float(v) for v in series[name]], colour, smooth)
+        ax.set_title(name, loc="left", color=colour)
+        if min(steps) != max(steps):
+            ax.set_xlim(min(steps), max(steps))
+        ax.set_xlabel(x_label)
+        ax.grid(True, color="#e8e8e8")
+    buffer = io.BytesIO()
+    canvas.print_png(buffer)
+    with Image.open(io.BytesIO(buffer.getvalue())) as drawn:
+        return save_png(drawn.convert("RGB"), path)
 
-        def to_px(
-            x: float, y: float, box: tuple[int, int, int, int] = box, lo: float = y_low, span: float = y_span
-        ) -> tuple[float, float]:
-            left, upper, right, lower = box
-            return (
-                left + (x - x_min) / x_span * (right - left),
-                lower - (y - lo) / span * (lower - upper),
-            )
 
-        for tick in _nice_ticks(y_low, y_high):
-            _, ty = to_px(x_min, tick)
-            draw.line((box[0], ty, box[2], ty), fill=(232, 232, 232))
-            draw.text((6, ty - 6), _fmt(tick), fill="black", font=font)
-        for tick in _nice_ticks(x_min, x_max):
-            tx, _ = to_px(tick, y_low)
-            draw.line((tx, box[3], tx, box[3] + 4), fill="black")
-            draw.text((tx - 12, box[3] + 8), _fmt(tick), fill="black", font=font)
-        draw.text(((box[0] + box[2]) // 2 - 20, box[3] + 24), x_label, fill="black", font=font)
-        points = [to_px(float(x), min(y, y_high)) for x, y in zip(steps, values, strict=True) if math.isfinite(y)]
-        light = tuple(int(c + (255 - c) * 0.65) for c in colour)
-        if len(points) > 1:
-            draw.line(points, fill=light, width=1)
-        if smooth > 1 and len(finite) > 1:
-            smoothed = moving_average(finite, smooth)
-            xs = [float(x) for x, y in zip(steps, values, strict=True) if math.isfinite(y)]
-            draw.line([to_px(x, min(y, y_high)) for x, y in zip(xs, smoothed, strict=True)], fill=colour, width=2)
-        else:
-            draw.line(points, fill=colour, width=2) if len(points) > 1 else draw.point(points, fill=colour)
-    return save_png(image, path)
+def _draw_series(ax: Any, steps: Sequence[float], values: list[float], colour: str, smooth: int) -> None:
+    """The raw line (light) and its moving average; the y range fits the bulk of the curve, because a few early
+    spikes would otherwise flatten everything else."""
+    points = [(float(x), y) for x, y in zip(steps, values, strict=True) if math.isfinite(y)]
+    if not points:
+        return
+    xs, ys = zip(*points, strict=True)
+    ordered = sorted(ys)
+    y_low, y_high = ordered[0], ordered[min(len(ordered) - 1, int(0.98 * len(ordered)))]
+    if y_high == y_low:
+        y_low, y_high = y_low - 0.5 * (abs(y_low) or 1), y_high + 0.5 * (abs(y_high) or 1)
+    clipped = [min(y, y_high) for y in ys]
+    smoothed = smooth > 1 and len(ys) > 1
+    ax.plot(xs, clipped, color=colour, alpha=0.35 if smoothed else 1.0, linewidth=1 if smoothed else 2,
+            marker="o" if len(xs) == 1 else None)
+    if smoothed:
+        ax.plot(xs, [min(y, y_high) for y in moving_average(list(ys), smooth)], color=colour, linewidth=2)
+    ax.set_ylim(y_low, y_high)
 
 
 def image_grid(
