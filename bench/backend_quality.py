@@ -1,4 +1,4 @@
-"""The quality harness (model/evaluate.py: content, style, texture, LPIPS, retrieval, spread) run through the
+"""The quality harness (training/evaluate.py: content, style, texture, LPIPS, retrieval, spread) run through the
 inference backends (issue 29), so an int8 graph's cost is read in the same columns as a training change.
 
 Each backend stylizes every pair as the service would (its own encoder, transfer and decoder graphs; the glue in
@@ -8,7 +8,7 @@ Graph backends read the graph cache (``stya2k export-graph``, ``--int8 --calibra
     python -m bench.backend_quality --backends torch,onnxruntime-int8,openvino-int8 --n-content 8 --n-style 8 \
         --size 256 --out bench/results/backend-quality.json
 
-Prints the markdown table and writes the JSON (rows as model.evaluate writes them).
+Prints the markdown table and writes the JSON (rows as training.evaluate writes them).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import torch
 from torch import Tensor
 
 from bench import common
-from model.checkpoint import default_weights_path, load_model, sha256_file
-from model.evaluate import EvalConfig, Harness, markdown_table
-from model.pack import default_cache_dir
+from model.checkpoint import default_cache_dir, default_weights_path, load_model, sha256_file
 from service.backends import BACKENDS, GRAPH_BACKENDS, make_graph_backend
 from service.backends.base import InferenceBackend
+from training.evaluate import EvalConfig, Harness, markdown_table
 
 log = logging.getLogger(__name__)
 

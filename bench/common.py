@@ -39,7 +39,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def concurrent_processes(pattern: str = "model.train") -> list[str]:
+def concurrent_processes(pattern: str = "training.train") -> list[str]:
     """Command lines of other processes matching ``pattern`` (e.g. a training run sharing the CPU)."""
     found = []
     own = os.getpid()
@@ -93,7 +93,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    training = concurrent_processes("model.train") + concurrent_processes("model.campaign")
+    # The model.* names: runs started before training/ split from model/ keep their command line until they end.
+    training = [line for name in ("training.train", "training.campaign", "model.train", "model.campaign")
+                for line in concurrent_processes(name)]
     info["concurrent_training"] = bool(training)
     if training:
         info["concurrent_processes"] = training
@@ -102,7 +104,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def machine_line(meta: dict[str, Any]) -> str:
     device = meta.get("gpu") or f"CPU only ({meta['torch_threads']} torch threads)"
-    shared = (" **The CPU was shared with a concurrent training run (`model.train`) during the measurement.**"
+    shared = (" **The CPU was shared with a concurrent training run (`training.train`) during the measurement.**"
               if meta.get("concurrent_training") else "")
     return (f"{meta['date_utc']}, {meta['cpu']} ({meta['cores']} cores, {meta['memory_gib']} GiB), device {device}, "
             f"torch {meta['torch']}, Python {meta['python']}, git {meta['git']}.{shared}")

@@ -8,7 +8,7 @@ as the service prepares it), so a stroke in the painting and in the output are s
 
 Defaults: 4 photos and 6 public-domain paintings of ``../shared/data/eval`` (held out from training; never
 committed, only the rendered grid is). The photos are 512 x 512 files, so at ``--size 512`` not even the input is
-resampled. ``--weights`` takes what ``python -m model.evaluate`` takes (a file, ``random:a2k``,
+resampled. ``--weights`` takes what ``python -m training.evaluate`` takes (a file, ``random:a2k``,
 ``reference:color``), so every candidate gets its own grid::
 
     python -m bench.crops --weights weights/stya2k-v0.6-cpu.pt --style-size 256   # -> docs/crops-<tag>.jpg
@@ -28,9 +28,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from model.checkpoint import default_weights_path
-from model.data import load_rgb, resize_short_side
-from model.evaluate import STYLE_FITS, load_weights, prepare_style
 from model.imageio import pil_to_tensor, tensor_to_pil
+from training.data import load_rgb, resize_short_side
+from training.evaluate import STYLE_FITS, load_weights, prepare_style
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style-size", type=int, default=256,
                         help="the network's style input in px (the service's STYA2K_STYLE_SIZE, default 256)")
     parser.add_argument("--style-fit", choices=STYLE_FITS, default="crop",
-                        help="how the style becomes that input (model.evaluate's rules; default crop = the service's)")
+                        help="how the style becomes that input (training.evaluate: default crop = the service's)")
     parser.add_argument("--size", type=int, default=512, help="output (content) short side in px")
     parser.add_argument("--crop", type=int, default=256, help="side of the centre crop shown per output")
     parser.add_argument("--contents", nargs="+", type=Path, default=None, help="photo files (default: 4 eval photos)")

@@ -8,7 +8,7 @@ median paired ratio to the plain step of the same round.
     python -m bench.train --device cuda --sizes 256 --batch-size 32
     python -m bench.train --sizes 128 --variants fast --rounds 4 --profile 2   # + where the fast step's time goes
 
-Variants (each adds one lever to the plain step, "fast" is what `model.train` picks on this machine):
+Variants (each adds one lever to the plain step, "fast" is what `training.train` picks on this machine):
 plain (image folders decoded per step, two encoder calls, fp32, contiguous), pack, fused, channels_last,
 bf16 (frozen VGG under bf16 autocast), fast, fast_fp32_trained (fast with the trained A2K modules and decoder
 kept in float32: the lever bf16_trained on its own, paired), fast_cl_on / fast_cl_off (fast with channels_last
@@ -43,10 +43,11 @@ from bench.common import (
     update_doc_section,
     write_json,
 )
-from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from model.checkpoint import default_cache_dir
 from model.hardware import has_native_bf16, start_command
-from model.pack import default_cache_dir
-from model.train import TrainConfig, Trainer
+from training.config import TrainConfig
+from training.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from training.train import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     # The trainer's own process set-up (huge pages, a heap that keeps freed memory), so the step is timed as
-    # `model.train` runs it; GLIBC_TUNABLES= (empty) or THP_MEM_ALLOC_ENABLE=0 measure without them.
+    # `training.train` runs it; GLIBC_TUNABLES= (empty) or THP_MEM_ALLOC_ENABLE=0 measure without them.
     memory = start_command(__name__)
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -65,9 +65,9 @@ def variant_metrics(outputs: list[Tensor], frames: list[Tensor], flows: list[Any
 
 def run_clip(net: torch.nn.Module, clip: Path, styles: list[tuple[str, Any]], args: argparse.Namespace,
              strengths: list[float]) -> dict[str, Any]:
-    from model.data import list_images
-    from model.evaluate import load_at
     from model.temporal import TemporalSmoother, flow_with_occlusion, static_flicker, warping_error
+    from training.data import list_images
+    from training.evaluate import load_at
 
     files = list_images([clip])[: args.frames]
     frames = [load_at(f, args.size)[0] for f in files]  # each (3, H, W) in [0, 1]
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("no video clips at %s (the shared data is absent): nothing to measure", args.video_dir)
         return 0
     import model
-    from model.data import list_images
-    from model.evaluate import load_at, select
+    from training.data import list_images
+    from training.evaluate import load_at, select
 
     try:
         strengths = [float(s) for s in args.strengths.split(",") if s.strip()]

@@ -8,7 +8,7 @@ Release file format (a `torch.save` dict loadable with `weights_only=True`)::
      "state_sha256": digest of the tensors (see `state_digest`), "meta": {...}}
 
 `meta` holds plain Python types only: version, iterations, data summary, ... A training state (written by
-`model.train`, read by `model.export`) is a dict with ``"format": TRAIN_STATE_FORMAT`` and
+`training.train`, read by `training.export`) is a dict with ``"format": TRAIN_STATE_FORMAT`` and
 ``"version": TRAIN_STATE_VERSION``; its "model" entry is a `trainable_state_dict`.
 """
 
@@ -128,6 +128,15 @@ def default_weights_path(directory: Path = WEIGHTS_DIR) -> Path:
     raise CheckpointError(f"no shipped weights found in {directory} (looked for {', '.join(DEFAULT_CANDIDATES)})")
 
 
+def default_cache_dir() -> Path:
+    """$STYA2K_CACHE, else $XDG_CACHE_HOME/stya2k, else ~/.cache/stya2k: outside the work tree. Here, with the
+    weights' location, because the service keeps its exported graphs there and training its packs and campaigns."""
+    if os.environ.get("STYA2K_CACHE"):
+        return Path(os.environ["STYA2K_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "stya2k"
+
+
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and raw bytes of a state dict: detects corruption inside the file,
     which `torch.load` does not (it does not check the zip CRCs)."""
@@ -164,7 +173,7 @@ def load_trainable_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None
 
 
 def is_train_state(state: object) -> bool:
-    """Whether a loaded file is a training state (written by model.train) rather than release weights."""
+    """Whether a loaded file is a training state (written by training.train) rather than release weights."""
     return (isinstance(state, dict) and state.get("format") == TRAIN_STATE_FORMAT
             and state.get("version") == TRAIN_STATE_VERSION)
 

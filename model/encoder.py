@@ -8,7 +8,7 @@ Weights: the original Oxford/Caffe VGG-19 convolutions shipped (8-bit k-means qu
 2. Gatys-style normalisation (`vgg_normalised`): each conv's filters are rescaled so every channel's mean
    activation over natural images is 1, and the inverse scale is pushed into the next conv's input weights, so
    every tap only changes by a per-channel positive factor. The per-channel means are a small derived constant
-   (`assets/vgg19_channel_means.pt`) computed by `python -m model.calibrate`.
+   (`assets/vgg19_channel_means.pt`) computed by `python -m training.calibrate`.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def fold_rgb_input(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
 
 def load_channel_means(path: Path = CHANNEL_MEANS_FILE) -> dict[str, Tensor]:
     if not path.is_file():
-        raise EncoderWeightsError(f"{path} is missing: regenerate it with `python -m model.calibrate`")
+        raise EncoderWeightsError(f"{path} is missing: regenerate it with `python -m training.calibrate`")
     data = torch.load(path, weights_only=True, map_location="cpu")
     return {name: data["means"][name].float() for name in CONV_NAMES}
 

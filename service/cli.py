@@ -55,7 +55,7 @@ log = logging.getLogger("service.cli")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 SUFFIX_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-DELEGATED = {"train": "model.train", "eval": "model.evaluate"}
+DELEGATED = {"train": "training.train", "eval": "training.evaluate"}
 LOCAL_MAX_SIDE = 8192  # local mode: the only limit is the machine's memory
 JOB_POLL_S = 0.5  # --url with a job: seconds between two status polls
 VIDEO_SUFFIXES = (".mp4", ".m4v")  # the video command writes an H.264 mp4
@@ -621,10 +621,9 @@ def run_export_graph(args: argparse.Namespace) -> int:
     int8 set (model/quantize.py) with its quality record; ``--triton DIR``: a Triton model repository of them."""
     import json
 
-    from model.checkpoint import CheckpointError, load_model, sha256_file
+    from model.checkpoint import CheckpointError, default_cache_dir, load_model, sha256_file
     from model.encoder import EncoderWeightsError
     from model.graphs import GraphSet, describe, export_graphs
-    from model.pack import default_cache_dir
     from service.backends import missing_packages
     from service.backends.graph_backend import graph_folder
 

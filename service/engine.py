@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import model
-from model.checkpoint import FROZEN_PREFIX, sha256_file
+from model.checkpoint import FROZEN_PREFIX, default_cache_dir, sha256_file
 from model.functional import preserve_color
 from model.hardware import (
     NATIVE_BF16_FLAGS,
@@ -35,7 +35,6 @@ from model.hardware import (
     select_device,
 )
 from model.imageio import quantize
-from model.pack import default_cache_dir
 from model.stya2k import padded_size
 from model.tiling import TileConfig, TiledStylizer, needs_tiling
 from service.backends import GRAPH_BACKENDS, install_hint, make_graph_backend, missing_packages

@@ -25,8 +25,8 @@ RANDOM_WEIGHTS = "random"
 # not pass silently). tests/service/test_settings.py checks that every STYA2K_* name in the tree is a setting or here.
 OTHER_TOOLS_ENV: dict[str, str] = {
     "STYA2K_CACHE": "training and the service: cache folder of the data packs, the campaign and the exported graphs "
-    "(model.pack, model.campaign, service/backends/onnx_runtime.py)",
-    "STYA2K_CAMPAIGN_DIR": "training: the campaign's state folder (model.campaign)",
+    "(training.pack, training.campaign, service/backends/onnx_runtime.py)",
+    "STYA2K_CAMPAIGN_DIR": "training: the campaign's state folder (training.campaign)",
     "STYA2K_LB_BACKEND": "load balancer: replica addresses (deploy/nginx)",
     "STYA2K_LB_IMAGE": "compose: the load balancer's image (docker-compose.yml)",
     "STYA2K_LB_PORT": "load balancer: its port (deploy/nginx)",

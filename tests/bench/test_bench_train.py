@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.imageio import tensor_to_pil
-from model.pack import build_pack
+from training.pack import build_pack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

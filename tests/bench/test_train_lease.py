@@ -82,7 +82,7 @@ def fake_vgg_wheel(folder: Path) -> Path:
 
 
 def test_pack_builds_with_provenance_and_unpacks_into_a_trainable_pack(tmp_path: Path, image_dirs: dict) -> None:
-    from model.pack import PackedPairs
+    from training.pack import PackedPairs
 
     pack_dir, index = build(tmp_path, image_dirs)
     pools = index["pools"]

@@ -70,8 +70,8 @@ def test_shipped_default_weights_load_on_cpu():
 
 def test_the_network_knows_no_files_and_checkpoint_io_needs_no_trainer():
     assert not any(hasattr(StyA2K, name) for name in ("save_checkpoint", "from_checkpoint", "trainable_state_dict"))
-    probe = ("import sys, model.checkpoint, model.export, model.evaluate, model.report; "
-             "print(sorted(m for m in sys.modules if m in ('model.train', 'model.campaign')))")
+    probe = ("import sys, model.checkpoint, training.export, training.evaluate, training.report; "
+             "print(sorted(m for m in sys.modules if m in ('training.train', 'training.campaign')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.strip() == "[]"  # checkpoints, export, evaluation and reports do not pull in the trainer

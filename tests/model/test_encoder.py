@@ -24,7 +24,7 @@ def test_altered_weights_are_rejected(monkeypatch):
 
 
 def test_missing_calibration_constant_says_how_to_regenerate(tmp_path):
-    with pytest.raises(enc.EncoderWeightsError, match=r"model\.calibrate"):
+    with pytest.raises(enc.EncoderWeightsError, match=r"training\.calibrate"):
         enc.load_channel_means(tmp_path / "missing.pt")
 
 
@@ -78,7 +78,7 @@ def test_taps_channels_strides_and_frozen():
 
 @pytest.mark.skipif(not (SHARED / "eval" / "content").is_dir(), reason="needs ../shared/data (real photos)")
 def test_normalised_channel_means_are_about_one_on_unseen_photos():
-    from model.calibrate import load_square, select_images
+    from training.calibrate import load_square, select_images
 
     x = torch.stack([load_square(p) for p in select_images(SHARED / "eval" / "content", 8)])
     with torch.inference_mode():

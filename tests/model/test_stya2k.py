@@ -25,7 +25,7 @@ def test_small_and_skinny_images(net, size):
 
 
 def test_gradient_reaches_every_trainable_parameter(net):
-    from model.losses import StyleTransferLoss
+    from training.losses import StyleTransferLoss
 
     net.zero_grad()
     out, c, s = net.forward_with_features(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 48, 80))

@@ -285,7 +285,7 @@ def test_delegated_commands(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
     with pytest.raises(SystemExit) as exited:
         cli.main(["train", "--help"])
     assert exited.value.code == 0
-    assert "--run-dir" in capsys.readouterr().out  # model.train's own options
+    assert "--run-dir" in capsys.readouterr().out  # training.train's own options
     with pytest.raises(SystemExit) as exited:
         cli.main(["train", "--bogus"])
     assert exited.value.code == 2

@@ -1,4 +1,4 @@
-"""model.runlog: the trainer's log.csv, written, cut back on resume, read and drawn without the trainer."""
+"""training.runlog: the trainer's log.csv, written, cut back on resume, read and drawn without the trainer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.runlog import CSV_FIELDS, LOG_NAME, CsvLog, plot_log, read_log
+from training.runlog import CSV_FIELDS, LOG_NAME, CsvLog, plot_log, read_log
 
 
 def _row(i: int) -> dict[str, float]:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import (
+from model.imageio import pil_to_tensor, tensor_to_pil
+from training.data import (
     ContentStylePairs,
     CropConfig,
     DataError,
@@ -21,7 +22,6 @@ from model.data import (
     random_crop,
     resize_short_side,
 )
-from model.imageio import pil_to_tensor, tensor_to_pil
 
 
 def _gradient_image(width: int, height: int, seed: int) -> Image.Image:
@@ -60,7 +60,8 @@ def test_list_images_filters_suffixes_and_errors_on_missing(tmp_path: Path) -> N
 
 
 def test_one_image_suffix_list_and_a_gif_is_an_image(tmp_path: Path) -> None:
-    from model import calibrate, data, imageio
+    from model import imageio
+    from training import calibrate, data
 
     assert data.IMAGE_SUFFIXES is imageio.IMAGE_SUFFIXES is calibrate.IMAGE_SUFFIXES  # one definition
     folder = tmp_path / "mixed"
@@ -119,7 +120,7 @@ def test_corrupt_files_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest
     data = ContentStylePairs(
         PairDataConfig(content_dirs=(str(content),), style_dirs=(str(style),), crop=CropConfig(64, 32))
     )
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data"):
         crops = [data[i] for i in range(8)]  # two epochs: every file, bad ones included, is drawn
     assert all(c.shape == (3, 32, 32) for c, _ in crops)
     warned = caplog.text

@@ -140,7 +140,7 @@ class PairDataConfig:
 
 class EpochPermutation:
     """Which pool file item ``index`` uses: a fresh seeded permutation of the pool each epoch (the current
-    epoch's is cached). The folder dataset and the pack (`model.pack`) share it, so both see one order."""
+    epoch's is cached). The folder dataset and the pack (`training.pack`) share it, so both see one order."""
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed = size, seed

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from model.encoder import VGGEncoder
-from model.evaluate import (
+from model.imageio import tensor_to_pil
+from training.evaluate import (
     TEXTURE_TAPS,
     content_loss,
     main,
@@ -21,7 +22,6 @@ from model.evaluate import (
     style_loss,
     texture_loss,
 )
-from model.imageio import tensor_to_pil
 
 
 def _images(folder: Path, count: int, seed: int, size: tuple[int, int] = (72, 64)) -> str:

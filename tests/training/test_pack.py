@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.data import ContentStylePairs, CropConfig, PairDataConfig
+from model.checkpoint import default_cache_dir
 from model.imageio import tensor_to_pil
-from model.pack import PackedPairs, PackError, build_pack, default_cache_dir
+from training.data import ContentStylePairs, CropConfig, PairDataConfig
+from training.pack import PackedPairs, PackError, build_pack
 
 
 def _images(folder: Path, count: int, seed: int, size: tuple[int, int]) -> Path:

@@ -18,7 +18,7 @@ F is the project's frozen VGG-19 encoder (the same for all weights compared), so
 encoder's (normalised) feature scale, not the paper's. With ``--video-dir`` it also stylizes each clip frame by
 frame and reports the optical-flow warping error (OpenCV, a main dependency).
 
-    python -m model.evaluate --weights weights/stya2k-v0.6-cpu.pt --size 256 --out-json q.json --out-md q.md
+    python -m training.evaluate --weights weights/stya2k-v0.6-cpu.pt --size 256 --out-json q.json --out-md q.md
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from torch import Tensor
 from model import functional as fn
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
-from model.data import list_images, load_rgb, resize_short_side
 from model.encoder import VGGEncoder
-from model.export import portable_paths
 from model.hardware import select_device, start_command
 from model.imageio import pil_to_tensor
 from model.stya2k import StyA2K
+from training.data import list_images, load_rgb, resize_short_side
+from training.export import portable_paths
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def evaluate_all(cfg: EvalConfig) -> list[dict[str, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stya2k eval`` / ``python -m model.evaluate``."""
+    """Arguments of ``stya2k eval`` / ``python -m training.evaluate``."""
     d = EvalConfig(weights=())
     parser.add_argument("--weights", action="append", required=True, metavar="PATH",
                         help="weights file (repeat to compare side by side); 'random:<arch>' = untrained; "
@@ -421,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
-    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

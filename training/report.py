@@ -1,6 +1,6 @@
 """Summarise a training run folder for the docs: loss-curve PNG, CSV summary, sample grids.
 
-    python -m model.report --run-dir runs/a2k-cpu-v0 --out docs/training --every 50
+    python -m training.report --run-dir runs/a2k-cpu-v0 --out docs/training --every 50
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.runlog import LOG_NAME, LOSS_FIELDS, plot_log, read_log
+from training.runlog import LOG_NAME, LOSS_FIELDS, plot_log, read_log
 
 logger = logging.getLogger(__name__)
 SUMMARY_FIELDS = ("iterations", "lr_end", *LOSS_FIELDS, "sec_per_iter")
@@ -71,7 +71,7 @@ def write_report(run_dir: Path, out_dir: Path, every: int, name: str) -> list[Pa
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m model.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__)
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--every", type=int, default=50, help="iterations per summary row")

@@ -15,17 +15,11 @@ from PIL import Image
 from model.checkpoint import load_checkpoint, trainable_state_dict, write_manifest_entry
 from model.hardware import has_native_bf16
 from model.imageio import tensor_to_pil
-from model.train import (
-    Deadline,
-    StepLevers,
-    ThreadTuner,
-    TrainConfig,
-    Trainer,
-    add_arguments,
-    config_from_args,
-    learning_rate,
-    main,
-)
+from training.config import TrainConfig
+from training.deadline import Deadline
+from training.levers import StepLevers, ThreadTuner
+from training.schedule import learning_rate
+from training.train import Trainer, add_arguments, config_from_args, main
 
 
 def _images(folder: Path, count: int, seed: int) -> Path:
@@ -134,10 +128,10 @@ def test_resume_with_other_levers_says_so(tmp_path: Path, data_dirs: tuple[str, 
                                           caplog: pytest.LogCaptureFixture) -> None:
     first = Trainer(_config(tmp_path / "run", data_dirs))
     first.train(stop_at=1)
-    with caplog.at_level("WARNING", logger="model.train"):
+    with caplog.at_level("WARNING", logger="training.train"):
         Trainer(_config(tmp_path / "run", data_dirs), resume=tmp_path / "run/checkpoints/last.pt")
     assert "step levers differ" not in caplog.text  # same levers: silent
-    with caplog.at_level("WARNING", logger="model.train"):
+    with caplog.at_level("WARNING", logger="training.train"):
         Trainer(_config(tmp_path / "run", data_dirs, channels_last="on"), resume=tmp_path / "run/checkpoints/last.pt")
     assert "step levers differ from the checkpoint's: channels_last=False" in caplog.text
     assert "-> channels_last=True" in caplog.text
@@ -261,7 +255,7 @@ def test_auto_levers_are_resolved_and_recorded(tmp_path: Path, data_dirs: tuple[
 
 @pytest.mark.parametrize("bf16", ["on", "off"])
 def test_channels_last_is_measured_on_the_whole_step_at_its_precision(bf16: str) -> None:
-    from model import train as train_module
+    from training import levers as train_module
 
     seen: list[tuple[bool, bool]] = []
     # per layout: a slow warm-up (left out), then three rounds with one outlier each (the median ignores it)
@@ -344,7 +338,7 @@ def test_stop_request_ends_after_the_current_step(tmp_path: Path, data_dirs: tup
 
 def test_init_from_release_weights_continues_the_count_with_a_fresh_optimizer(
         tmp_path: Path, data_dirs: tuple[str, str]) -> None:
-    from model.export import export_release
+    from training.export import export_release
 
     first = Trainer(_config(tmp_path / "first", data_dirs, iters=2))
     first.train()
@@ -363,7 +357,7 @@ def test_init_from_release_weights_continues_the_count_with_a_fresh_optimizer(
 
 
 def test_train_from_a_pack_equals_training_from_folders(tmp_path: Path, data_dirs: tuple[str, str]) -> None:
-    from model.pack import build_pack
+    from training.pack import build_pack
 
     pack = build_pack(tmp_path / "pack", (data_dirs[0],), (data_dirs[1],), load_size=72)
     folders = Trainer(_config(tmp_path / "folders", data_dirs, iters=2))
@@ -407,7 +401,7 @@ def test_a_paused_step_is_kept_out_of_thread_tuning(tmp_path: Path, data_dirs: t
 
     def paused_step(content: torch.Tensor, style: torch.Tensor) -> dict[str, float]:
         values = real_step(content, style)
-        trainer.resumed_during_step = True  # what model.campaign's SIGCONT handler does
+        trainer.resumed_during_step = True  # what training.campaign's SIGCONT handler does
         return values
 
     trainer.step = paused_step  # type: ignore[method-assign]

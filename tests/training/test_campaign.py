@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.campaign import main, read_history
 from model.imageio import tensor_to_pil
-from model.train import TrainConfig, learning_rate
+from training.campaign import main, read_history
+from training.config import TrainConfig
+from training.schedule import learning_rate
 
 
 def _images(folder: Path, count: int, seed: int) -> str:

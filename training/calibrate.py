@@ -3,7 +3,7 @@
 Deterministic: every k-th image (sorted by name) of a folder of natural photos, short side resized to 256 and
 centre-cropped to 256x256. Writes `model/assets/vgg19_channel_means.pt` ({"means": {conv: (C,)}, "images": [...]})::
 
-    python -m model.calibrate --images ../shared/data/train/content --count 256
+    python -m training.calibrate --images ../shared/data/train/content --count 256
 """
 
 from __future__ import annotations

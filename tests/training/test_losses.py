@@ -1,7 +1,16 @@
+import pytest
 import torch
 
 from model import functional as fn
-from model.losses import LossConfig, StyleTransferLoss, a2k_target, global_style_loss, shallow_key
+from training.losses import (
+    TERMS,
+    LossConfig,
+    StyleTransferLoss,
+    a2k_target,
+    global_style_loss,
+    shallow_key,
+    weigh,
+)
 
 
 def feats_of(net, x):
@@ -38,3 +47,12 @@ def test_loss_terms_are_weighted_and_finite(net):
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.as_dict().values())
     adain = StyleTransferLoss(net.encoder, LossConfig(kind="adain"))(out, c, s)
     assert adain.content.item() > 0 and adain.a2k.item() == 0
+
+
+def test_weigh_sums_the_weighted_terms_it_gets_and_logs_the_others_as_zero():
+    terms = {"global_style": torch.tensor(2.0), "a2k": torch.tensor(4.0)}
+    weighted = weigh(terms, LossConfig(style_weight=1.5, a2k_weight=0.5).weights())
+    assert weighted.total.item() == 5.0 and weighted.content.item() == 0.0
+    assert list(weighted.as_dict()) == ["total", *TERMS]  # log.csv's loss columns
+    with pytest.raises(KeyError, match="without a weight"):  # a new term needs its LossWeights field
+        weigh({"tv": torch.tensor(1.0)}, LossConfig().weights())

@@ -1,6 +1,6 @@
 """Turn a training checkpoint into release weights: fp16, config + meta, sha256 recorded in a manifest.
 
-    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
+    python -m training.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from model.checkpoint import is_train_state, load_trainable_state, save_checkpoint, write_manifest_entry
 from model.config import ModelConfig
 from model.stya2k import StyA2K
+from training.losses import LossWeights
 
 logger = logging.getLogger(__name__)
 REPO_PARENT = Path(__file__).resolve().parents[2]
@@ -46,9 +48,8 @@ def release_meta(state: dict[str, Any], version: str | None) -> dict[str, Any]:
         "lr": cfg["lr"],
         "planned_iterations": cfg["iters"],
         "schedule_start": int(cfg.get("schedule_start", 0)),
-        "loss_weights": {
-            "style": cfg["style_weight"], "a2k": cfg["a2k_weight"], "content": cfg["content_weight"]
-        },
+        # {"style": .., "a2k": .., "content": ..}: every LossWeights field the run's config has, by its short name
+        "loss_weights": {f.name.removesuffix("_weight"): cfg[f.name] for f in fields(LossWeights) if f.name in cfg},
         "seed": cfg["seed"],
         "train_wall_s": round(float(state.get("wall_s", 0.0)), 1),
         "data": portable_paths(state.get("data", {})),
@@ -71,7 +72,7 @@ def export_release(
     ``extra_meta`` is merged over the recipe meta (e.g. a GPU lease's GPU name, images seen, budget)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not is_train_state(state):
-        raise ValueError(f"{checkpoint} is not a training checkpoint written by model.train")
+        raise ValueError(f"{checkpoint} is not a training checkpoint written by training.train")
     net = StyA2K(ModelConfig.from_dict(state["model_config"]))
     load_trainable_state(net, state["model"])
     out_path = Path(out)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m model.export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

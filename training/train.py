@@ -3,11 +3,13 @@
 Recipe (paper section 4.1 and the authors' code): batch 8, Adam(0.9, 0.999), lr 2e-4 constant for the
 first 40% of the iterations then linearly decayed to 0, loss = 10 * global style + 1.25 * A2K*, frozen
 VGG-19. A run folder holds ``checkpoints/`` (full training state), ``log.csv``, ``loss_curves.png``
-and ``samples/`` (fixed content x style grids).
+and ``samples/`` (fixed content x style grids). This module is the trainer and its command; the run's config
+and its options are in training.config, the lr schedule in training.schedule, the step's speed levers and thread
+tuner in training.levers, the time budget in training.deadline, the loss terms in training.losses.
 
-    python -m model.train --run-dir runs/a2k --iters 2000 --crop-size 128 --load-size 256
-    python -m model.train --run-dir runs/a2k --iters 4000 --resume        # continue / extend
-    python -m model.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
+    python -m training.train --run-dir runs/a2k --iters 2000 --crop-size 128 --load-size 256
+    python -m training.train --run-dir runs/a2k --iters 4000 --resume        # continue / extend
+    python -m training.export --checkpoint runs/a2k/checkpoints/last.pt --out weights/stya2k-v0.6-cpu.pt
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ import logging
 import math
 import os
 import random
-import statistics
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import AbstractContextManager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,12 @@ from model.checkpoint import (
     load_trainable_state,
     trainable_state_dict,
 )
-from model.config import ARCHS, ModelConfig
-from model.data import (
-    DEFAULT_CONTENT_DIRS,
-    DEFAULT_STYLE_DIRS,
+from model.config import ModelConfig
+from model.hardware import select_device, start_command
+from model.progress import Progress
+from model.stya2k import StyA2K
+from training.config import TrainConfig, add_config_arguments, config_values
+from training.data import (
     ContentStylePairs,
     CropConfig,
     PairDataConfig,
@@ -49,226 +51,21 @@ from model.data import (
     list_images,
     load_fixed_images,
 )
-from model.export import export_release
-from model.hardware import has_native_bf16, select_device, start_command
-from model.losses import LossConfig, LossTerms, StyleTransferLoss
-from model.pack import PackedPairs
-from model.plotting import image_grid
-from model.progress import Progress
-from model.runlog import LOG_NAME, CsvLog, plot_log
-from model.stya2k import StyA2K
+from training.deadline import Deadline
+from training.export import export_release
+from training.levers import StepLevers, ThreadTuner, autocast_for, choose_levers
+from training.losses import LossConfig, LossTerms, StyleTransferLoss, weigh
+from training.pack import PackedPairs
+from training.plotting import image_grid
+from training.runlog import LOG_NAME, CsvLog, plot_log
+from training.schedule import learning_rate
 
 logger = logging.getLogger(__name__)
-
-LEVER_CHOICES = ("auto", "on", "off")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (stored in its checkpoints)."""
-
-    run_dir: str
-    arch: str = "a2k"
-    content_dirs: tuple[str, ...] = DEFAULT_CONTENT_DIRS
-    style_dirs: tuple[str, ...] = DEFAULT_STYLE_DIRS
-    load_size: int = 512
-    crop_size: int = 256
-    batch_size: int = 8
-    iters: int = 10_000
-    lr: float = 2e-4
-    constant_frac: float = 0.4
-    # The lr schedule spans iterations [schedule_start, iters): a later phase of one campaign (256 px crops after
-    # the 128 px run, whose weights are at iteration schedule_start) gets its own constant-then-linear schedule
-    # while the iteration count keeps going.
-    schedule_start: int = 0
-    style_weight: float = 10.0
-    a2k_weight: float = 1.25
-    content_weight: float = 1.0
-    seed: int = 0
-    workers: int = 2
-    threads: int | None = None
-    device: str = "auto"
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3
-    sample_every: int = 500
-    log_every: int = 10
-    sample_contents: int = 4
-    sample_styles: int = 4
-    hflip: bool = True
-    balance_style_dirs: bool = True
-    # Pre-decoded data (model.pack) instead of decoding the image folders on every step.
-    pack: str | None = None
-    # Speed levers of the step, "auto" = chosen for this machine at start (see `choose_levers`).
-    channels_last: str = "auto"
-    bf16: str = "auto"
-    # bf16 autocast for the trained A2K modules and decoder too (their weights, gradients and Adam stay fp32).
-    bf16_trained: str = "auto"
-    fused_encode: bool = True
-    # Linear lr warm-up over this many iterations after a fresh optimizer (--init-weights); 0 = none.
-    warmup_iters: int = 0
-    # CPU: "auto" retries 1 thread vs all cores every so often and keeps the faster (the box is shared).
-    thread_tuning: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
-        if self.batch_size < 1 or self.iters < 1:
-            raise ValueError("batch_size and iters must be >= 1")
-        if not 0 <= self.schedule_start < self.iters:
-            raise ValueError(f"schedule_start must be in [0, iters={self.iters}), got {self.schedule_start}")
-        if not 0.0 <= self.constant_frac <= 1.0:
-            raise ValueError("constant_frac must be in [0, 1]")
-        for name in ("channels_last", "bf16", "bf16_trained"):
-            if getattr(self, name) not in LEVER_CHOICES:
-                raise ValueError(f"{name} must be one of {', '.join(LEVER_CHOICES)}, got {getattr(self, name)!r}")
-
-
-def schedule_constant_end(cfg: TrainConfig) -> int:
-    """The first iteration of the linear decay: ``constant_frac`` of the way from ``schedule_start`` to ``iters``."""
-    return cfg.schedule_start + int((cfg.iters - cfg.schedule_start) * cfg.constant_frac)
-
-
-def learning_rate(iteration: int, cfg: TrainConfig, fresh_optimizer_at: int | None = None) -> float:
-    """Constant ``cfg.lr`` for the first ``constant_frac`` of the schedule (iterations ``schedule_start`` to
-    ``iters``), then linear decay toward 0; after a fresh optimizer (at iteration ``fresh_optimizer_at``) the first
-    ``warmup_iters`` ramp up linearly, so Adam's first, sign-like updates do not shake weights that are already
-    trained."""
-    constant_end = schedule_constant_end(cfg)
-    if iteration < constant_end:
-        lr = cfg.lr
-    else:
-        decay_iters = max(cfg.iters - constant_end, 1)
-        lr = cfg.lr * max(0.0, 1.0 - (iteration - constant_end) / decay_iters)
-    if fresh_optimizer_at is not None and cfg.warmup_iters > 0:
-        lr *= min(1.0, (iteration - fresh_optimizer_at + 1) / cfg.warmup_iters)
-    return lr
-
-
-class ThreadTuner:
-    """Pick the torch thread count by measurement, again and again: on a shared 2-core machine one thread
-    beat two by 1.6x while other jobs ran (two threads wait on each other when a core is taken), and two win
-    on a quiet one. Probes each candidate for ``probe`` steps, then keeps the faster for ``period`` steps."""
-
-    def __init__(self, candidates: tuple[int, ...], probe: int = 3, period: int = 50) -> None:
-        self.candidates = candidates
-        self.probe, self.period = probe, period
-        self.samples: dict[int, list[float]] = {c: [] for c in candidates}
-        self.best = candidates[-1]
-        self.phase_step = 0
-        self.current = candidates[0]
-        torch.set_num_threads(self.current)
-
-    def observe(self, seconds: float) -> None:
-        self.phase_step += 1
-        probing = self.phase_step <= self.probe * len(self.candidates)
-        if probing:
-            self.samples[self.current].append(seconds)
-            if self.phase_step % self.probe == 0:
-                index = self.phase_step // self.probe
-                if index < len(self.candidates):
-                    self._use(self.candidates[index])
-                else:
-                    medians = {c: sorted(v)[len(v) // 2] for c, v in self.samples.items() if v}
-                    self.best = min(medians, key=medians.__getitem__)
-                    logger.info("threads: %s s/step median -> using %d",
-                                {c: round(m, 2) for c, m in medians.items()}, self.best)
-                    self._use(self.best)
-        elif self.phase_step >= self.probe * len(self.candidates) + self.period:
-            self.phase_step = 0
-            self.samples = {c: [] for c in self.candidates}
-            self._use(self.candidates[0])
-
-    def _use(self, threads: int) -> None:
-        self.current = threads
-        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class StepLevers:
-    """How the training step runs on this machine; the loss it computes is the same either way."""
-
-    channels_last: bool = False
-    bf16: bool = False  # autocast for the frozen encoder and loss network (CPU) / the whole step (CUDA)
-    bf16_trained: bool = False  # CPU: the A2K modules and decoder under autocast too (fp32 master weights)
-    fused_encode: bool = False  # content and style through the encoder as one batch
-    reasons: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        flags = (f"channels_last={self.channels_last} bf16={self.bf16} bf16_trained={self.bf16_trained} "
-                 f"fused_encode={self.fused_encode}")
-        return flags + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
-
-
-LayoutTimer = Callable[[StepLevers], float]
-
-
-def choose_levers(cfg: TrainConfig, device: torch.device, time_layout: LayoutTimer) -> StepLevers:
-    """Resolve "auto" per machine: capability for bf16, a measurement for channels_last (CPU).
-
-    ``time_layout(levers)`` returns the seconds of a step under ``levers`` (`Trainer.time_dry_step`)."""
-    reasons: list[str] = []
-    if cfg.bf16 == "auto":
-        bf16 = device.type == "cuda" or has_native_bf16()
-        reasons.append("bf16: CUDA" if device.type == "cuda" else
-                       f"bf16: CPU {'has' if bf16 else 'lacks'} native bf16 (avx512_bf16/amx)")
-    else:
-        bf16 = cfg.bf16 == "on"
-    bf16_trained = _choose_bf16_trained(cfg, device, bf16, reasons)
-    levers = StepLevers(channels_last=cfg.channels_last == "on", bf16=bf16, bf16_trained=bf16_trained,
-                        fused_encode=cfg.fused_encode)
-    if cfg.channels_last == "auto":
-        if device.type == "cuda":
-            levers = replace(levers, channels_last=True)
-            reasons.append("channels_last: CUDA")
-        else:
-            plain, fast = measure_layouts(time_layout, levers)
-            levers = replace(levers, channels_last=fast < 0.95 * plain)
-            reasons.append(f"channels_last: step fwd+bwd {plain:.2f} s -> {fast:.2f} s measured"
-                           + (" under bf16" if bf16 else ""))
-    return replace(levers, reasons=tuple(reasons))
-
-
-def measure_layouts(time_layout: LayoutTimer, levers: StepLevers, rounds: int = 3) -> tuple[float, float]:
-    """Median seconds of the step contiguous and channels_last, the two taking turns after a warm-up each.
-
-    The whole step, not the frozen encoder alone: on a Zen CPU with avx512_bf16 the encoder came out even (0.79
-    vs 0.82 s) while the whole bf16 step ran 1.3x faster channels_last (2.1-2.4 vs 1.6-1.7 s, paired); one
-    sample per layout once turned the layout off on a noisy start where it made the step 1.38x slower."""
-    contiguous, channels_last = replace(levers, channels_last=False), replace(levers, channels_last=True)
-    time_layout(contiguous), time_layout(channels_last)  # oneDNN's primitive cache, the heap
-    plain, fast = [], []
-    for _ in range(rounds):
-        plain.append(time_layout(contiguous))
-        fast.append(time_layout(channels_last))
-    return statistics.median(plain), statistics.median(fast)
-
-
-def _choose_bf16_trained(cfg: TrainConfig, device: torch.device, bf16: bool, reasons: list[str]) -> bool:
-    """The trained parts under bf16 too: on CUDA the bf16 autocast covers the whole step already; on a CPU, auto
-    follows native bf16 (there the decoder's forward + backward ran ~2.5x faster at 128 px; without it oneDNN
-    emulates bf16, 6-20x slower), and only when the frozen networks run bf16 as well."""
-    if device.type == "cuda":
-        reasons.append("bf16_trained: CUDA, part of the whole step's autocast (follows bf16)")
-        return bf16
-    if cfg.bf16_trained != "auto":
-        return cfg.bf16_trained == "on"
-    chosen = bf16 and has_native_bf16()
-    reasons.append(f"bf16_trained: {'on' if chosen else 'off'}, "
-                   + ("the CPU has native bf16" if chosen else "needs bf16 on a CPU with native bf16"))
-    return chosen
-
-
-def autocast_for(device: torch.device, enabled: bool = True) -> AbstractContextManager[Any]:
-    """bf16 autocast where the levers ask for it; full fp32 otherwise."""
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def loss_kind_for(arch: str) -> str:
@@ -300,13 +97,9 @@ class Trainer:
         self.net.train()
         self.net.encoder.eval()
         self.levers = StepLevers()  # resolved below, once the loss and optimizer exist to time a step with
-        loss_cfg = LossConfig(
-            kind=loss_kind_for(cfg.arch),
-            style_weight=cfg.style_weight,
-            a2k_weight=cfg.a2k_weight,
-            content_weight=cfg.content_weight,
-        )
-        self.loss_fn = StyleTransferLoss(self._loss_encoder, loss_cfg)
+        self.loss_fn = StyleTransferLoss(self._loss_encoder, LossConfig(kind=loss_kind_for(cfg.arch),
+                                                                        **cfg.loss_weights()))
+        self.loss_weights = self.loss_fn.config.weights()  # {term: weight}: the step weights the terms it gets
         self.params = [p for p in self.net.trainable_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
         self.iteration = 0
@@ -314,7 +107,7 @@ class Trainer:
         self.init_note: str | None = None
         self.stop_requested = False  # set from a signal handler: stop cleanly after the current step
         self.fresh_optimizer_at: int | None = None
-        self.resumed_during_step = False  # set by a SIGCONT handler (model.campaign): the step was paused
+        self.resumed_during_step = False  # set by a SIGCONT handler (training.campaign): the step was paused
         self.resumed_config: dict[str, Any] | None = None  # the train_config of the checkpoint resumed from
         saved_levers: str | None = None
         # Where the run starts is settled before the levers are measured, so a refusal costs no dry steps.
@@ -326,7 +119,7 @@ class Trainer:
             source = Path(init_weights).name if init_weights is not None and resume is None else "a fresh run"
             raise ValueError(f"{source} is at iteration {self.iteration}, before this run's schedule start "
                              f"{cfg.schedule_start}: a later phase starts from the earlier phase's final weights "
-                             "(export them first, python -m model.export, and pass them as --init-weights)")
+                             "(export them first, python -m training.export, and pass them as --init-weights)")
         # Measured at the thread count the step gets without tuning (all cores), then the tuner takes over.
         self.levers = choose_levers(cfg, self.device, self.time_dry_step)
         self._use_layout(self.levers)
@@ -550,7 +343,7 @@ class Trainer:
                 out = self.net.decode(self.net.transfer(c_feats, s_feats))  # (B, 3, S, S) unclamped
             # float32 into the loss: its statistics and A2K targets are fp32 work on CPU (the loss network casts
             # itself; on CUDA, where the whole step is under autocast, the cast back to bf16 is exact)
-            terms = self.loss_fn(out.float(), c_feats, s_feats)
+            terms = weigh(self.loss_fn.terms(out.float(), c_feats, s_feats), self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         return terms
@@ -609,87 +402,17 @@ class Trainer:
         return done
 
 
-class Deadline:
-    """Stop before a wall-clock budget: one more step (the slowest recent one, the machine's speed drifts)
-    plus the final checkpoint and samples must still fit."""
-
-    def __init__(self, budget_s: float | None, window: int = 20) -> None:
-        self.end = None if budget_s is None else time.monotonic() + budget_s
-        self.recent: list[float] = []
-        self.window = window
-        self.checkpoint_s = 5.0
-
-    def observe_step(self, seconds: float) -> None:
-        self.recent = [*self.recent, seconds][-self.window:]
-
-    def observe_checkpoint(self, seconds: float) -> None:
-        self.checkpoint_s = max(self.checkpoint_s, seconds)
-
-    def remaining(self) -> float:
-        return math.inf if self.end is None else self.end - time.monotonic()
-
-    def must_stop(self) -> bool:
-        if self.end is None:
-            return False
-        next_step = max(self.recent) if self.recent else 0.0
-        # The final save writes a checkpoint and a sample grid (about one step's worth of forward passes).
-        return self.remaining() < next_step * 2 + self.checkpoint_s
-
-
 # ---------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stya2k train`` / ``python -m model.train``."""
-    defaults = TrainConfig(run_dir="")
-    parser.add_argument("--run-dir", required=True, help="folder for checkpoints, log.csv, plots and samples")
-    parser.add_argument("--arch", choices=ARCHS, default=defaults.arch, help="model variant")
-    parser.add_argument("--content-dir", action="append", dest="content_dirs", metavar="DIR",
-                        help="content folder (repeatable; default ../shared/data/train/content)")
-    parser.add_argument("--style-dir", action="append", dest="style_dirs", metavar="DIR",
-                        help="style folder (repeatable; default ../shared/data/train/style{,_lowres})")
-    parser.add_argument("--load-size", type=int, default=defaults.load_size, help="short side before crop")
-    parser.add_argument("--crop-size", type=int, default=defaults.crop_size, help="square random crop size")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--iters", type=int, default=defaults.iters,
-                        help="iteration at which the run (and its lr schedule) ends")
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--constant-frac", type=float, default=defaults.constant_frac,
-                        help="fraction of the schedule at constant lr before the linear decay")
-    parser.add_argument("--schedule-start", type=int, default=defaults.schedule_start, metavar="ITER",
-                        help="the lr schedule runs from ITER to --iters (a later phase started from weights at ITER)")
-    parser.add_argument("--style-weight", type=float, default=defaults.style_weight)
-    parser.add_argument("--a2k-weight", type=float, default=defaults.a2k_weight)
-    parser.add_argument("--content-weight", type=float, default=defaults.content_weight,
-                        help="content loss weight (AdaIN baseline only)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--ckpt-every", type=int, default=defaults.ckpt_every)
-    parser.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
-    parser.add_argument("--sample-every", type=int, default=defaults.sample_every)
-    parser.add_argument("--log-every", type=int, default=defaults.log_every)
-    parser.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
-    parser.add_argument("--pack", default=None, metavar="DIR",
-                        help="pre-decoded data from `python -m model.pack` (built at --load-size) instead of folders")
-    parser.add_argument("--channels-last", choices=LEVER_CHOICES, default=defaults.channels_last,
-                        help="channels_last memory format (auto: measured at start on CPU, on for CUDA)")
-    parser.add_argument("--bf16", choices=LEVER_CHOICES, default=defaults.bf16,
-                        help="bf16 autocast (auto: CUDA, or a CPU with native bf16; on CPU only the frozen VGG)")
-    parser.add_argument("--bf16-trained", choices=LEVER_CHOICES, default=defaults.bf16_trained,
-                        help="CPU: bf16 autocast for the trained A2K modules and decoder too, fp32 weights and Adam "
-                             "(auto: with --bf16 on a CPU with native bf16)")
-    parser.add_argument("--no-fused-encode", action="store_true",
-                        help="encode content and style in two encoder calls instead of one batch")
+    """Arguments of ``stya2k train`` / ``python -m training.train``: TrainConfig's options (training.config), then
+    those of this command alone (how the run starts, when it stops, what it exports)."""
+    add_config_arguments(parser)
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="stop cleanly with a checkpoint before this many seconds have passed")
     parser.add_argument("--init-weights", default=None, metavar="PT",
                         help="start from release weights with a fresh optimizer (no training state needed)")
-    parser.add_argument("--warmup-iters", type=int, default=0,
-                        help="linear lr warm-up over this many iterations after --init-weights' fresh optimizer")
-    parser.add_argument("--thread-tuning", action="store_true",
-                        help="CPU: measure 1 thread vs all cores every 50 steps and keep the faster")
     parser.add_argument("--init-iteration", type=int, default=None,
                         help="iteration count to continue from with --init-weights (default: the file's meta)")
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
@@ -701,42 +424,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        run_dir=args.run_dir,
-        arch=args.arch,
-        content_dirs=tuple(args.content_dirs or DEFAULT_CONTENT_DIRS),
-        style_dirs=tuple(args.style_dirs or DEFAULT_STYLE_DIRS),
-        load_size=args.load_size,
-        crop_size=args.crop_size,
-        batch_size=args.batch_size,
-        iters=args.iters,
-        lr=args.lr,
-        constant_frac=args.constant_frac,
-        schedule_start=args.schedule_start,
-        style_weight=args.style_weight,
-        a2k_weight=args.a2k_weight,
-        content_weight=args.content_weight,
-        seed=args.seed,
-        workers=args.workers,
-        threads=args.threads,
-        device=args.device,
-        ckpt_every=args.ckpt_every,
-        keep_checkpoints=args.keep_checkpoints,
-        sample_every=args.sample_every,
-        log_every=args.log_every,
-        hflip=not args.no_hflip,
-        pack=args.pack,
-        channels_last=args.channels_last,
-        bf16=args.bf16,
-        bf16_trained=args.bf16_trained,
-        fused_encode=not args.no_fused_encode,
-        warmup_iters=args.warmup_iters,
-        thread_tuning=args.thread_tuning,
-    )
+    return TrainConfig(**config_values(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point shared by ``stya2k train`` and ``python -m model.train``; returns an exit code."""
+    """Entry point shared by ``stya2k train`` and ``python -m training.train``; returns an exit code."""
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
@@ -771,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,7 +1,7 @@
 """The CPU training campaign: one long A2K run continued across sessions, from a state folder outside the tree.
 
-Each session runs ``python -m model.campaign --time-budget SECONDS`` in the background. The state folder
-(default ``<cache>/campaign-a2k-128``, see `model.pack.default_cache_dir`) holds the run: full checkpoints with
+Each session runs ``python -m training.campaign --time-budget SECONDS`` in the background. The state folder
+(default ``<cache>/campaign-a2k-128``, see `model.checkpoint.default_cache_dir`) holds the run: full checkpoints with
 Adam and RNG state, ``log.csv``, samples, and ``history.jsonl`` with one line per session (start and end
 iteration, how it started, the step's levers, seconds per iteration). When the folder is gone, the campaign
 continues from the newest committed weights with a fresh optimizer, and both the log and the history say so.
@@ -9,7 +9,7 @@ continues from the newest committed weights with a fresh optimizer, and both the
 The lr schedule is that of one run of ``--iters`` (default 12,000) iterations: constant for 40%, then linear to
 0, evaluated at the campaign's iteration count, so a resume never restarts or stretches it.
 
-    python -m model.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
+    python -m training.campaign --time-budget 9000          # train for at most 2.5 h, then checkpoint and stop
     kill -STOP <pid> / kill -CONT <pid>                  # pause while benchmarking (a paused step's time
                                                          # is kept out of the thread tuning and deadline)
     kill -INT <pid>                                      # stop cleanly now (checkpoint at the next step)
@@ -18,7 +18,7 @@ The 256 px phase that follows is a second campaign in its own state folder (``ca
 folder never continues a run at another crop size), started from the 128 px phase's final weights with its own
 schedule over the iterations after them (``--schedule-start``, kept by every resume of that phase):
 
-    python -m model.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
+    python -m training.campaign --time-budget 9000 --crop-size 256 --schedule-start 12000 --iters 14000 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -31,19 +31,37 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from model.checkpoint import default_weights_path
-from model.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from model.checkpoint import default_cache_dir, default_weights_path
 from model.hardware import start_command
-from model.pack import build_pack, default_cache_dir
-from model.train import TrainConfig, Trainer, schedule_constant_end
+from training.config import TrainConfig, add_config_arguments, config_values
+from training.data import DEFAULT_CONTENT_DIRS, DEFAULT_STYLE_DIRS
+from training.losses import LossWeights
+from training.pack import build_pack
+from training.schedule import schedule_constant_end
+from training.train import Trainer
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The TrainConfig options a campaign takes (training.config generates them; the loss weights all of them), with
+# the campaign's own defaults and words; the rest of the run's config is fixed by `campaign_config`.
+CAMPAIGN_OPTIONS = ("content_dirs", "style_dirs", "iters", "schedule_start", "lr", "crop_size", "load_size",
+                    "batch_size", "threads", "warmup_iters", "ckpt_every", "sample_every", "seed",
+                    *(f.name for f in fields(LossWeights)))
+CAMPAIGN_DEFAULTS = {"iters": 12_000, "crop_size": 128, "load_size": 256, "warmup_iters": 50, "ckpt_every": 25,
+                     "sample_every": 250}
+CAMPAIGN_HELP = {
+    "iters": "iteration at which the lr schedule ends",
+    "schedule_start": "where the lr schedule starts: a later phase (256 px) continues the iteration count",
+    "threads": "torch threads (default: measured, 1 vs all cores, again every 50 steps)",
+    "warmup_iters": "linear lr warm-up after starting from release weights with a fresh optimizer",
+}
 
 
 def default_state_dir(crop_size: int) -> Path:
@@ -80,26 +98,12 @@ def lr_schedule_text(cfg: TrainConfig) -> str:
 
 def campaign_config(args: argparse.Namespace, state_dir: Path, pack: Path | None) -> TrainConfig:
     return TrainConfig(
+        **config_values(args, CAMPAIGN_OPTIONS),
         run_dir=str(state_dir),
-        content_dirs=tuple(args.content_dirs or DEFAULT_CONTENT_DIRS),
-        style_dirs=tuple(args.style_dirs or DEFAULT_STYLE_DIRS),
-        load_size=args.load_size,
-        crop_size=args.crop_size,
-        batch_size=args.batch_size,
-        iters=args.iters,
-        lr=args.lr,
-        schedule_start=args.schedule_start,
-        style_weight=args.style_weight,
-        a2k_weight=args.a2k_weight,
         workers=0 if pack else 1,
-        threads=args.threads,
-        ckpt_every=args.ckpt_every,
         keep_checkpoints=4,
-        sample_every=args.sample_every,
         log_every=10,
-        seed=args.seed,
         pack=str(pack) if pack else None,
-        warmup_iters=args.warmup_iters,
         thread_tuning=args.threads is None,
     )
 
@@ -181,9 +185,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
-    parser = argparse.ArgumentParser(prog="python -m model.campaign", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time-budget", type=float, required=True, metavar="SECONDS",
                         help="stop cleanly with a checkpoint before this many seconds")
@@ -193,27 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="release weights to start from when there is no state (default: the shipped weights)")
     parser.add_argument("--pack", default=None, help="data pack folder (default <cache>/pack-<load size>)")
     parser.add_argument("--no-pack", action="store_true", help="decode the image folders on every step")
-    parser.add_argument("--content-dir", action="append", dest="content_dirs", metavar="DIR")
-    parser.add_argument("--style-dir", action="append", dest="style_dirs", metavar="DIR")
-    parser.add_argument("--iters", type=int, default=12_000, help="iteration at which the lr schedule ends")
-    parser.add_argument("--schedule-start", type=int, default=0, metavar="ITER",
-                        help="where the lr schedule starts: a later phase (256 px) continues the iteration count")
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--style-weight", type=float, default=TrainConfig.style_weight,
-                        help="global style loss weight")
-    parser.add_argument("--a2k-weight", type=float, default=TrainConfig.a2k_weight,
-                        help="A2K* loss weight (the paper's lambda_2: lower trades content for style)")
-    parser.add_argument("--crop-size", type=int, default=128)
-    parser.add_argument("--load-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: measured, 1 vs all cores, again every 50 steps)")
-    parser.add_argument("--warmup-iters", type=int, default=50,
-                        help="linear lr warm-up after starting from release weights with a fresh optimizer")
-    parser.add_argument("--ckpt-every", type=int, default=25)
-    parser.add_argument("--sample-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    return run(parser.parse_args(argv))
+    add_config_arguments(parser, CAMPAIGN_OPTIONS, defaults=CAMPAIGN_DEFAULTS, helps=CAMPAIGN_HELP)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    start_command(__name__)  # before any tensor: the CPU allocator reads the huge-page switch once
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

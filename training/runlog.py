@@ -1,7 +1,7 @@
 """The run log of a training run: ``log.csv`` with one row per iteration, read back and drawn as loss curves.
 
 Written by the trainer (`CsvLog`), read by the reports (`read_log`, `plot_log`), which so need no trainer.
-Columns (`CSV_FIELDS`): iteration, lr, the loss terms (total, global_style, a2k, content), sec_per_iter and
+Columns (`CSV_FIELDS`): iteration, lr, the loss terms (total and `training.losses.TERMS`), sec_per_iter and
 wall_s (training seconds so far); numbers with 6 significant digits, a term a model does not have left empty.
 """
 
@@ -11,11 +11,12 @@ import csv
 import math
 from pathlib import Path
 
-from model.plotting import plot_curves
+from training.losses import TERMS
+from training.plotting import plot_curves
 
 LOG_NAME = "log.csv"
-CSV_FIELDS = ("iteration", "lr", "total", "global_style", "a2k", "content", "sec_per_iter", "wall_s")
-LOSS_FIELDS = ("total", "global_style", "a2k", "content")
+LOSS_FIELDS = ("total", *TERMS)  # total, global_style, a2k, content: one column per weighted term
+CSV_FIELDS = ("iteration", "lr", *LOSS_FIELDS, "sec_per_iter", "wall_s")
 
 
 class CsvLog:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.report import summarise, write_report
-from model.runlog import CSV_FIELDS
+from training.report import summarise, write_report
+from training.runlog import CSV_FIELDS
 
 
 def _fake_run(run_dir: Path, iterations: int) -> None:

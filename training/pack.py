@@ -3,7 +3,7 @@
 Decoding a JPEG of up to 512 px and resizing it costs more per training item than the crop itself, and on a
 2-core machine the DataLoader workers doing it take cores away from the training step. A pack stores each
 image already resized to the training load size (short side), so an item is a slice of a memory map plus a
-random crop. Items are the same pure function of (seed, index) as `model.data.ContentStylePairs`, and when
+random crop. Items are the same pure function of (seed, index) as `training.data.ContentStylePairs`, and when
 every source file decodes, a pack built at the run's load size yields bit-identical crops.
 
 Layout of a pack folder::
@@ -12,7 +12,7 @@ Layout of a pack folder::
     content.u8      concatenated (h, w, 3) uint8 images of the content pool
     style-<k>.u8    the same for style group k (one per style folder, or one when not balanced)
 
-    python -m model.pack --out ~/.cache/stya2k/pack-256 --load-size 256
+    python -m training.pack --out ~/.cache/stya2k/pack-256 --load-size 256
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from model.data import (
+from model.checkpoint import default_cache_dir
+from training.data import (
     DEFAULT_CONTENT_DIRS,
     DEFAULT_STYLE_DIRS,
     EpochPermutation,
@@ -131,7 +132,7 @@ class PackPool:
 
 
 def random_crop_packed(img: Tensor, crop_size: int, hflip: bool, rng: random.Random) -> Tensor:
-    """The crop of `model.data.random_crop` on an image already at the load size: (3, S, S) float in [0, 1].
+    """The crop of `training.data.random_crop` on an image already at the load size: (3, S, S) float in [0, 1].
 
     Draws from `rng` in the same order (left, top, flip) so a pack item equals the folder item.
     """
@@ -152,7 +153,7 @@ class PackedPairs(Dataset[tuple[Tensor, Tensor]]):
         root = Path(pack_dir)
         index_path = root / "index.json"
         if not index_path.is_file():
-            raise PackError(f"{root} is not a complete pack (no index.json): build it with python -m model.pack")
+            raise PackError(f"{root} is not a complete pack (no index.json): build it with python -m training.pack")
         index = json.loads(index_path.read_text())
         if index.get("format") != PACK_FORMAT or index.get("version") != PACK_VERSION:
             raise PackError(f"{root} is not a version-{PACK_VERSION} StyA2K pack")
@@ -201,17 +202,9 @@ class PackedPairs(Dataset[tuple[Tensor, Tensor]]):
         }
 
 
-def default_cache_dir() -> Path:
-    """$STYA2K_CACHE, else $XDG_CACHE_HOME/stya2k, else ~/.cache/stya2k: outside the work tree."""
-    if os.environ.get("STYA2K_CACHE"):
-        return Path(os.environ["STYA2K_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "stya2k"
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m model.pack", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.pack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="pack folder (default: <cache>/pack-<load size>)")
     parser.add_argument("--load-size", type=int, default=256, help="short side every image is resized to")
