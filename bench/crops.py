@@ -68,7 +68,7 @@ class GridSpec:
     style_captions: tuple[str, ...]
     size: int = 512  # output (content) short side
     crop: int = 256  # side of each cell: the centre crop of the output, pasted unscaled
-    style_size: int = 256  # the network's style input (the service's STYA2K_STYLE_SIZE)
+    style_size: int = 384  # the network's style input (the service's STYA2K_STYLE_SIZE)
     style_fit: str = "crop"  # the service's default STYA2K_STYLE_FIT
 
 
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None,
                         help="weights file, 'random:<arch>' or 'reference:color' (default: the shipped weights)")
-    parser.add_argument("--style-size", type=int, default=256,
-                        help="the network's style input in px (the service's STYA2K_STYLE_SIZE, default 256)")
+    parser.add_argument("--style-size", type=int, default=384,
+                        help="the network's style input in px (the service's STYA2K_STYLE_SIZE, default 384)")
     parser.add_argument("--style-fit", choices=STYLE_FITS, default="crop",
                         help="how the style becomes that input (training.evaluate: default crop = the service's)")
     parser.add_argument("--size", type=int, default=512, help="output (content) short side in px")

@@ -109,7 +109,7 @@ class Settings:
     max_side: int = setting(1024, "largest output side a client may ask for (max_side field)")
     default_side: int = setting(512, "output side when the client does not ask")
     style_size: int = setting(
-        256, "side in px styles are prepared at: crop = short side, then this square; whole = long side"
+        384, "side in px styles are prepared at: crop = short side, then this square; whole = long side"
     )
     style_fit: str = setting(
         DEFAULT_STYLE_FIT.value,

@@ -81,7 +81,8 @@ def test_centre_crop_cuts_and_never_resamples() -> None:
 def test_default_out_names_one_file_per_candidate_and_style_size() -> None:
     spec = crops.GridSpec(contents=(), styles=(), content_captions=(), style_captions=(), style_size=384)
     assert crops.default_out("stya2k-v0.6-cpu.pt", spec) == crops.REPO_ROOT / "docs" / "crops-stya2k-v0.6-cpu-s384.jpg"
-    whole = crops.GridSpec(contents=(), styles=(), content_captions=(), style_captions=(), style_fit="whole")
+    whole = crops.GridSpec(contents=(), styles=(), content_captions=(), style_captions=(), style_fit="whole",
+                           style_size=256)  # fmt: skip
     name = crops.default_out("reference (colour transfer)", whole).name
     assert name == "crops-reference-colour-transfer-s256-whole.jpg"
 

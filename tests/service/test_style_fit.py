@@ -118,8 +118,18 @@ def _post(server: RunningServer, path: str, style: bytes | list[bytes], **data: 
         return client.post(path, files=files, data=data)
 
 
+def _two_tone(color: tuple[int, int, int], size: tuple[int, int] = (200, 60)) -> bytes:
+    """A panorama whose left third differs from the rest: the centred crop sees one colour, the whole style two.
+    (A flat style gives the same features whatever part of it is taken, so crop and whole could match.)"""
+    image = Image.new("RGB", size, color)
+    image.paste(tuple(255 - c for c in color), (0, 0, size[0] // 3, size[1]))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_stylize_whole_over_http_encodes_the_whole_style(server: RunningServer) -> None:
-    style = wide((220, 20, 140))
+    style = _two_tone((220, 20, 140))
     whole = _post(server, "/v1/stylize", style, style_fit="whole")
     assert whole.status_code == 200, whole.text
     assert _features_size(server, style, StyleFit.whole) == (32, 64)
