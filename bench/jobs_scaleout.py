@@ -66,7 +66,7 @@ def redis_server(folder: Path) -> Iterator[str]:
         process.wait(timeout=20)
 
 
-def server_args(args: argparse.Namespace, threads: int) -> argparse.Namespace:
+def server_args(threads: int) -> argparse.Namespace:
     """What bench.service.running_server reads, for a job replica."""
     return argparse.Namespace(
         device="cpu", dtype="auto", threads=threads, size=64, style_size=64, max_batch_size=4, max_wait_ms=5,
@@ -83,14 +83,17 @@ def replica_env(args: argparse.Namespace, store: str, name: str) -> dict[str, st
     }  # fmt: skip
 
 
+def threads_each(count: int) -> int:
+    """The machine's cores shared out over ``count`` replicas."""
+    return max(1, (os.cpu_count() or 1) // count)
+
+
 @contextlib.contextmanager
 def replicas(args: argparse.Namespace, store: str, count: int, log_dir: Path) -> Iterator[list[Any]]:
-    threads = max(1, (os.cpu_count() or 1) // count)
+    threads = threads_each(count)
     with contextlib.ExitStack() as stack:
         yield [
-            stack.enter_context(
-                running_server(server_args(args, threads), replica_env(args, store, f"r{i + 1}"), log_dir)
-            )
+            stack.enter_context(running_server(server_args(threads), replica_env(args, store, f"r{i + 1}"), log_dir))
             for i in range(count)
         ]
 
@@ -134,7 +137,7 @@ def throughput(args: argparse.Namespace, store: str, count: int, log_dir: Path) 
     states = sorted({body["state"] for body in bodies})
     running_s = [body["timings"]["running_s"] for body in bodies]
     return {
-        "replicas": count, "threads_each": max(1, (os.cpu_count() or 1) // count), "jobs": args.jobs,
+        "replicas": count, "threads_each": threads_each(count), "jobs": args.jobs,
         "side": args.side, "states": states, "wall_s": round(wall, 2), "jobs_per_s": round(args.jobs / wall, 3),
         "running_s_median": round(sorted(running_s)[len(running_s) // 2], 3),
     }  # fmt: skip

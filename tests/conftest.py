@@ -18,6 +18,13 @@ LPIPS_DIR = Path(__file__).resolve().parents[2] / "shared" / "weights" / "lpips"
 
 
 @pytest.fixture(scope="session")
+def net() -> StyA2K:
+    """A random network (seed 0), eval mode, in torch's default layout: the model and training tests' subject."""
+    torch.manual_seed(0)
+    return StyA2K(ModelConfig()).eval()
+
+
+@pytest.fixture(scope="session")
 def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A weights file of one random network (seed 0), saved in float32 (a service can load it by path)."""
     from model.checkpoint import save_checkpoint

@@ -1,9 +1,8 @@
 """bench/backend_quality.py end to end on a tiny set: the harness's columns for torch and a graph backend, from
-the session's exported graphs (never a new export)."""
+the session's exported graphs (never a new export; the graph_cache fixture skips without onnx)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
-ONNX_MISSING = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
 
 
 def _images(folder: Path, count: int, seed: int, photo_like: Callable[..., torch.Tensor]) -> None:
@@ -23,7 +20,6 @@ def _images(folder: Path, count: int, seed: int, photo_like: Callable[..., torch
         Image.fromarray(array).save(folder / f"{index}.png")
 
 
-@pytest.mark.skipif(bool(ONNX_MISSING), reason=f"needs {', '.join(ONNX_MISSING)} (pip install .[onnx])")
 def test_harness_rows_per_backend(
     tmp_path: Path,
     graph_cache: Path,
