@@ -33,6 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# isort: off
+# The service first: its OpenMP wait policy and huge-page setting must be in the environment before torch loads, so
+# the in-process rounds run torch as the servers below do (not with libgomp's spinning default).
+import service  # noqa: F401
+# isort: on
 import torch
 
 from bench import common
@@ -192,7 +197,7 @@ def _median_levels(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="content side (px)")
-    parser.add_argument("--style-size", type=int, default=256)
+    parser.add_argument("--style-size", type=int, default=384, help="style side (px); the service's default")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (one call per backend each)")
     parser.add_argument("--weights", default=None, help="weights file; 'random' for a check; default: shipped")
     parser.add_argument("--threads", type=int, default=0)
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "content": str(args.content or "generated"), "style": str(args.style or "generated"),
         "size": args.size, "style_size": args.style_size, "rounds": args.rounds, "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "machine": common.machine_info(torch.device(args.device)), "git": common.git_revision(), "device": args.device,
         "devices": {name: backend_device(name, args.device) for name in engines},
         "onnxruntime_providers": onnxruntime_providers(),

@@ -6,6 +6,7 @@ Nothing here checks a speed: the scripts record numbers, they do not judge them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,16 @@ def test_levers_benchmark_smoke(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["speedup"] > 0 and row["difference"]["max_abs"] == 0  # exact levers: same pixels as fp32
     assert "<!-- BEGIN bench/levers.py -->" in doc.read_text()
+
+
+def test_backends_bench_runs_torch_as_the_service_does() -> None:
+    """The in-process rounds of bench/backends.py see the service's OpenMP wait policy, as its servers do: torch was
+    once timed there with libgomp's spinning default against servers with sleeping threads."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-m", "bench.backends", "--backends", "torch", "--weights", "random",
+                           "--size", "64", "--style-size", "64", "--rounds", "1", "--http-concurrency", ""],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["omp_wait_policy"] == "PASSIVE"
+    assert report["style_size"] == 64 and report["s_per_image"]["torch"] > 0

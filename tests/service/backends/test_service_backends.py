@@ -25,7 +25,9 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip 
 # tile_px 64: a 128 px job is tiled (2 x 2 tiles), so the jobs API's tile steps run on the backend too. device cpu:
 # this compares float32 on the CPU provider; on a GPU box `auto` would give torch fp16 on CUDA and ask onnxruntime
 # for a CUDA provider (tests/gpu/test_cuda_onnxruntime.py covers the device).
-SERVER = {"max_side": 128, "default_side": 96, "style_size": 64, "tile_px": 64, "tile_margin_px": 64, "device": "cpu"}
+# dtype float32: the reference is exact float32 arithmetic (auto picks bfloat16 on a CPU with native bf16).
+SERVER = {"max_side": 128, "default_side": 96, "style_size": 64, "tile_px": 64, "tile_margin_px": 64, "device": "cpu",
+          "dtype": "float32"}
 
 
 # Served here: torch (the reference), and every other backend this environment can run but openvino-int8 (the
