@@ -139,3 +139,19 @@ def test_backends_bench_runs_torch_as_the_service_does() -> None:
     report = json.loads(proc.stdout)
     assert report["omp_wait_policy"] == "PASSIVE"
     assert report["style_size"] == 64 and report["s_per_image"]["torch"] > 0
+
+
+def test_wait_policy_bench_measures_each_policy_in_its_own_process(tmp_path: Path) -> None:
+    """Every measuring process runs under the policy it stands for: 'unset' really is libgomp's default (importing
+    the service must not have set PASSIVE there), and 'pair' runs two of them."""
+    out = tmp_path / "wait.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.wait_policy", "--weights", "random", "--size", "64",
+                           "--style-size", "64", "--calls", "1", "--rounds", "1", "--scenarios", "quiet,pair",
+                           "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["median_s"]) == {"quiet", "pair"}
+    for scenario, by_policy in report["runs"].items():
+        for policy, reports in by_policy.items():
+            assert [r["policy"] for r in reports] == [policy] * (2 if scenario == "pair" else 1)
+            assert all(r["median_s"] > 0 for r in reports)
