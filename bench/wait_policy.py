@@ -88,6 +88,7 @@ def measure(args: argparse.Namespace, scenario: str, policy: str) -> list[dict[s
     """One scenario x policy: the measuring processes' reports (two for ``pair``)."""
     copies = 2 if scenario == "pair" else 1
     burner = subprocess.Popen([sys.executable, "-c", BURNER]) if scenario == "burner" else None
+    procs: list[subprocess.Popen[str]] = []
     try:
         procs = [subprocess.Popen(child_command(args), env=policy_env(policy), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(copies)]
@@ -98,10 +99,11 @@ def measure(args: argparse.Namespace, scenario: str, policy: str) -> list[dict[s
                 raise RuntimeError(f"{scenario}/{policy}: the measuring process failed: {err[-2000:]}")
             reports.append(json.loads(out.strip().splitlines()[-1]))
         return reports
-    finally:
-        if burner is not None:
-            burner.kill()
-            burner.wait()
+    finally:  # nothing of this measurement may keep running into the next one (a timeout, a failed copy)
+        for leftover in [*procs, *([burner] if burner is not None else [])]:
+            if leftover.poll() is None:
+                leftover.kill()
+                leftover.wait()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
