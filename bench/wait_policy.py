@@ -41,9 +41,7 @@ def child(args: argparse.Namespace) -> int:
     """One measurement: the engine under the policy this process was started with; JSON on stdout."""
     import torch  # first, so that importing the service below leaves the inherited policy as it is
 
-    from bench.backends import photo
-    from service import pipeline
-    from service.contract import Mode, TransferRequest
+    from bench.backends import cached_style_job, photo
     from service.engine import Engine
     from service.metrics import ServiceMetrics
     from service.settings import Settings
@@ -55,9 +53,7 @@ def child(args: argparse.Namespace) -> int:
     engine = Engine(settings, ServiceMetrics())
     engine.load()
     engine.warm_up()
-    request = TransferRequest(mode=Mode.stylize, content=content, styles=[style], max_side=args.size)
-    engine.run_batch([pipeline.prepare(request, settings, lambda key: None)])  # the warm call fills the style cache
-    job = pipeline.prepare(request, settings, engine.lookup_style)
+    job = cached_style_job(engine, settings, content, style, args.size)
     seconds = []
     for _ in range(args.calls):
         started = time.perf_counter()
